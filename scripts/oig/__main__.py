@@ -1,0 +1,3 @@
+from oig.cli import main
+
+raise SystemExit(main())

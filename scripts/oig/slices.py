@@ -1,0 +1,102 @@
+"""Slice files: ``data/<name>.yaml``. Parsing a validated document into typed entries.
+
+A slice file holds any of three sections, alone or together::
+
+    IOPairs:      [{input, output}, ...]        # inline pairs, become user/assistant turns
+    HuggingFace:  [{link, revision?, config?, split?, columns?, limit?}, ...]
+    OpenAIJsonl:  [{link, sha256?, limit?}, ...]
+
+plus optional metadata: description, license, source, fixes (issue numbers this slice fixes).
+Validation (``oig.validate``) checks the document against ``schemas/slice.schema.json`` first; the
+functions here assume a valid document and only shape it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SECTIONS = ("IOPairs", "HuggingFace", "OpenAIJsonl")
+METADATA = ("description", "license", "source", "fixes")
+
+# Column roles an explicit Hugging Face `columns` mapping may name (role -> column in the dataset).
+COLUMN_ROLES = (
+    "messages",
+    "conversations",
+    "prompt",
+    "completion",
+    "instruction",
+    "input",
+    "output",
+    "question",
+    "answer",
+    "text",
+    "system",
+)
+
+
+@dataclass(frozen=True)
+class HFEntry:
+    """A Hugging Face dataset: ``link`` is https://huggingface.co/datasets/ORG/NAME (or ORG/NAME)."""
+
+    link: str
+    revision: str | None = None  # a commit sha pins the content; unpinned links warn with the pin
+    config: str | None = None
+    split: str = "train"
+    columns: dict[str, str] | None = None  # role -> column name; None means detect the layout
+    limit: int | None = None  # take at most this many rows, in dataset order
+
+
+@dataclass(frozen=True)
+class JsonlEntry:
+    """An OpenAI fine-tuning JSONL file (chat ``messages`` or legacy ``prompt``/``completion``)."""
+
+    link: str
+    sha256: str | None = None  # pins the content; a mismatch is an error
+    limit: int | None = None
+
+
+@dataclass
+class Slice:
+    name: str
+    path: Path
+    io_pairs: list[dict[str, str]] = field(default_factory=list)
+    huggingface: list[HFEntry] = field(default_factory=list)
+    openai_jsonl: list[JsonlEntry] = field(default_factory=list)
+    description: str | None = None
+    license: str | None = None
+    source: str | None = None
+    fixes: list[int] = field(default_factory=list)
+
+    @property
+    def is_local(self) -> bool:
+        """True when every example is inline (no link to fetch)."""
+        return not self.huggingface and not self.openai_jsonl
+
+
+def slice_from_document(path: Path, doc: dict) -> Slice:
+    """Shape a schema-valid slice document into a Slice."""
+    return Slice(
+        name=path.stem,
+        path=path,
+        io_pairs=[{"input": p["input"], "output": p["output"]} for p in doc.get("IOPairs") or []],
+        huggingface=[
+            HFEntry(
+                link=e["link"],
+                revision=e.get("revision"),
+                config=e.get("config"),
+                split=e.get("split", "train"),
+                columns=dict(e["columns"]) if e.get("columns") else None,
+                limit=e.get("limit"),
+            )
+            for e in doc.get("HuggingFace") or []
+        ],
+        openai_jsonl=[
+            JsonlEntry(link=e["link"], sha256=e.get("sha256"), limit=e.get("limit"))
+            for e in doc.get("OpenAIJsonl") or []
+        ],
+        description=doc.get("description"),
+        license=doc.get("license"),
+        source=doc.get("source"),
+        fixes=list(doc.get("fixes") or []),
+    )
