@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -16,9 +16,8 @@ class Problem:
     message: str
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["column"] = d.pop("col")
-        return d
+        return {"file": self.file, "line": self.line, "column": self.col, "severity": self.severity,
+                "message": self.message}
 
 
 class OigError(Exception):

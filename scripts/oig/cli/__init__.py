@@ -17,7 +17,6 @@ from oig.errors import InvalidInput, OigError
 # Subcommand modules, in the order `oig --help` lists them.
 COMMANDS = [
     "validate",
-    "mix",
 ]
 
 

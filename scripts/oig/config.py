@@ -1,0 +1,196 @@
+"""training.yaml: hyperparameters and mixture weights, mapped onto one dataclass in one place.
+
+Two spellings are accepted for each section: the seed's list of one-key mappings
+(``Training: [{lr: 0.0001}, {momentum: 0.99}]``) and a plain mapping (``Training: {lr: 0.0001}``).
+Training keys are TRL ``SFTConfig`` field names, the short names in ``schemas.ALIASES`` and oig's own
+keys (``schemas.OIG_KEYS``); anything else is an error that names the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+from oig import yamlsafe
+from oig.errors import InvalidInput, Problem
+from oig.schemas import ALIASES, OIG_KEYS, training_schema
+
+TOP_KEYS = ("Training", "Mixture", "MixtureTotal")
+DEFAULT_SEED = 42
+
+
+@dataclass
+class TrainingConfig:
+    path: Path
+    training: dict = field(default_factory=dict)  # SFTConfig field name -> value (aliases resolved)
+    base_model: str | None = None
+    mixture: dict[str, float] | None = None  # slice name -> weight; None: the plain union of all slices
+    mixture_total: int | None = None
+    seed: int = DEFAULT_SEED
+    oig: dict = field(default_factory=dict)  # oig's own Training keys (momentum, eval_size, lora, ...)
+
+
+def nearest(word: str, candidates) -> str | None:
+    """The closest candidate to a mistyped word, or None when nothing is close."""
+    lowered = {c.lower(): c for c in candidates}
+    if word.lower() in lowered:
+        return lowered[word.lower()]
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(word: str, candidates) -> str:
+    near = nearest(word, candidates)
+    return f"; did you mean '{near}'?" if near else ""
+
+
+@cache
+def _training_validator():
+    import jsonschema_rs
+
+    props = training_schema()["properties"]["Training"]["anyOf"][0]["properties"]
+    return props, {name: jsonschema_rs.validator_for(schema) for name, schema in props.items()}
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {bool: "true/false", int: "a whole number", float: "a number", str: "text", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _expected(schema: dict) -> str:
+    if "enum" in schema:
+        return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    types = schema.get("type")
+    if types is None and "anyOf" in schema:
+        return " or ".join(_expected(s) for s in schema["anyOf"])
+    types = [types] if isinstance(types, str) else list(types or [])
+    words = {"number": "a number", "integer": "a whole number", "string": "text", "boolean": "true or false",
+             "object": "a mapping", "array": "a list", "null": "null"}  # fmt: skip
+    return " or ".join(words.get(t, t) for t in types) or "a valid value"
+
+
+def _entries(section: object, name: str, problems: list, where) -> list[tuple[str, object, tuple]]:
+    """(key, value, yaml path of the key) for a mapping or a list of one-key mappings."""
+    if section is None:
+        return []
+    if isinstance(section, dict):
+        return [(str(k), v, (name, k)) for k, v in section.items()]
+    if isinstance(section, list):
+        out = []
+        for i, item in enumerate(section):
+            if isinstance(item, dict) and len(item) == 1:
+                (k, v), = item.items()
+                out.append((str(k), v, (name, i, k)))
+            else:
+                problems.append(where((name, i), f"each item of {name} must be one `key: value` mapping"))
+        return out
+    problems.append(where((name,), f"{name} must be a mapping (key: value lines) or a list of one-key mappings"))
+    return []
+
+
+def parse_training_config(data: bytes, path: Path, display: str | None = None, slice_names=None) -> tuple[TrainingConfig | None, list[Problem]]:
+    """Check training.yaml and shape it. ``slice_names``, when given, are the slices that exist."""
+    display = display or str(path)
+    problems: list[Problem] = []
+    text_box: list[str] = []
+
+    def where(ypath: tuple, message: str, severity: str = "error", key: bool = True) -> Problem:
+        line, col = yamlsafe.locate(text_box[0], ypath, key=key) if text_box else (0, 0)
+        return Problem(display, line, col, severity, message)
+
+    try:
+        text_box.append(yamlsafe.decode(data))
+        doc = yamlsafe.load(text_box[0])
+    except yamlsafe.YamlError as exc:
+        return None, [Problem(display, exc.line, exc.col, "error", exc.message)]
+    doc = {} if doc is None else doc
+    if not isinstance(doc, dict):
+        return None, [Problem(display, 1, 1, "error", "training.yaml must be a mapping with Training and Mixture sections")]
+    for key in doc:
+        if key not in TOP_KEYS:
+            problems.append(where((key,), f"unknown section '{key}'{did_you_mean(str(key), TOP_KEYS)}"
+                                  f" (sections: {', '.join(TOP_KEYS)})"))
+
+    # --- Training: SFTConfig fields, aliases and oig keys ------------------------------------------
+    props, validators = _training_validator()
+    training: dict = {}
+    oig: dict = {}
+    origin: dict[str, str] = {}
+    for key, value, ypath in _entries(doc.get("Training"), "Training", problems, where):
+        if key not in props:
+            problems.append(where(ypath, f"unknown Training key '{key}'{did_you_mean(key, props)}"))
+            continue
+        if not validators[key].is_valid(value) or (isinstance(value, float) and math.isnan(value)):
+            problems.append(where(ypath, f"Training key '{key}' must be {_expected(props[key])}, not {_type_name(value)}"
+                                  f" ({value!r}); quote text, write numbers without quotes", key=False))
+            continue
+        target = ALIASES.get(key, key)
+        if target in origin:
+            problems.append(where(ypath, f"'{key}' sets {target}, which '{origin[target]}' already sets; keep one"))
+            continue
+        origin[target] = key
+        if target in OIG_KEYS:
+            oig[target] = value
+        else:
+            training[target] = value
+    base_model = oig.pop("base_model", None)
+    if oig.get("load_in_4bit"):
+        oig["lora"] = True
+
+    # --- Mixture: slice name -> weight ------------------------------------------------------------
+    mixture: dict[str, float] | None = None
+    if "Mixture" in doc and doc["Mixture"] is not None:
+        mixture = {}
+        for name, weight, ypath in _entries(doc["Mixture"], "Mixture", problems, where):
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+                problems.append(where(ypath, f"the weight of slice '{name}' must be a number >= 0, not {weight!r}", key=False))
+                continue
+            if name in mixture:
+                problems.append(where(ypath, f"slice '{name}' is listed twice in Mixture; keep one"))
+                continue
+            if slice_names is not None and name not in slice_names:
+                problems.append(where(ypath, f"Mixture names slice '{name}', but there is no data/{name}.yaml"
+                                      f"{did_you_mean(name, slice_names)}"))
+                continue
+            mixture[name] = float(weight)
+        listed = sum(mixture.values())
+        if listed > 1 + 1e-9:
+            problems.append(where(("Mixture",), f"Mixture weights add up to {listed:g}, more than 1: they are scaled to "
+                                  "add up to 1 and slices not listed get nothing", "warning"))
+        if slice_names is not None:
+            for name in sorted(slice_names):
+                no_share = mixture.get(name) == 0 or (name not in mixture and listed >= 1 - 1e-9)
+                if no_share:
+                    ypath = ("Mixture", name) if name in mixture else ("Mixture",)
+                    problems.append(where(ypath, f"slice '{name}' gets no share of the mixture"
+                                          + ("" if name in mixture else " (the listed weights already add up to 1)"),
+                                          "warning"))
+
+    total = doc.get("MixtureTotal")
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
+        problems.append(where(("MixtureTotal",), f"MixtureTotal must be a whole number >= 1, not {total!r}", key=False))
+        total = None
+
+    seed = training.get("seed", DEFAULT_SEED)
+    if any(p.severity == "error" for p in problems):
+        return None, problems
+    config = TrainingConfig(path=path, training=training, base_model=base_model, mixture=mixture,
+                            mixture_total=total, seed=int(seed), oig=oig)
+    return config, problems
+
+
+def load_training_config(path: Path, slice_names=None) -> TrainingConfig:
+    """Read and check training.yaml; a missing file means defaults. Raises InvalidInput on errors."""
+    path = Path(path)
+    if not path.exists():
+        return TrainingConfig(path=path)
+    config, problems = parse_training_config(path.read_bytes(), path, slice_names=slice_names)
+    if config is None:
+        raise InvalidInput(problems)
+    return config

@@ -1,0 +1,277 @@
+"""JSON Schemas for the files contributors edit: slice files and training.yaml.
+
+Defined here, in the package, because validation needs them at run time wherever oig is installed;
+``schemas/*.json`` at the repository root are generated from these for editors (the
+``# yaml-language-server: $schema=...`` line) and check-jsonschema. A test keeps them in sync::
+
+    python -m oig.schemas   # rewrite schemas/slice.schema.json and schemas/training.schema.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from oig.slices import COLUMN_ROLES
+
+SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+SHA256 = "^[0-9a-f]{64}$"
+SHA1_OR_REF = "^[^\\s]+$"
+
+MIXTURE_MEANING = (
+    "Mixture weights are shares of the final mixture, from 0 to 1. Slices not listed share what is "
+    "left (1 minus the listed weights, never below 0) in proportion to their size. With no Mixture "
+    "section the mixture is the plain union of all slices. The total number of examples defaults to "
+    "the number available across all slices (set it with MixtureTotal). A slice whose share is larger "
+    "than the slice is repeated, every example used before any is used again; a smaller share samples "
+    "without replacement. Example: slices a (100 examples), b (10) and c (40) with `a: 0.5` give "
+    "a 75, b 15, c 60. If the listed weights add up to more than 1 they are scaled down to add up "
+    "to 1 and unlisted slices get nothing (a warning)."
+)
+
+_text = {"type": "string", "minLength": 1}
+_limit = {
+    "type": "integer",
+    "minimum": 1,
+    "description": "Use at most this many rows, in the source's order.",
+}
+
+SLICE_SCHEMA: dict = {
+    "$schema": SCHEMA_DRAFT,
+    "$id": "urn:oig:schema:slice",
+    "title": "oig data slice",
+    "description": (
+        "A slice of training data: data/<name>.yaml, where the slice's name is the file name. Give "
+        "examples inline (IOPairs), link a Hugging Face dataset (HuggingFace) or an OpenAI-format "
+        "fine-tuning JSONL file (OpenAIJsonl); sections may be combined. Check it with `oig validate`."
+    ),
+    "type": "object",
+    "additionalProperties": False,
+    "anyOf": [
+        {"required": ["IOPairs"]},
+        {"required": ["HuggingFace"]},
+        {"required": ["OpenAIJsonl"]},
+    ],
+    "properties": {
+        "IOPairs": {
+            "description": "Inline examples. Each becomes one conversation: the input as the user's "
+            "message, the output as the assistant's reply (the reply is what the model learns).",
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["input", "output"],
+                "properties": {
+                    "input": {**_text, "description": "What the user says."},
+                    "output": {**_text, "description": "The answer the model should give."},
+                },
+            },
+        },
+        "HuggingFace": {
+            "description": "Hugging Face datasets. Only data files are read (parquet, JSON lines, CSV); "
+            "dataset scripts are never run. Common layouts are detected: messages, ShareGPT "
+            "conversations, prompt/completion, instruction/input/output, question/answer, and OIG "
+            "text with <human>:/<bot>: turns; name the columns with `columns` otherwise.",
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["link"],
+                "properties": {
+                    "link": {
+                        **_text,
+                        "description": "https://huggingface.co/datasets/ORG/NAME (or ORG/NAME).",
+                    },
+                    "revision": {
+                        "type": "string",
+                        "pattern": SHA1_OR_REF,
+                        "description": "The dataset commit to use (a 40-character sha pins the "
+                        "content). Without it the current main is used and validation warns with "
+                        "the pin to add.",
+                    },
+                    "config": {**_text, "description": "The dataset configuration (subset) name."},
+                    "split": {**_text, "default": "train", "description": "The split to read."},
+                    "columns": {
+                        "type": "object",
+                        "description": "Which column holds what, when the layout is not detected: "
+                        "role -> column name, e.g. {question: q, answer: a}.",
+                        "propertyNames": {"enum": list(COLUMN_ROLES)},
+                        "additionalProperties": _text,
+                        "minProperties": 1,
+                    },
+                    "limit": _limit,
+                },
+            },
+        },
+        "OpenAIJsonl": {
+            "description": "OpenAI fine-tuning JSONL files: chat lines {messages: [...]} (system "
+            "messages, several turns, per-message weight 0/1 for loss masking) or legacy "
+            "{prompt, completion} lines.",
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["link"],
+                "properties": {
+                    "link": {**_text, "description": "An https URL of the JSONL file."},
+                    "sha256": {
+                        "type": "string",
+                        "pattern": SHA256,
+                        "description": "The file's sha256 (64 lowercase hex digits). It is enforced; "
+                        "without it validation warns with the value to add.",
+                    },
+                    "limit": _limit,
+                },
+            },
+        },
+        "description": {**_text, "description": "What this slice teaches the model."},
+        "license": {
+            **_text,
+            "description": "The data's license as an SPDX identifier, e.g. CC-BY-4.0 or Apache-2.0.",
+        },
+        "source": {**_text, "description": "Where the data comes from (a URL or a citation)."},
+        "fixes": {
+            "type": "array",
+            "description": "Numbers of the bug issues this slice fixes.",
+            "items": {"type": "integer", "minimum": 1},
+            "uniqueItems": True,
+        },
+    },
+}
+
+# Short names training.yaml accepts besides SFTConfig's own field names.
+ALIASES = {
+    "lr": "learning_rate",
+    "epochs": "num_train_epochs",
+    "batch_size": "per_device_train_batch_size",
+}
+
+# oig's own keys in the Training section (not SFTConfig fields). name -> JSON Schema.
+OIG_KEYS: dict[str, dict] = {
+    "base_model": {
+        "type": "string",
+        "minLength": 1,
+        "description": "The model to fine-tune: a Hugging Face model id, a local path, or `tiny` (a "
+        "small random model built offline, for tests and demos).",
+    },
+    "momentum": {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMaximum": 1,
+        "description": "Momentum of the optimizer in use: SGD's momentum, or beta1 of Adam-style "
+        "optimizers.",
+    },
+    "eval_size": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "description": "Held-out evaluation examples: a count (>= 1) or a fraction of the mixture (< 1).",
+    },
+    "backend": {
+        "enum": ["trl", "together"],
+        "description": "Where to train: `trl` on the runner's GPUs, or `together` (hosted fine-tuning).",
+    },
+    "lora": {"type": "boolean", "description": "Train LoRA adapters with peft instead of all weights."},
+    "lora_r": {"type": "integer", "minimum": 1, "description": "LoRA rank."},
+    "lora_alpha": {"type": "number", "exclusiveMinimum": 0, "description": "LoRA scaling alpha."},
+    "lora_dropout": {"type": "number", "minimum": 0, "maximum": 1, "description": "LoRA dropout."},
+    "lora_target_modules": {
+        "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+        "description": "Modules LoRA adapts, e.g. all-linear or [q_proj, v_proj].",
+    },
+    "load_in_4bit": {
+        "type": "boolean",
+        "description": "QLoRA: load the base model in 4-bit (bitsandbytes, GPU only); implies lora.",
+    },
+    "hub_repo": {"type": "string", "minLength": 1, "description": "Hub repo id to publish to (ORG/NAME)."},
+    "together_model_name": {
+        "type": "string",
+        "minLength": 1,
+        "description": "Name of the model registered on Together.",
+    },
+}
+
+
+def _sft_properties() -> dict[str, dict]:
+    from oig.sftfields import fields
+
+    props: dict[str, dict] = {}
+    for name, f in fields().items():
+        p: dict = {"description": f["help"] or name}
+        if "type" in f:
+            p["type"] = f["type"] if len(f["type"]) > 1 else f["type"][0]
+        if "enum" in f:
+            p["enum"] = f["enum"]
+        if f.get("default") is not None:
+            p["default"] = f["default"]
+        props[name] = p
+    return props
+
+
+def training_schema() -> dict:
+    """The schema of training.yaml: both the seed's lists of one-key maps and plain mappings."""
+    props = _sft_properties()
+    for alias, target in ALIASES.items():
+        props[alias] = {**props[target], "description": f"Short for {target}. " + props[target]["description"]}
+    props.update(OIG_KEYS)
+    training_map = {"type": "object", "additionalProperties": False, "properties": props}
+    one_key_maps = {
+        "type": "array",
+        "items": {**training_map, "minProperties": 1, "maxProperties": 1},
+    }
+    weight = {"type": "number", "minimum": 0, "description": MIXTURE_MEANING}
+    mixture_map = {"type": "object", "additionalProperties": weight, "description": MIXTURE_MEANING}
+    return {
+        "$schema": SCHEMA_DRAFT,
+        "$id": "urn:oig:schema:training",
+        "title": "oig training configuration",
+        "description": "Hyperparameters and mixture weights for `oig mix` and `oig train`. Training "
+        "takes every TRL SFTConfig field by its own name, the short names lr, epochs, batch_size and "
+        "momentum, and oig's own keys.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "Training": {
+                "description": "Hyperparameters: a mapping, or a list of one-key mappings.",
+                "anyOf": [training_map, one_key_maps],
+            },
+            "Mixture": {
+                "description": MIXTURE_MEANING,
+                "anyOf": [
+                    mixture_map,
+                    {"type": "array", "items": {**mixture_map, "minProperties": 1, "maxProperties": 1}},
+                ],
+            },
+            "MixtureTotal": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Number of examples in the mixture. Default: all examples available.",
+            },
+        },
+    }
+
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def rendered() -> dict[str, str]:
+    """File name -> JSON text, exactly as shipped in schemas/."""
+    return {
+        "slice.schema.json": json.dumps(SLICE_SCHEMA, indent=2) + "\n",
+        "training.schema.json": json.dumps(training_schema(), indent=2) + "\n",
+    }
+
+
+def main() -> None:
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    for name, text in rendered().items():
+        tmp = SCHEMA_DIR / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(SCHEMA_DIR / name)
+        print(f"wrote schemas/{name}")
+
+
+if __name__ == "__main__":
+    main()

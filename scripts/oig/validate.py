@@ -1,0 +1,364 @@
+"""Validation of slice files and training.yaml: every problem at once, each with a line and a fix.
+
+The fast path for a valid file is: libyaml events -> plain data (``yamlsafe``) -> one jsonschema-rs
+check -> a few checks no schema can express. Line numbers are looked up only for files that have a
+problem, by walking the YAML events again (``yamlsafe.locate``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from oig import yamlsafe
+from oig.config import did_you_mean, parse_training_config
+from oig.errors import InvalidInput, Problem
+from oig.schemas import SLICE_SCHEMA
+from oig.slices import SECTIONS, Slice, slice_from_document
+
+SLICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+SHA40 = re.compile(r"[0-9a-f]{40}")
+HF_HOST = "huggingface.co"
+HF_REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+TRAINING_FILE = "training.yaml"
+IGNORED_IN_DATA = {"README.md", "LICENSE"}
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    remote: bool = False  # also resolve links: existence, pins, a sample of rows converted
+    allow_local: bool = False  # accept local paths and loopback http in links (tests, private mirrors)
+    base_dir: Path = Path(".")
+
+
+@cache
+def _slice_validator():
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for(SLICE_SCHEMA)
+
+
+def _display(path: Path) -> str:
+    """The path as GitHub annotations want it: relative to the current directory when possible."""
+    try:
+        return os.path.relpath(path) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _read_regular_file(path: Path, display: str) -> tuple[bytes | None, list[Problem]]:
+    """Read a file from a stranger's PR: refuse symlinks, devices and oversize files before reading."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return None, [Problem(display, 0, 0, "error", f"cannot read file: {exc.strerror}")]
+    if stat.S_ISLNK(st.st_mode):
+        return None, [Problem(display, 0, 0, "error", "symbolic links are not allowed here; commit the file itself")]
+    if not stat.S_ISREG(st.st_mode):
+        return None, [Problem(display, 0, 0, "error", "not a regular file")]
+    if st.st_size > yamlsafe.MAX_BYTES:
+        return None, [Problem(display, 0, 0, "error", f"file is {st.st_size:,} bytes; the limit is "
+                              f"{yamlsafe.MAX_BYTES:,}: split it into several slices or link the data")]
+    with open(path, "rb") as f:
+        return f.read(yamlsafe.MAX_BYTES + 1), []
+
+
+# --- schema errors as messages a contributor can act on ------------------------------------------
+
+
+def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
+    """(yaml path, point at the key?, message) for one jsonschema-rs error."""
+    path = tuple(err.instance_path)
+    kind = err.kind
+    name = type(kind).__name__
+    where = _path_text(path)
+    sub = SLICE_SCHEMA
+    for p in path:  # the schema of the object at path, for the list of valid keys
+        if isinstance(p, int):
+            sub = sub.get("items", {})
+        else:
+            sub = sub.get("properties", {}).get(p, {})
+    valid = list(sub.get("properties", {}))
+    if name == "AdditionalProperties":
+        bad = kind.unexpected[0]
+        scope = "top level" if not path else where
+        return path + (bad,), True, (f"unknown key '{bad}' at {scope}{did_you_mean(bad, valid)}"
+                                     f" (valid keys: {', '.join(valid)})")
+    if name == "Required":
+        return path, False, f"{where} is missing the required key '{kind.property}'"
+    if name == "AnyOf" and not path:
+        return (), False, f"a slice needs at least one section: {', '.join(SECTIONS)}"
+    if name == "Type":
+        value = _get(doc, path)
+        want = kind.types if hasattr(kind, "types") else None
+        hint = "; put the text in quotes" if isinstance(value, bool | int | float) or value is None else ""
+        return path, False, f"{where} must be {_types(want)}, not {_kind_of(value)}{hint}"
+    if name == "MinLength":
+        return path, False, f"{where} is empty; write the text or remove the entry"
+    if name == "MinItems":
+        return path, False, f"{where} is an empty list; add entries or remove the section"
+    if name == "Pattern":
+        field = path[-1] if path else ""
+        if field == "sha256":
+            return path, False, f"{where} must be 64 lowercase hex digits (the file's sha256)"
+        return path, False, f"{where} is not valid: {err.message}"
+    if name == "Minimum":
+        return path, False, f"{where} must be at least {kind.limit}"
+    if name == "Enum" and path and len(path) >= 2 and path[-2] == "columns":
+        return path, True, f"unknown column role '{path[-1]}'{did_you_mean(str(path[-1]), _column_roles())}"
+    return path, False, f"{where}: {err.message}"
+
+
+def _path_text(path: tuple) -> str:
+    """IOPairs[3].output, as a contributor would point at it."""
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "the file"
+
+
+def _column_roles():
+    from oig.slices import COLUMN_ROLES
+
+    return COLUMN_ROLES
+
+
+def _get(doc: object, path: tuple) -> object:
+    for p in path:
+        try:
+            doc = doc[p]  # type: ignore[index]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return doc
+
+
+def _kind_of(value: object) -> str:
+    if value is None:
+        return "empty"
+    return {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list",
+            dict: "a mapping"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _types(types) -> str:
+    words = {"string": "text", "object": "a mapping (key: value lines)", "array": "a list (lines starting with -)",
+             "integer": "a whole number", "number": "a number", "boolean": "true or false", "null": "empty"}  # fmt: skip
+    if not types:
+        return "of another type"
+    names = [str(t).rsplit(".", 1)[-1].lower() for t in (types if isinstance(types, list | tuple) else [types])]
+    return " or ".join(words.get(n, n) for n in names)
+
+
+# --- checks no schema can express ----------------------------------------------------------------
+
+
+def link_problem(link: str, allow_local: bool, section: str) -> str | None:
+    """Why a link is refused without touching the network (DNS checks happen when fetching)."""
+    parts = urlsplit(link)
+    if not parts.scheme and section == "HuggingFace" and HF_REPO.fullmatch(link):
+        return None  # ORG/NAME on the public hub
+    if allow_local and (not parts.scheme or parts.scheme == "file"):
+        return None  # a local path or file URL, for tests and private mirrors
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        if not parts.scheme:
+            return "links must be https URLs (a local path needs --allow-local-sources)"
+        return f"links must be https URLs, not {parts.scheme}:"
+    if parts.username or parts.password:
+        return "links must not contain a user name or password; credentials never go in data files"
+    host = parts.hostname.rstrip(".").lower()
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    local = (ip is not None and not ip.is_global) or host == "localhost" or host.endswith(
+        (".localhost", ".local", ".internal", ".home.arpa"))
+    if allow_local and (local or parts.scheme == "http"):
+        return None
+    if local:
+        return f"links must point to public hosts, not {host} (private, loopback and metadata addresses are refused)"
+    if parts.scheme != "https":
+        return "links must use https"
+    if re.fullmatch(r"[0-9.]+|0x[0-9a-f.x]+", host):
+        return f"write the host name, not a numeric address ({host})"
+    if section == "HuggingFace" and host != HF_HOST and not allow_local:
+        return f"Hugging Face links must be https://{HF_HOST}/datasets/ORG/NAME"
+    if section == "HuggingFace" and not re.fullmatch(r"/datasets/" + HF_REPO.pattern + "/?", parts.path):
+        return f"Hugging Face links must be https://{HF_HOST}/datasets/ORG/NAME"
+    return None
+
+
+def _items(doc: dict, section: str) -> list:
+    value = doc.get(section)
+    return value if isinstance(value, list) else []
+
+
+def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, str, str]]:
+    """(path, at key?, severity, message) for what the schema cannot say.
+
+    Runs on schema-invalid documents too (skipping ill-typed parts), so every problem shows at once.
+    """
+    found: list[tuple[tuple, bool, str, str]] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, pair in enumerate(_items(doc, "IOPairs")):
+        if not isinstance(pair, dict):
+            continue
+        inp, out = pair.get("input"), pair.get("output")
+        if not isinstance(inp, str) or not isinstance(out, str):
+            continue
+        if inp.isspace():
+            found.append((("IOPairs", i, "input"), False, "error", "input is only whitespace; write the text"))
+        if out.isspace():
+            found.append((("IOPairs", i, "output"), False, "error", "output is only whitespace; write the text"))
+        first = seen.setdefault((inp, out), i)
+        if first != i:
+            found.append((("IOPairs", i), False, "warning", f"IOPairs[{i}] repeats IOPairs[{first}] exactly; remove one"))
+    for section in ("HuggingFace", "OpenAIJsonl"):
+        for i, entry in enumerate(_items(doc, section)):
+            if not isinstance(entry, dict) or not isinstance(entry.get("link"), str):
+                continue
+            why = link_problem(entry["link"], allow_local, section)
+            if why:
+                found.append(((section, i, "link"), False, "error", why))
+                continue
+            if section == "HuggingFace" and not SHA40.fullmatch(entry.get("revision") or ""):
+                found.append(((section, i, "link"), False, "warning",
+                              "dataset is not pinned: add `revision: <40-character commit sha>` so the data "
+                              "cannot change under the model (`oig validate --remote` prints the exact line)"))
+            if section == "OpenAIJsonl" and not entry.get("sha256"):
+                found.append(((section, i, "link"), False, "warning",
+                              "file is not pinned: add `sha256: <hex>` so the data cannot change under the "
+                              "model (`oig validate --remote` prints the exact line)"))
+    return found
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) -> tuple[Slice | None, list[Problem]]:
+    """Check one slice file's bytes. Returns the Slice when it has no errors."""
+    problems: list[Problem] = []
+    if not SLICE_NAME.fullmatch(path.stem) or path.suffix != ".yaml":
+        problems.append(Problem(display, 0, 0, "error", "slice files are named data/<name>.yaml, where the name "
+                                "uses letters, digits, '_', '-' or '.' and starts with a letter or digit"))
+    try:
+        text = yamlsafe.decode(data)
+        doc = yamlsafe.load(text)
+    except yamlsafe.YamlError as exc:
+        return None, problems + [Problem(display, exc.line, exc.col, "error", exc.message)]
+    if doc is None:
+        return None, problems + [Problem(display, 1, 1, "error", "the file is empty; add an IOPairs, HuggingFace or OpenAIJsonl section")]
+    if not isinstance(doc, dict):
+        return None, problems + [Problem(display, 1, 1, "error", "a slice file must be a mapping with sections "
+                                         f"such as {', '.join(SECTIONS)}")]
+
+    def at(path_: tuple, key: bool, severity: str, message: str) -> Problem:
+        line, col = yamlsafe.locate(text, path_, key=key)
+        return Problem(display, line, col, severity, message)
+
+    validator = _slice_validator()
+    schema_ok = validator.is_valid(doc)
+    if not schema_ok:
+        for err in validator.iter_errors(doc):
+            path_, key, message = _schema_problem(err, doc)
+            problems.append(at(path_, key, "error", message))
+    for p_, key, severity, message in _semantic_problems(doc, opts.allow_local):
+        problems.append(at(p_, key, severity, message))
+    if not schema_ok or any(p.severity == "error" for p in problems):
+        return None, problems
+    return slice_from_document(path, doc), problems
+
+
+def _slice_files(data_dir: Path, display_dir: str) -> tuple[list[Path], list[Problem]]:
+    problems = []
+    files = []
+    for entry in sorted(data_dir.iterdir()):
+        if entry.name.startswith(".") or entry.name in IGNORED_IN_DATA:
+            continue
+        if entry.suffix == ".yml":
+            problems.append(Problem(f"{display_dir}/{entry.name}", 0, 0, "error", f"rename to {entry.stem}.yaml: "
+                                    "slice files end in .yaml"))
+        elif entry.suffix == ".yaml" or entry.is_symlink():
+            files.append(entry)
+        else:
+            problems.append(Problem(f"{display_dir}/{entry.name}", 0, 0, "warning",
+                                    "not a slice file (data/<name>.yaml); it is ignored"))
+    return files, problems
+
+
+def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = None) -> list[Problem]:
+    """Validate slice files, data folders and training.yaml. No paths: data/ and training.yaml here."""
+    opts = opts or ValidateOptions()
+    if not paths:
+        paths = [p for p in (Path("data"), Path(TRAINING_FILE)) if p.exists() or p.name == "data"]
+    problems: list[Problem] = []
+    slice_files: list[Path] = []
+    training_files: list[Path] = []
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            files, found = _slice_files(path, _display(path))
+            slice_files += files
+            problems += found
+        elif path.name == TRAINING_FILE:
+            training_files.append(path)
+        elif path.exists() or path.is_symlink():
+            slice_files.append(path)
+        else:
+            problems.append(Problem(_display(path), 0, 0, "error", "no such file or folder"))
+    slices: list[Slice] = []
+    for path in slice_files:
+        display = _display(path)
+        data, found = _read_regular_file(path, display)
+        problems += found
+        if data is None:
+            continue
+        s, found = check_slice(data, path, display, opts)
+        problems += found
+        if s is not None:
+            slices.append(s)
+            if opts.remote:
+                problems += _remote_problems(s, display, opts)
+    for path in training_files:
+        display = _display(path)
+        data, found = _read_regular_file(path, display)
+        problems += found
+        if data is None:
+            continue
+        # Mixture names are checked against every slice beside training.yaml, not only the ones given.
+        data_dir = path.parent / "data"
+        names = {p.stem for p in data_dir.glob("*.yaml")} if data_dir.is_dir() else None
+        problems += parse_training_config(data, path, display, slice_names=names)[1]
+    return sorted(problems, key=lambda p: (p.file, p.line, p.col, p.severity))
+
+
+def _remote_problems(s: Slice, display: str, opts: ValidateOptions) -> list[Problem]:
+    from oig.sources import SourceOptions, check_remote
+
+    found = check_remote(s, SourceOptions(allow_local=opts.allow_local, base_dir=opts.base_dir))
+    return [Problem(display, p.line, p.col, p.severity, p.message) for p in found]
+
+
+def load_slices(data_dir: Path, opts: ValidateOptions | None = None) -> list[Slice]:
+    """Every slice in a data folder, sorted by name. Raises InvalidInput listing every error."""
+    opts = opts or ValidateOptions()
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InvalidInput([Problem(_display(data_dir), 0, 0, "error", "no such data folder")])
+    files, problems = _slice_files(data_dir, _display(data_dir))
+    slices = []
+    for path in files:
+        display = _display(path)
+        data, found = _read_regular_file(path, display)
+        problems += found
+        if data is not None:
+            s, found = check_slice(data, path, display, opts)
+            problems += found
+            if s is not None:
+                slices.append(s)
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(problems)
+    return sorted(slices, key=lambda s: s.name)
