@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from oig import yamlsafe
-from oig.config import did_you_mean, parse_training_config
+from oig.config import did_you_mean, nearest, parse_training_config
 from oig.errors import InvalidInput, Problem
 from oig.schemas import SLICE_SCHEMA
 from oig.slices import SECTIONS, Slice, slice_from_document
@@ -78,13 +78,7 @@ def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
     kind = err.kind
     name = type(kind).__name__
     where = _path_text(path)
-    sub = SLICE_SCHEMA
-    for p in path:  # the schema of the object at path, for the list of valid keys
-        if isinstance(p, int):
-            sub = sub.get("items", {})
-        else:
-            sub = sub.get("properties", {}).get(p, {})
-    valid = list(sub.get("properties", {}))
+    valid = _valid_keys(path)
     if name == "AdditionalProperties":
         bad = kind.unexpected[0]
         scope = "top level" if not path else where
@@ -97,7 +91,8 @@ def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
     if name == "Type":
         value = _get(doc, path)
         want = kind.types if hasattr(kind, "types") else None
-        hint = "; put the text in quotes" if isinstance(value, bool | int | float) or value is None else ""
+        wants_text = "string" in _types(want) or "text" in _types(want)
+        hint = "; put the text in quotes" if wants_text and (isinstance(value, bool | int | float) or value is None) else ""
         return path, False, f"{where} must be {_types(want)}, not {_kind_of(value)}{hint}"
     if name == "MinLength":
         return path, False, f"{where} is empty; write the text or remove the entry"
@@ -110,9 +105,21 @@ def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
         return path, False, f"{where} is not valid: {err.message}"
     if name == "Minimum":
         return path, False, f"{where} must be at least {kind.limit}"
-    if name == "Enum" and path and len(path) >= 2 and path[-2] == "columns":
-        return path, True, f"unknown column role '{path[-1]}'{did_you_mean(str(path[-1]), _column_roles())}"
+    if name == "PropertyNames" and path and path[-1] == "columns":
+        columns = _get(doc, path)
+        bad = next((k for k in columns if k not in _column_roles()), None) if isinstance(columns, dict) else None
+        if bad is not None:
+            return path + (bad,), True, (f"unknown column role '{bad}'{did_you_mean(str(bad), _column_roles())}"
+                                         f" (roles: {', '.join(_column_roles())})")
     return path, False, f"{where}: {err.message}"
+
+
+def _valid_keys(path) -> list[str]:
+    """The keys the schema allows in the mapping at path."""
+    sub = SLICE_SCHEMA
+    for p in path:
+        sub = sub.get("items", {}) if isinstance(p, int) else sub.get("properties", {}).get(p, {})
+    return list(sub.get("properties", {}))
 
 
 def _path_text(path: tuple) -> str:
@@ -263,7 +270,13 @@ def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) ->
     validator = _slice_validator()
     schema_ok = validator.is_valid(doc)
     if not schema_ok:
-        for err in validator.iter_errors(doc):
+        errors = list(validator.iter_errors(doc))
+        # "unknown key 'outptu'; did you mean 'output'?" already says what "missing 'output'" would.
+        typo_fixes = {(tuple(e.instance_path), nearest(e.kind.unexpected[0], _valid_keys(e.instance_path)))
+                      for e in errors if type(e.kind).__name__ == "AdditionalProperties"}
+        for err in errors:
+            if type(err.kind).__name__ == "Required" and (tuple(err.instance_path), err.kind.property) in typo_fixes:
+                continue
             path_, key, message = _schema_problem(err, doc)
             problems.append(at(path_, key, "error", message))
     for p_, key, severity, message in _semantic_problems(doc, opts.allow_local):

@@ -1,0 +1,170 @@
+"""Validation of slice files, including a corpus of hostile files from strangers' pull requests."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from oig.errors import InvalidInput
+from oig.validate import ValidateOptions, link_problem, load_slices, validate
+
+GOOD = "IOPairs:\n  - input: hi\n  output: hello\n".replace("\n  output", "\n    output")
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    path = data / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+def problems_of(tmp_path: Path, name: str, content, **opts):
+    write(tmp_path, name, content)
+    os.chdir(tmp_path)
+    return validate([Path("data") / name], ValidateOptions(**opts))
+
+
+def test_all_sections_together_are_valid(tmp_path):
+    found = problems_of(tmp_path, "mixed.yaml", (
+        "description: d\nlicense: CC0-1.0\nfixes: [3, 4]\nIOPairs:\n  - input: a\n    output: b\n"
+        "HuggingFace:\n  - link: https://huggingface.co/datasets/org/name\n    revision: " + "a" * 40 + "\n"
+        "    config: default\n    split: test\n    columns: {question: q, answer: a}\n    limit: 10\n"
+        "  - link: org/other\n    revision: " + "b" * 40 + "\n"
+        "OpenAIJsonl:\n  - link: https://example.com/data.jsonl\n    sha256: " + "c" * 64 + "\n"
+    ))
+    assert found == []
+
+
+# name -> (file content, expected message fragment, line, col)
+HOSTILE = {
+    "typo-section": ("IOPair:\n  - input: a\n    output: b\n", "unknown key 'IOPair' at top level; did you mean 'IOPairs'?", 1, 1),
+    "typo-field": ("IOPairs:\n  - input: a\n    outptu: b\n", "unknown key 'outptu' at IOPairs[0]; did you mean 'output'?", 3, 5),
+    "missing-field": ("IOPairs:\n  - input: a\n", "IOPairs[0] is missing the required key 'output'", 2, 5),
+    "number-output": ("IOPairs:\n  - input: a\n    output: 42\n", "must be text, not a number; put the text in quotes", 3, 13),
+    "empty-output": ("IOPairs:\n  - input: a\n    output: ''\n", "IOPairs[0].output is empty", 3, 13),
+    "blank-input": ("IOPairs:\n  - input: '  '\n    output: b\n", "input is only whitespace", 2, 12),
+    "no-section": ("description: nothing here\n", "a slice needs at least one section", 1, 1),
+    "empty-file": ("", "the file is empty", 1, 1),
+    "list-top": ("- a\n- b\n", "must be a mapping", 1, 1),
+    "anchor": ("IOPairs:\n  - &p {input: a, output: b}\n  - *p\n", "anchors", 2, 5),
+    "alias-bomb": ("a: &a [x, x]\nb: &b [*a, *a]\nIOPairs: *b\n", "anchors", 1, 4),
+    "tag": ("IOPairs: !!python/object/apply:os.system ['id']\n", "tags", 1, 10),
+    "duplicate-key": ("IOPairs:\n  - input: a\n    output: b\n    input: c\n", "duplicate key 'input'", 4, 5),
+    "two-docs": ("IOPairs: []\n---\nIOPairs: []\n", "more than one YAML document", 2, 1),
+    "deep": ("IOPairs: " + "[" * 5000, "nesting deeper than 32", 1, 41),
+    "nul": ("IOPairs:\n  - input: a\x00\n    output: b\n", "NUL character", 2, 13),
+    "latin1": (b"IOPairs:\n  - input: caf\xe9\n    output: b\n", "invalid UTF-8", 2, 15),
+    "syntax": ("IOPairs:\n  - input: a\n   output: b\n", "YAML syntax error", 3, 4),
+    "file-link": ("OpenAIJsonl:\n  - link: file:///etc/passwd\n", "links must be https URLs, not file:", 2, 11),
+    "path-link": ("OpenAIJsonl:\n  - link: ../../secrets.jsonl\n", "needs --allow-local-sources", 2, 11),
+    "http-link": ("OpenAIJsonl:\n  - link: http://example.com/a.jsonl\n", "links must use https", 2, 11),
+    "metadata": ("OpenAIJsonl:\n  - link: https://169.254.169.254/latest/meta-data\n", "public hosts", 2, 11),
+    "loopback": ("OpenAIJsonl:\n  - link: https://127.0.0.1:8080/a.jsonl\n", "public hosts", 2, 11),
+    "private": ("OpenAIJsonl:\n  - link: https://10.0.0.5/a.jsonl\n", "public hosts", 2, 11),
+    "ipv6": ("OpenAIJsonl:\n  - link: https://[::1]/a.jsonl\n", "public hosts", 2, 11),
+    "localhost": ("OpenAIJsonl:\n  - link: https://localhost/a.jsonl\n", "public hosts", 2, 11),
+    "decimal-ip": ("OpenAIJsonl:\n  - link: https://2130706433/a.jsonl\n", "numeric address", 2, 11),
+    "userinfo": ("OpenAIJsonl:\n  - link: https://user:pw@example.com/a.jsonl\n", "user name or password", 2, 11),
+    "gopher": ("OpenAIJsonl:\n  - link: gopher://example.com/a\n", "not gopher:", 2, 11),
+    "hf-elsewhere": ("HuggingFace:\n  - link: https://evil.example/datasets/a/b\n", "Hugging Face links must be", 2, 11),
+    "bad-sha": ("OpenAIJsonl:\n  - link: https://example.com/a.jsonl\n    sha256: abc\n", "64 lowercase hex digits", 3, 13),
+    "bad-limit": ("OpenAIJsonl:\n  - link: https://example.com/a.jsonl\n    limit: -3\n", "must be at least 1", 3, 12),
+    "bad-role": ("HuggingFace:\n  - link: org/n\n    columns: {questoin: q}\n", "unknown column role 'questoin'; did you mean 'question'?", 3, 15),
+    "fixes-text": ("IOPairs:\n  - input: a\n    output: b\nfixes: [twelve]\n", "fixes[0] must be a whole number", 4, 9),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_corpus(tmp_path, case):
+    content, message, line, col = HOSTILE[case]
+    start = time.perf_counter()
+    found = problems_of(tmp_path, f"{case}.yaml", content)
+    assert time.perf_counter() - start < 2
+    errors = [p for p in found if p.severity == "error"]
+    assert errors, found
+    assert any(message in p.message and (p.line, p.col) == (line, col) for p in errors), found
+    assert all(p.file == f"data/{case}.yaml" for p in found)
+
+
+def test_every_problem_in_a_file_is_reported_at_once(tmp_path):
+    found = problems_of(tmp_path, "many.yaml", (
+        "IOPair: []\nOpenAIJsonl:\n  - link: file:///etc/passwd\n  - link: https://example.com/a\n    limit: 0\n"))
+    assert [(p.line, p.severity) for p in found] == [(1, "error"), (3, "error"), (4, "warning"), (5, "error")]
+
+
+def test_unpinned_links_warn_with_the_pin_to_add(tmp_path):
+    found = problems_of(tmp_path, "remote.yaml",
+                        "HuggingFace:\n  - link: org/name\nOpenAIJsonl:\n  - link: https://example.com/a.jsonl\n")
+    assert [(p.severity, p.line) for p in found] == [("warning", 2), ("warning", 4)]
+    assert "revision:" in found[0].message and "sha256:" in found[1].message
+
+
+def test_local_sources_need_the_flag(tmp_path):
+    content = "OpenAIJsonl:\n  - link: fixtures/a.jsonl\n  - link: http://127.0.0.1:8000/a.jsonl\n"
+    assert [p.severity for p in problems_of(tmp_path, "local.yaml", content)] == ["error", "error"]
+    assert [p.severity for p in problems_of(tmp_path, "local.yaml", content, allow_local=True)] == ["warning"] * 2
+
+
+def test_symlinks_and_oversize_files_are_refused_before_reading(tmp_path, monkeypatch):
+    from oig import yamlsafe
+
+    (tmp_path / "data").mkdir()
+    os.symlink("/etc/passwd", tmp_path / "data" / "evil.yaml")
+    write(tmp_path, "big.yaml", "IOPairs:\n" + "  - {input: a, output: b}\n" * 10)
+    monkeypatch.setattr(yamlsafe, "MAX_BYTES", 50)
+    os.chdir(tmp_path)
+    found = validate([Path("data")])
+    assert [(p.file, p.message.split(";")[0].split(":")[0]) for p in found] == [
+        ("data/big.yaml", "file is 269 bytes"), ("data/evil.yaml", "symbolic links are not allowed here")]
+
+
+def test_data_folder_naming_rules(tmp_path):
+    write(tmp_path, "ok.yaml", GOOD)
+    write(tmp_path, "wrong.yml", GOOD)
+    write(tmp_path, "notes.txt", "x")
+    write(tmp_path, "README.md", "about the data")
+    write(tmp_path, "bad name.yaml", GOOD)
+    os.chdir(tmp_path)
+    found = validate([])
+    assert [(p.file, p.severity) for p in found] == [
+        ("data/bad name.yaml", "error"), ("data/notes.txt", "warning"), ("data/wrong.yml", "error")]
+
+
+def test_training_yaml_is_checked_against_the_slices_beside_it(tmp_path):
+    write(tmp_path, "greetings.yaml", GOOD)
+    (tmp_path / "training.yaml").write_text("Mixture:\n  greeting: 0.5\n")
+    os.chdir(tmp_path)
+    found = validate([Path("training.yaml")])
+    assert found[0].line == 2 and "did you mean 'greetings'?" in found[0].message
+
+
+def test_load_slices_raises_with_every_error(tmp_path):
+    write(tmp_path, "a.yaml", GOOD)
+    write(tmp_path, "b.yaml", "IOPair: []\n")
+    write(tmp_path, "c.yaml", "IOPairs: 3\n")
+    with pytest.raises(InvalidInput) as exc:
+        load_slices(tmp_path / "data")
+    assert [p.message.split(" ")[0] for p in exc.value.problems] == ["unknown", "a", "IOPairs"]
+    (tmp_path / "data" / "b.yaml").unlink()
+    (tmp_path / "data" / "c.yaml").unlink()
+    [s] = load_slices(tmp_path / "data")
+    assert s.name == "a" and s.io_pairs == [{"input": "hi", "output": "hello"}]
+
+
+@pytest.mark.parametrize(
+    ("link", "section", "ok"),
+    [
+        ("https://huggingface.co/datasets/org/name", "HuggingFace", True),
+        ("org/name", "HuggingFace", True),
+        ("org/name", "OpenAIJsonl", False),
+        ("https://huggingface.co/org/name", "HuggingFace", False),
+        ("https://example.com/x.jsonl", "OpenAIJsonl", True),
+        ("https://0x7f000001/x", "OpenAIJsonl", False),
+        ("https://foo.internal/x", "OpenAIJsonl", False),
+        ("https:///x", "OpenAIJsonl", False),
+    ],
+)
+def test_link_rules(link, section, ok):
+    assert (link_problem(link, False, section) is None) == ok
