@@ -43,7 +43,7 @@ def generate(folder: Path, pairs: int, files: int) -> int:
     for i in range(files):
         items = []
         for _ in range(per_file):
-            output = sentence(rng, 20, 60)
+            output = sentence(rng, 15, 49)
             if rng.random() < 0.2:  # some multi-line answers, as real data has
                 output += "\n" + sentence(rng, 5, 15) + "\n- " + sentence(rng, 3, 8)
             items.append({"input": sentence(rng, 5, 25) + "?", "output": output})
