@@ -17,6 +17,10 @@ from oig.errors import InvalidInput, OigError
 # Subcommand modules, in the order `oig --help` lists them.
 COMMANDS = [
     "validate",
+    "mix",
+    "train",
+    "query",
+    "serve",
 ]
 
 
