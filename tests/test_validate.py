@@ -168,3 +168,28 @@ def test_load_slices_raises_with_every_error(tmp_path):
 )
 def test_link_rules(link, section, ok):
     assert (link_problem(link, False, section) is None) == ok
+
+
+def test_preferences_inline_and_linked(tmp_path):
+    found = problems_of(tmp_path, "prefs.yaml", (
+        "Preferences:\n  - prompt: hi\n    chosen: Hello!\n    rejected: go away\n"
+        "  - link: https://example.com/p.jsonl\n    sha256: " + "d" * 64 + "\n"))
+    assert found == []
+    from oig.validate import load_slices
+
+    [s] = load_slices(tmp_path / "data")
+    assert s.preferences == [{"prompt": "hi", "chosen": "Hello!", "rejected": "go away"}]
+    assert [e.link for e in s.preference_links] == ["https://example.com/p.jsonl"]
+    assert s.has_preferences and not s.io_pairs
+
+
+def test_preference_errors_name_the_branch_meant(tmp_path):
+    found = problems_of(tmp_path, "prefs.yaml", (
+        "Preferences:\n  - prompt: y\n    chosen: a\n  - link: https://example.com/p.jsonl\n    sha265: abc\n"
+        "  - prompt: x\n    chosen: same\n    rejected: same\n"))
+    assert [(p.line, p.severity, p.message.split(";")[0]) for p in found] == [
+        (2, "error", "Preferences[0] is missing the required key 'rejected'"),
+        (4, "warning", "file is not pinned: add `sha256: <hex>` so the data cannot change under the model (`oig validate --remote` prints the exact line)"),
+        (5, "error", "unknown key 'sha265' at Preferences[1]"),
+        (8, "error", "chosen and rejected are the same answer"),
+    ]

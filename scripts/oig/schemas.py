@@ -43,7 +43,8 @@ SLICE_SCHEMA: dict = {
     "description": (
         "A slice of training data: data/<name>.yaml, where the slice's name is the file name. Give "
         "examples inline (IOPairs), link a Hugging Face dataset (HuggingFace) or an OpenAI-format "
-        "fine-tuning JSONL file (OpenAIJsonl); sections may be combined. Check it with `oig validate`."
+        "fine-tuning JSONL file (OpenAIJsonl), or give preference pairs for DPO (Preferences); sections may "
+        "be combined. Check it with `oig validate`."
     ),
     "type": "object",
     "additionalProperties": False,
@@ -51,6 +52,7 @@ SLICE_SCHEMA: dict = {
         {"required": ["IOPairs"]},
         {"required": ["HuggingFace"]},
         {"required": ["OpenAIJsonl"]},
+        {"required": ["Preferences"]},
     ],
     "properties": {
         "IOPairs": {
@@ -125,6 +127,42 @@ SLICE_SCHEMA: dict = {
                     },
                     "limit": _limit,
                 },
+            },
+        },
+        "Preferences": {
+            "description": "Preference pairs for DPO (`method: dpo` in training.yaml): a prompt with a "
+            "chosen (better) and a rejected (worse) answer, inline or as a JSONL file of "
+            "{prompt, chosen, rejected} lines (strings, or chat message lists). They are not part of the "
+            "SFT mixture.",
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["prompt", "chosen", "rejected"],
+                        "properties": {
+                            "prompt": {**_text, "description": "What the user says."},
+                            "chosen": {**_text, "description": "The better answer."},
+                            "rejected": {**_text, "description": "The worse answer."},
+                        },
+                    },
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["link"],
+                        "properties": {
+                            "link": {**_text, "description": "An https URL of a JSONL file of preference pairs."},
+                            "sha256": {
+                                "type": "string",
+                                "pattern": SHA256,
+                                "description": "The file's sha256 (64 lowercase hex digits). It is enforced.",
+                            },
+                            "limit": _limit,
+                        },
+                    },
+                ]
             },
         },
         "description": {**_text, "description": "What this slice teaches the model."},

@@ -5,6 +5,7 @@ A slice file holds any of three sections, alone or together::
     IOPairs:      [{input, output}, ...]        # inline pairs, become user/assistant turns
     HuggingFace:  [{link, revision?, config?, split?, columns?, limit?}, ...]
     OpenAIJsonl:  [{link, sha256?, limit?}, ...]
+    Preferences:  [{prompt, chosen, rejected} | {link, sha256?, limit?}, ...]   # DPO pairs, not SFT
 
 plus optional metadata: description, license, source, fixes (issue numbers this slice fixes).
 Validation (``oig.validate``) checks the document against ``schemas/slice.schema.json`` first; the
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SECTIONS = ("IOPairs", "HuggingFace", "OpenAIJsonl")
+SECTIONS = ("IOPairs", "HuggingFace", "OpenAIJsonl", "Preferences")
 METADATA = ("description", "license", "source", "fixes")
 
 # Column roles an explicit Hugging Face `columns` mapping may name (role -> column in the dataset).
@@ -63,6 +64,8 @@ class Slice:
     io_pairs: list[dict[str, str]] = field(default_factory=list)
     huggingface: list[HFEntry] = field(default_factory=list)
     openai_jsonl: list[JsonlEntry] = field(default_factory=list)
+    preferences: list[dict[str, str]] = field(default_factory=list)  # inline {prompt, chosen, rejected}
+    preference_links: list[JsonlEntry] = field(default_factory=list)  # JSONL files of preference pairs
     description: str | None = None
     license: str | None = None
     source: str | None = None
@@ -71,7 +74,11 @@ class Slice:
     @property
     def is_local(self) -> bool:
         """True when every example is inline (no link to fetch)."""
-        return not self.huggingface and not self.openai_jsonl
+        return not self.huggingface and not self.openai_jsonl and not self.preference_links
+
+    @property
+    def has_preferences(self) -> bool:
+        return bool(self.preferences or self.preference_links)
 
 
 def slice_from_document(path: Path, doc: dict) -> Slice:
@@ -94,6 +101,16 @@ def slice_from_document(path: Path, doc: dict) -> Slice:
         openai_jsonl=[
             JsonlEntry(link=e["link"], sha256=e.get("sha256"), limit=e.get("limit"))
             for e in doc.get("OpenAIJsonl") or []
+        ],
+        preferences=[
+            {"prompt": e["prompt"], "chosen": e["chosen"], "rejected": e["rejected"]}
+            for e in doc.get("Preferences") or []
+            if "link" not in e
+        ],
+        preference_links=[
+            JsonlEntry(link=e["link"], sha256=e.get("sha256"), limit=e.get("limit"))
+            for e in doc.get("Preferences") or []
+            if "link" in e
         ],
         description=doc.get("description"),
         license=doc.get("license"),

@@ -114,11 +114,52 @@ def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
     return path, False, f"{where}: {err.message}"
 
 
-def _valid_keys(path) -> list[str]:
-    """The keys the schema allows in the mapping at path."""
+@dataclass(frozen=True)
+class _SubError:
+    """A jsonschema-rs error re-rooted at the document, for errors found inside a oneOf branch."""
+
+    instance_path: tuple
+    kind: object
+    message: str
+
+
+def _branch(item: object) -> int:
+    """Which oneOf branch of a Preferences item the contributor meant: 1 (a link) or 0 (inline)."""
+    return 1 if isinstance(item, dict) and "link" in item else 0
+
+
+def _expand_one_of(errors: list, doc: dict) -> list:
+    """Replace "not valid under any of the schemas" by the errors of the branch the item was meant as."""
+    import jsonschema_rs
+
+    out = []
+    for err in errors:
+        if type(err.kind).__name__ != "OneOfNotValid":
+            out.append(err)
+            continue
+        path = tuple(err.instance_path)
+        item = _get(doc, path)
+        branch = _schema_at(path[:-1])["items"]["oneOf"][_branch(item)]
+        for sub in jsonschema_rs.validator_for(branch).iter_errors(item):
+            out.append(_SubError(path + tuple(sub.instance_path), sub.kind, sub.message))
+    return out
+
+
+def _schema_at(path) -> dict:
     sub = SLICE_SCHEMA
     for p in path:
-        sub = sub.get("items", {}) if isinstance(p, int) else sub.get("properties", {}).get(p, {})
+        if isinstance(p, int):
+            sub = sub.get("items", {})
+        else:
+            sub = sub.get("properties", {}).get(p, {})
+    return sub
+
+
+def _valid_keys(path) -> list[str]:
+    """The keys the schema allows in the mapping at path."""
+    sub = _schema_at(path)
+    if "oneOf" in sub:  # a Preferences item: the keys of the branch it is meant as
+        return [k for branch in sub["oneOf"] for k in branch["properties"]]
     return list(sub.get("properties", {}))
 
 
@@ -224,7 +265,15 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
         first = seen.setdefault((inp, out), i)
         if first != i:
             found.append((("IOPairs", i), False, "warning", f"IOPairs[{i}] repeats IOPairs[{first}] exactly; remove one"))
-    for section in ("HuggingFace", "OpenAIJsonl"):
+    for i, entry in enumerate(_items(doc, "Preferences")):
+        if isinstance(entry, dict) and "link" not in entry:
+            for key in ("prompt", "chosen", "rejected"):
+                if isinstance(entry.get(key), str) and entry[key].isspace():
+                    found.append((("Preferences", i, key), False, "error", f"{key} is only whitespace; write the text"))
+            if isinstance(entry.get("chosen"), str) and entry.get("chosen") == entry.get("rejected"):
+                found.append((("Preferences", i, "rejected"), False, "error",
+                              "chosen and rejected are the same answer; a preference needs two different ones"))
+    for section in ("HuggingFace", "OpenAIJsonl", "Preferences"):
         for i, entry in enumerate(_items(doc, section)):
             if not isinstance(entry, dict) or not isinstance(entry.get("link"), str):
                 continue
@@ -236,7 +285,7 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
                 found.append(((section, i, "link"), False, "warning",
                               "dataset is not pinned: add `revision: <40-character commit sha>` so the data "
                               "cannot change under the model (`oig validate --remote` prints the exact line)"))
-            if section == "OpenAIJsonl" and not entry.get("sha256"):
+            if section in ("OpenAIJsonl", "Preferences") and not entry.get("sha256"):
                 found.append(((section, i, "link"), False, "warning",
                               "file is not pinned: add `sha256: <hex>` so the data cannot change under the "
                               "model (`oig validate --remote` prints the exact line)"))
@@ -270,7 +319,7 @@ def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) ->
     validator = _slice_validator()
     schema_ok = validator.is_valid(doc)
     if not schema_ok:
-        errors = list(validator.iter_errors(doc))
+        errors = _expand_one_of(list(validator.iter_errors(doc)), doc)
         # "unknown key 'outptu'; did you mean 'output'?" already says what "missing 'output'" would.
         typo_fixes = {(tuple(e.instance_path), nearest(e.kind.unexpected[0], _valid_keys(e.instance_path)))
                       for e in errors if type(e.kind).__name__ == "AdditionalProperties"}
