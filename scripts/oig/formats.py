@@ -344,3 +344,31 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, object]]:
                 yield f"row {number}", row
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"not a readable parquet file (after row {number}): {exc}") from None
+
+
+def convert_preference(row: object) -> dict:
+    """One preference pair for DPO, in TRL's conversational form.
+
+    Accepts ``{prompt, chosen, rejected}`` where each is text or a list of chat messages. The result is
+    ``{"prompt": [... ending with a user turn], "chosen": [assistant], "rejected": [assistant]}``.
+    """
+    if not isinstance(row, dict) or not all(k in row for k in ("prompt", "chosen", "rejected")):
+        raise ValueError('expected a preference pair: {"prompt": ..., "chosen": ..., "rejected": ...}')
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt_messages = [{"role": "user", "content": prompt}]
+    else:
+        prompt_messages = _message_list(prompt, "prompt")
+    if prompt_messages[-1]["role"] != "user":
+        raise ValueError("the prompt must end with a user message")
+    out: dict = {"prompt": prompt_messages}
+    for key in ("chosen", "rejected"):
+        value = row[key]
+        messages = [{"role": "assistant", "content": value}] if isinstance(value, str) else _message_list(value, key)
+        if len(messages) != 1 or messages[0]["role"] != "assistant" or not messages[0]["content"].strip():
+            raise ValueError(f"{key} must be one non-empty assistant answer")
+        messages[0].pop("weight", None)
+        out[key] = messages
+    if out["chosen"][0]["content"] == out["rejected"][0]["content"]:
+        raise ValueError("chosen and rejected are the same answer")
+    return out

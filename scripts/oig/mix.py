@@ -53,6 +53,7 @@ from oig.errors import InvalidInput, OigError, Problem
 
 MIXTURE_FILE = "mixture.jsonl"
 MANIFEST_FILE = "manifest.json"
+PREFERENCES_FILE = "preferences.jsonl"
 WHERE = "training.yaml"  # the file a Mixture problem points at when no config path is known
 _LINE_HEAD = b'{"messages":['
 _LINE_TAIL = b"]}"
@@ -296,8 +297,13 @@ def _write_json(target: Path, value: dict) -> None:
 
 
 def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Allocation, seed: int,
-                  config: Path | str | None = None) -> dict:
-    """Write ``mixture.jsonl`` and ``manifest.json`` under out_dir (atomically). Returns the manifest."""
+                  config: Path | str | None = None, preferences: Sequence[SliceData] = ()) -> dict:
+    """Write ``mixture.jsonl`` and ``manifest.json`` under out_dir (atomically). Returns the manifest.
+
+    Preference pairs (for DPO) are not weighted: every pair of every slice goes, in slice order, into
+    ``preferences.jsonl`` (one ``{"slice", "prompt", "chosen", "rejected"}`` per line), listed in the
+    manifest under ``preferences``.
+    """
     out_dir = Path(out_dir)
     by_name = {s.name: s for s in slices}
     missing = [s.name for s in allocation.slices if s.name not in by_name]
@@ -308,6 +314,8 @@ def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Alloca
     manifest = plan(allocation, seed, slices, config, {n: i.sha256 for n, i in indexes.items()})
     try:
         manifest |= _write(out_dir, by_name, indexes, allocation, seed)
+        if preferences:
+            manifest["preferences"] = _write_preferences(out_dir, preferences)
         # The manifest comes last: it vouches for the mixture file written above.
         _write_json(out_dir / MANIFEST_FILE, manifest)
     except OSError as exc:
@@ -349,6 +357,27 @@ def _write(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Ind
         tmp.unlink(missing_ok=True)
         raise
     return {"mixture": MIXTURE_FILE, "sha256": digest.hexdigest()}
+
+
+def _write_preferences(out_dir: Path, slices: Sequence[SliceData]) -> dict:
+    target = out_dir / PREFERENCES_FILE
+    f, tmp = _atomic_writer(target)
+    digest = hashlib.sha256()
+    try:
+        with f:
+            for data in slices:
+                head = b'{"slice":' + json.dumps(data.name, ensure_ascii=False).encode() + b","
+                with open(data.path, "rb") as src:
+                    for line in src:
+                        out = head + line[1:]  # each line is a compact JSON object: splice the slice in
+                        f.write(out)
+                        digest.update(out)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"file": PREFERENCES_FILE, "sha256": digest.hexdigest(), "total": sum(s.count for s in slices),
+            "slices": [{"name": s.name, "count": s.count, "sha256": s.sha256, "pins": list(s.pins)} for s in slices]}
 
 
 def plan(allocation: Allocation, seed: int, slices: Sequence[SliceData] = (), config: Path | str | None = None,
@@ -426,7 +455,7 @@ def mix(data_dir: Path, config_path: Path, out_dir: Path | None, *, total: int |
         seed: int | None = None, allow_local: bool = False, plan_only: bool = False) -> MixResult:
     """``oig mix``: slices and training.yaml in, mixture.jsonl and manifest.json out."""
     from oig.config import load_training_config
-    from oig.sources import SourceOptions, materialize
+    from oig.sources import SourceOptions, materialize, materialize_preferences
     from oig.validate import ValidateOptions, load_slices
 
     data_dir, config_path = Path(data_dir), Path(config_path)
@@ -435,14 +464,15 @@ def mix(data_dir: Path, config_path: Path, out_dir: Path | None, *, total: int |
     slices = load_slices(data_dir, ValidateOptions(allow_local=allow_local, base_dir=base_dir))
     config = load_training_config(config_path, slice_names={s.name for s in slices})
     seed = config.seed if seed is None else seed
-    # --- every slice as JSONL ---------------------------------------------------------------------
+    # --- every slice as JSONL (a slice holding only preference pairs takes no part in the SFT mix) --
     opts = SourceOptions(allow_local=allow_local, base_dir=base_dir)
-    materialized = [materialize(s, opts) for s in slices]
+    materialized = [materialize(s, opts) for s in slices if s.io_pairs or s.huggingface or s.openai_jsonl]
     # --- how many examples of each ----------------------------------------------------------------
     allocation = allocate({m.name: m.count for m in materialized}, config.mixture,
                           config.mixture_total if total is None else total, where=str(config_path))
     if plan_only or out_dir is None:
         return MixResult(allocation, plan(allocation, seed, materialized, config_path), None)
     # --- the mixture and its manifest -------------------------------------------------------------
-    manifest = write_mixture(Path(out_dir), materialized, allocation, seed, config_path)
+    preferences = [materialize_preferences(s, opts) for s in slices if s.has_preferences]
+    manifest = write_mixture(Path(out_dir), materialized, allocation, seed, config_path, preferences)
     return MixResult(allocation, manifest, Path(out_dir))

@@ -138,6 +138,61 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
     return Materialized(slice.name, out, writer.count, meta["sha256"], pins)
 
 
+def materialize_preferences(slice: Slice, opts: SourceOptions) -> Materialized:
+    """The slice's preference pairs (``Preferences:``) as one cached JSONL file, in TRL's conversational
+    form: one ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` per line, inline pairs first.
+    A slice without preferences gives an empty file. Raises FetchError or InvalidInput."""
+    cache = fetch.cache_root(opts)
+    display = str(slice.path)
+    pins: list[dict] = []
+    for i, e in enumerate(slice.preference_links):
+        with _about_slice(display, "Preferences", i, e.link):
+            sha = e.sha256.lower() if e.sha256 else fetch.fetch_to_cache(e.link, opts).name
+        pins.append({"section": "Preferences", "link": e.link, "sha256": sha, "pinned": bool(e.sha256), "rows": 0})
+    content = {"converter": formats.CONVERTER_VERSION, "kind": "preferences", "name": slice.name,
+               "Preferences": slice.preferences, "pins": [{k: v for k, v in p.items() if k != "rows"} for p in pins]}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    out = cache / "preferences" / f"{key}.jsonl"
+    meta_path = out.with_suffix(".json")
+    hit = _read_meta(meta_path, out)
+    if hit is not None:
+        return Materialized(slice.name, out, hit["count"], hit["sha256"], hit["pins"])
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{key}.", suffix=".tmp")
+    except OSError as exc:
+        raise FetchError(f"cannot write to the cache in {cache}: {exc.strerror or exc}") from None
+    writer = _Writer(os.fdopen(fd, "wb"))
+    problems: list[Problem] = []
+    try:
+        inline = ((f"Preferences[{i}]", p) for i, p in enumerate(slice.preferences))
+        _convert(inline, formats.convert_preference, None, "", writer, problems, display)  # type: ignore[arg-type]
+        for i, e in enumerate(slice.preference_links):
+            with _about_slice(display, "Preferences", i, e.link):
+                blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
+            pins[i]["rows"] = _convert(formats.iter_jsonl(blob), formats.convert_preference, e.limit,  # type: ignore[arg-type]
+                                       f"Preferences[{i}] {e.link}", writer, problems, display)
+        writer.close()
+        if problems:
+            raise InvalidInput(problems)
+        os.replace(tmp, out)
+        meta = {"name": slice.name, "count": writer.count, "sha256": writer.hash.hexdigest(), "pins": pins,
+                "bytes": writer.size}
+        fetch.write_atomic(meta_path, json.dumps(meta, indent=1).encode())
+    except BaseException:
+        _discard(writer, tmp)
+        raise
+    return Materialized(slice.name, out, writer.count, meta["sha256"], pins)
+
+
+@contextlib.contextmanager
+def _about_slice(display: str, section: str, i: int, link: str) -> Iterator[None]:
+    try:
+        yield
+    except FetchError as exc:
+        raise FetchError(f"{display}: {_about_message(section, i, link, exc)}") from None
+
+
 def check_remote(slice: Slice, opts: SourceOptions, sample: int = 20) -> list[Problem]:
     """Resolve every link (existence, pins) and convert a sample of rows; problems, each with a fix."""
     file = str(slice.path)
@@ -179,6 +234,17 @@ def check_remote(slice: Slice, opts: SourceOptions, sample: int = 20) -> list[Pr
             add("warning", f"{where} is not pinned: add `sha256: {blob.name}` so the data cannot change "
                            "under the model")
         _sample(formats.iter_jsonl(blob), formats.convert_openai_line, min(sample, e.limit or sample), where, add)
+    for i, e in enumerate(slice.preference_links):
+        where = f"Preferences[{i}] {e.link}"
+        try:
+            blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
+        except FetchError as exc:
+            add("error", _about_message("Preferences", i, e.link, exc))
+            continue
+        if not e.sha256:
+            add("warning", f"{where} is not pinned: add `sha256: {blob.name}` so the data cannot change "
+                           "under the model")
+        _sample(formats.iter_jsonl(blob), formats.convert_preference, min(sample, e.limit or sample), where, add)  # type: ignore[arg-type]
     return problems
 
 
