@@ -175,3 +175,37 @@ def test_benchmark_smoke_through_the_command():
     spec.loader.exec_module(bench)
     [row] = bench.bench([20_000], repeat=1, stage="cli")
     assert row["size"] == 20_000 and 0 < row["wall_s"] < 60 and 0 < row["peak_rss_mb"] < 1000
+
+
+def test_preference_pairs_go_beside_the_mixture_unweighted(repo, capsys, tmp_path):
+    (repo / "data" / "prefs.yaml").write_text(
+        "Preferences:\n  - prompt: hi\n    chosen: Hello!\n    rejected: go away\n"
+        "  - link: fixtures/p.jsonl\n")
+    (repo / "fixtures").mkdir()
+    (repo / "fixtures" / "p.jsonl").write_text(
+        json.dumps({"prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "q"}],
+                    "chosen": "good", "rejected": [{"role": "assistant", "content": "bad"}]}) + "\n")
+    assert main(["mix", "--out", "out", "--allow-local-sources"]) == 0
+    manifest = json.loads((repo / "out" / "manifest.json").read_text())
+    assert "prefs" not in [s["name"] for s in manifest["slices"]]  # preference-only: not in the SFT mix
+    lines = [json.loads(x) for x in (repo / "out" / "preferences.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"slice": "prefs", "prompt": [{"role": "user", "content": "hi"}],
+         "chosen": [{"role": "assistant", "content": "Hello!"}],
+         "rejected": [{"role": "assistant", "content": "go away"}]},
+        {"slice": "prefs", "prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "q"}],
+         "chosen": [{"role": "assistant", "content": "good"}], "rejected": [{"role": "assistant", "content": "bad"}]},
+    ]
+    prefs = manifest["preferences"]
+    assert prefs["total"] == 2 and prefs["slices"][0]["pins"][0]["pinned"] is False
+    assert prefs["sha256"] == hashlib.sha256((repo / "out" / "preferences.jsonl").read_bytes()).hexdigest()
+
+
+def test_bad_preference_rows_are_reported(repo, capsys):
+    (repo / "fixtures").mkdir()
+    (repo / "fixtures" / "p.jsonl").write_text('{"prompt": "q", "chosen": "same", "rejected": "same"}\n{"prompt": 3}\n')
+    (repo / "data" / "prefs.yaml").write_text("Preferences:\n  - link: fixtures/p.jsonl\n")
+    assert main(["mix", "--out", "out", "--allow-local-sources"]) == 1
+    err = capsys.readouterr().err
+    assert "chosen and rejected are the same answer" in err and "expected a preference pair" in err
+    assert not (repo / "out" / "preferences.jsonl").exists()
