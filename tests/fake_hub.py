@@ -1,0 +1,192 @@
+"""A local stand-in for the Hugging Face Hub's upload API, for offline tests of huggingface_hub 2.4.
+
+It answers what ``HfApi.create_repo``, ``create_branch``, ``upload_folder`` (preupload, then an NDJSON
+commit) and ``repo_info`` send, stores the committed files per repo and branch so tests can read
+them back, and records every request so tests can assert what the SDK sent. ``fail_commits`` makes
+the first N commit requests fail with ``fail_status`` (a flaky Hub).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+@dataclass
+class Branch:
+    files: dict[str, bytes] = field(default_factory=dict)
+    commits: list[dict] = field(default_factory=list)  # {"oid", "summary", "paths"}
+
+    @property
+    def head(self) -> str:
+        return self.commits[-1]["oid"] if self.commits else "0" * 40
+
+
+class FakeHub:
+    def __init__(self, token: str = "hf_test_token", fail_commits: int = 0, fail_status: int = 503):
+        self.token = token
+        self.fail_commits = fail_commits
+        self.fail_status = fail_status
+        self.repos: dict[str, dict[str, Branch]] = {}
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def __enter__(self) -> FakeHub:
+        hub = self
+
+        class Handler(_Handler):
+            fake = hub
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # --- what tests read --------------------------------------------------------------------------------
+    def files(self, repo_id: str, branch: str = "main") -> dict[str, bytes]:
+        return dict(self.repos[repo_id][branch].files)
+
+    def commits(self, repo_id: str, branch: str = "main") -> list[dict]:
+        return list(self.repos[repo_id][branch].commits)
+
+    def paths(self, method: str | None = None) -> list[str]:
+        return [r["path"] for r in self.requests if method is None or r["method"] == method]
+
+
+def _oid(*parts: object) -> str:
+    return hashlib.sha1("\0".join(str(p) for p in parts).encode()).hexdigest()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeHub
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format, *args):  # keep test output clean
+        pass
+
+    def _reply(self, status: int, body: object = None, headers: dict | None = None) -> None:
+        data = json.dumps(body if body is not None else {}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, code: str | None = None) -> None:
+        self._reply(status, {"error": message}, {"X-Error-Code": code} if code else None)
+
+    def _handle(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        split = urlsplit(self.path)
+        path = unquote(split.path)
+        record = {"method": method, "path": path, "query": parse_qs(split.query),
+                  "headers": {k.lower(): v for k, v in self.headers.items()}, "body": raw}
+        fake = self.fake
+        with fake.lock:
+            fake.requests.append(record)
+        if self.headers.get("Authorization") != f"Bearer {fake.token}":
+            return self._error(401, "Invalid credentials in Authorization header")
+        parts = path.strip("/").split("/")
+        with fake.lock:
+            if method == "POST" and path == "/api/repos/create":
+                return self._create_repo(json.loads(raw or b"{}"))
+            if method == "POST" and path == "/api/validate-yaml":
+                return self._reply(200, {"errors": [], "warnings": []})
+            if len(parts) >= 4 and parts[:2] == ["api", "models"]:
+                repo_id = f"{parts[2]}/{parts[3]}"
+                rest = parts[4:]
+                if repo_id not in fake.repos:
+                    return self._error(404, f"Repository Not Found for url: {path}", "RepoNotFound")
+                branches = fake.repos[repo_id]
+                if method == "POST" and len(rest) == 2 and rest[0] == "branch":
+                    return self._create_branch(branches, rest[1])
+                if method == "POST" and len(rest) == 2 and rest[0] == "preupload":
+                    if rest[1] not in branches:
+                        return self._error(404, f"Invalid rev id: {rest[1]}", "RevisionNotFound")
+                    return self._preupload(json.loads(raw))
+                if method == "POST" and len(rest) == 2 and rest[0] == "commit":
+                    return self._commit(repo_id, branches, rest[1], raw)
+                if method == "GET" and (not rest or (len(rest) == 2 and rest[0] == "revision")):
+                    branch = branches.get(rest[1] if rest else "main")
+                    if branch is None:
+                        return self._error(404, "Invalid rev id", "RevisionNotFound")
+                    return self._reply(200, {"id": repo_id, "modelId": repo_id, "sha": branch.head, "private": False,
+                                             "siblings": [{"rfilename": p} for p in sorted(branch.files)]})
+        self._error(404, f"no route for {method} {path} in the fake Hub")
+
+    def _create_repo(self, payload: dict) -> None:
+        repo_id = f"{payload.get('organization')}/{payload.get('name')}"
+        if repo_id in self.fake.repos:
+            return self._reply(409, {"error": "You already created this model repo", "url": f"{self.fake.url}/{repo_id}"})
+        self.fake.repos[repo_id] = {"main": Branch()}
+        self._reply(200, {"url": f"{self.fake.url}/{repo_id}", "name": repo_id})
+
+    def _create_branch(self, branches: dict[str, Branch], name: str) -> None:
+        if name in branches:
+            return self._error(409, "Reference already exists")
+        start = branches["main"]
+        branches[name] = Branch(files=dict(start.files), commits=list(start.commits))
+        self._reply(200, {})
+
+    def _preupload(self, payload: dict) -> None:
+        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+                 for f in payload.get("files", [])]
+        self._reply(200, {"files": files, "commitOid": None})
+
+    def _commit(self, repo_id: str, branches: dict[str, Branch], rev: str, raw: bytes) -> None:
+        fake = self.fake
+        if fake.fail_commits > 0:
+            fake.fail_commits -= 1
+            return self._error(fake.fail_status, "Service temporarily unavailable")
+        if rev not in branches:
+            return self._error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+        lines = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        header = next((x["value"] for x in lines if x.get("key") == "header"), {})
+        branch = branches[rev]
+        paths = []
+        for item in lines:
+            value = item.get("value", {})
+            if item.get("key") == "file":
+                branch.files[value["path"]] = base64.b64decode(value["content"])
+                paths.append(value["path"])
+            elif item.get("key") == "deletedFile":
+                branch.files.pop(value["path"], None)
+        oid = _oid(repo_id, rev, len(branch.commits), *sorted(paths))
+        branch.commits.append({"oid": oid, "summary": header.get("summary"), "paths": paths})
+        self._reply(200, {"commitUrl": f"{fake.url}/{repo_id}/commit/{oid}", "commitOid": oid,
+                          "pullRequestUrl": None})
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def do_DELETE(self):
+        self._handle("DELETE")
