@@ -1,0 +1,24 @@
+"""``oig generate``: datasets made by asking several models and judging their answers.
+
+Modules, in pipeline order: ``config`` (the YAML config), ``store`` (every finished call, in SQLite),
+``clients`` (calls to Together and OpenAI-compatible servers: concurrency, rate limits, retries),
+``judges`` (prompts, verdicts, scores), ``run`` (the pipeline), ``export`` (SFT, preferences,
+battles, a slice file). Heavy libraries (together, transformers) are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["generate", "load_config"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import oig.generate.config` must not pull in the pipeline and its HTTP clients.
+    if name == "generate":
+        from oig.generate.run import generate
+
+        return generate
+    if name == "load_config":
+        from oig.generate.config import load_config
+
+        return load_config
+    raise AttributeError(name)
