@@ -7,7 +7,7 @@ OIG := $(BIN)/oig
 TORCH_SPEC ?= torch==2.13.0
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup setup-core demo test lint bench clean
+.PHONY: setup setup-core demo generate-demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ setup-core:
 demo: setup
 	HF_HUB_OFFLINE=1 bash scripts/demo.sh
 
+# Offline: two `oig serve` instances with tiny models answer, a tiny reward model judges.
+generate-demo: setup
+	HF_HUB_OFFLINE=1 bash scripts/generate_demo.sh runs/generate-demo
+
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
@@ -36,6 +40,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_validate.py
 	$(BIN)/python benchmarks/bench_mix.py
+	$(BIN)/python benchmarks/bench_generate.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info scripts/*.egg-info
