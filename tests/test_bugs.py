@@ -9,7 +9,7 @@ import pytest
 from fake_github import FakeGitHub
 from fake_together import FakeTogether
 
-from oig import bugs
+from oig import bugs, bugs_github
 from oig.bugs import Bug, BugReportError, judge_answer, normalize, parse_body, parse_event, verdict_of
 from oig.errors import OigError
 from oig.github_api import GitHub
@@ -381,24 +381,24 @@ def test_mentions_are_neutralised_and_fences_cannot_be_escaped():
 def test_report_comment_stays_under_githubs_limit():
     big = ("@user ```` " * 6000)[:65000]
     bug = Bug(input=big, output=big, expected=big, model_version="abc")
-    body = bugs.report_comment(bug, bugs.REPRODUCED, answer=big, model_doc=None)
+    body = bugs_github.report_comment(bug, bugs.REPRODUCED, answer=big, model_doc=None)
     assert len(body) < 65536 and "@user" not in body
     assert body.startswith(bugs.REPORT_MARKER)
 
 
 def test_report_comment_notes_a_different_model_version():
     doc = {"model": {"hub_repo": "octo/m", "revision": "0123456789abcdef0123456789abcdef01234567"}}
-    same = bugs.report_comment(Bug("q", "a", model_version="0123456"), bugs.NOT_REPRODUCED, answer="b", model_doc=doc)
-    other = bugs.report_comment(Bug("q", "a", model_version="fedcba9"), bugs.NOT_REPRODUCED, answer="b", model_doc=doc)
+    same = bugs_github.report_comment(Bug("q", "a", model_version="0123456"), bugs.NOT_REPRODUCED, answer="b", model_doc=doc)
+    other = bugs_github.report_comment(Bug("q", "a", model_version="fedcba9"), bugs.NOT_REPRODUCED, answer="b", model_doc=doc)
     assert "differs" not in same and "model version `fedcba9`; the current one differs" in other
-    odd = bugs.report_comment(Bug("q", "a", model_version="`rm -rf` @x"), "skipped", reason="r.", model_doc=doc)
+    odd = bugs_github.report_comment(Bug("q", "a", model_version="`rm -rf` @x"), "skipped", reason="r.", model_doc=doc)
     assert "rm -rf" not in odd and "_(not shown)_" in odd
 
 
 def test_fixed_labels():
-    assert bugs.fixed_label("0123456789abcdef0123456789abcdef01234567") == "fixed-in-0123456"
-    assert bugs.fixed_label("v1.2 final") == "fixed-in-v1.2-final"
-    assert len(bugs.fixed_label("r" * 80)) == 50
+    assert bugs_github.fixed_label("0123456789abcdef0123456789abcdef01234567") == "fixed-in-0123456"
+    assert bugs_github.fixed_label("v1.2 final") == "fixed-in-v1.2-final"
+    assert len(bugs_github.fixed_label("r" * 80)) == 50
 
 
 # --- claims in data PRs ---------------------------------------------------------------------------------------------
@@ -415,29 +415,29 @@ def test_claims_list_fixes_and_warn_on_bug_inputs(tmp_path):
     bugs_file = tmp_path / "bugs.json"
     bugs_file.write_text(json.dumps([{"number": 12, "title": "Wrong capital",
                                       "input": "What is the capital of France?", "expected": "Paris"}]))
-    result = bugs.check_claims(data, bugs_file=bugs_file)
+    result = bugs_github.check_claims(data, bugs_file=bugs_file)
     assert result.checked
     assert [(f.rsplit("/", 1)[-1], n) for f, n in result.claims] == [("capitals.yaml", [12, 99])]
     warnings = [(p.line, p.col, p.message) for p in result.problems]
     assert warnings[0][:2] == (1, 13) and warnings[0][2].startswith("#99 is not an open bug issue")
     assert warnings[1][:2] == (5, 12) and "bug #12's exact input" in warnings[1][2]
     assert len(warnings) == 2
-    assert "fixes #12 (Wrong capital), #99" in bugs.claims_text(result)
-    assert "| #12, #99 |" in bugs.claims_markdown(result)
+    assert "fixes #12 (Wrong capital), #99" in bugs_github.claims_text(result)
+    assert "| #12, #99 |" in bugs_github.claims_markdown(result)
 
 
 def test_claims_warn_when_the_bugs_cannot_be_read(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "fix.yaml").write_text("fixes: [3]\nIOPairs:\n  - input: a\n    output: b\n")
-    result = bugs.check_claims(data, repo="octo/oig", gh=GitHub("octo/oig", TOKEN, api_url="http://127.0.0.1:9",
+    result = bugs_github.check_claims(data, repo="octo/oig", gh=GitHub("octo/oig", TOKEN, api_url="http://127.0.0.1:9",
                                                                    sleep=lambda s: None, max_retries=0))
     assert not result.checked and result.claims[0][1] == [3]
     assert "could not read the open bug issues" in result.problems[0].message
-    unchecked = bugs.check_claims(data)
+    unchecked = bugs_github.check_claims(data)
     assert not unchecked.checked and unchecked.problems == []
     with pytest.raises(OigError, match="no such data folder"):
-        bugs.check_claims(tmp_path / "nope")
+        bugs_github.check_claims(tmp_path / "nope")
 
 
 # --- asking the current model -------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Bug reports as a regression suite: parsing reports, asking models, judging answers, and the
-GitHub side (the report check on each issue, results after training, what data PRs claim to fix).
+"""Bug reports as a regression suite: parsing reports, asking models, judging answers, running the
+suite. The GitHub side (the report check on each issue, results after training, what data PRs claim
+to fix) is in ``oig.bugs_github``.
 
 A bug report is an issue opened with ``.github/ISSUE_TEMPLATE/bug.yml``. GitHub renders each field as
 ``### <label>``, a blank line and the value (``_No response_`` when empty; fenced for ``render:``
@@ -46,11 +47,11 @@ import re
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from oig import yamlsafe
-from oig.errors import OigError, Problem
+from oig.errors import OigError
 
 # --- constants -----------------------------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ def parse_body(body: str, *, number: int | None = None, title: str | None = None
     if problems:
         raise BugReportError(problems)
     return Bug(input=values["input"], output=values["output"], expected=values.get("expected"),  # type: ignore[arg-type]
-               model_version=version, number=number, title=_short(title, 256) if title else None)
+               model_version=version, number=number, title=short(title, 256) if title else None)
 
 
 def parse_event(payload: object) -> Bug:
@@ -381,7 +382,7 @@ def load_bugs(source: Path | None, repo: str | None, *, gh=None,
             try:
                 found.append(parse_event({"issue": issue}))
             except BugReportError as exc:
-                skip(f"issue #{issue.get('number')} skipped: {' '.join(_plain(p) for p in exc.problems)}")
+                skip(f"issue #{issue.get('number')} skipped: {' '.join(plain(p) for p in exc.problems)}")
     seen: set[int] = set()
     unique = []
     for bug in found:
@@ -461,7 +462,7 @@ def _ask_judge(judge: Judge, bug: Bug, answer: str) -> bool | None:
     try:
         verdict = judge(bug.input, answer, bug.expected, bug.output)
     except Exception as exc:  # a judge is advisory: its failure makes the verdict unknown, not the run fail
-        _warn(f"the judge model failed on bug #{bug.number}: {_secret_free(str(exc))[:200]}")
+        _warn(f"the judge model failed on bug #{bug.number}: {secret_free(str(exc))[:200]}")
         return None
     return verdict if isinstance(verdict, bool) else None
 
@@ -530,7 +531,7 @@ def make_judge(model: str, base_url: str | None = None, *, timeout: float = 60.0
 # --- the suite -------------------------------------------------------------------------------------------
 
 
-def _secret_free(text: str) -> str:
+def secret_free(text: str) -> str:
     for name in ("HF_TOKEN", "TOGETHER_API_KEY", "GITHUB_TOKEN"):
         value = os.environ.get(name)
         if value and len(value) >= 4:
@@ -538,7 +539,7 @@ def _secret_free(text: str) -> str:
     return text
 
 
-def _short(text: str | None, limit: int = SHOWN_LIMIT) -> str | None:
+def short(text: str | None, limit: int = SHOWN_LIMIT) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[:limit] + f"… ({len(text) - limit:,} more characters)"
@@ -549,7 +550,7 @@ def _ask(ask: Callable[[str], str], bug: Bug) -> tuple[str | None, str | None]:
     try:
         answer = ask(bug.input)
     except Exception as exc:
-        return None, _secret_free(f"{type(exc).__name__}: {exc}")[:500]
+        return None, secret_free(f"{type(exc).__name__}: {exc}")[:500]
     if not isinstance(answer, str):
         return None, f"the model returned {type(answer).__name__}, not text"
     return answer, None
@@ -582,12 +583,12 @@ def run_suite(bugs: Iterable[Bug], ask_before: Callable[[str], str] | None, ask_
         record = {
             "number": bug.number,
             "title": bug.title,
-            "input": _short(bug.input),
-            "expected": _short(bug.expected),
-            "reported": _short(bug.output),
-            "before": _short(before),
+            "input": short(bug.input),
+            "expected": short(bug.expected),
+            "reported": short(bug.output),
+            "before": short(before),
             "before_source": source,
-            "after": _short(after),
+            "after": short(after),
             "before_pass": was.passed,
             "after_pass": now.passed,
             "verdict": verdict_of(was.passed, now.passed),
@@ -612,7 +613,7 @@ def log_section(records: list[dict]) -> dict:
     return {"bugs": records, "bugs_summary": summarize(records)}
 
 
-def _cell(text: str | None, width: int) -> str:
+def cell(text: str | None, width: int) -> str:
     if text is None:
         return "-"
     one = " ".join(text.split())
@@ -624,7 +625,7 @@ def render_text(records: list[dict]) -> str:
     for r in records:
         score = "-" if r.get("score") is None else f"{r['score']:.2f}"
         rows.append((f"#{r['number']}" if r.get("number") else "-", r["verdict"], score,
-                     _cell(r.get("input"), 30), _cell(r.get("before"), 30), _cell(r.get("after"), 30)))
+                     cell(r.get("input"), 30), cell(r.get("before"), 30), cell(r.get("after"), 30)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     s = summarize(records)
@@ -632,8 +633,8 @@ def render_text(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _md_cell(text: str | None, width: int = 80) -> str:
-    return neutralize(_cell(text, width)).replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
+def md_cell(text: str | None, width: int = 80) -> str:
+    return neutralize(cell(text, width)).replace("|", "\\|").replace("`", "'").replace("<", "&lt;")
 
 
 def render_markdown(records: list[dict], title: str = "Bug regression suite") -> str:
@@ -644,8 +645,8 @@ def render_markdown(records: list[dict], title: str = "Bug regression suite") ->
         for r in records:
             score = "" if r.get("score") is None else f"{r['score']:.2f}"
             number = f"#{r['number']}" if r.get("number") else ""
-            out.append(f"| {number} | {r['verdict']} | {score} | {_md_cell(r.get('input'))} | "
-                       f"{_md_cell(r.get('before'))} | {_md_cell(r.get('after'))} |")
+            out.append(f"| {number} | {r['verdict']} | {score} | {md_cell(r.get('input'))} | "
+                       f"{md_cell(r.get('before'))} | {md_cell(r.get('after'))} |")
     return "\n".join(out) + "\n"
 
 
@@ -733,13 +734,13 @@ def fenced(text: str | None, info: str = "text") -> str:
     """Text in a code block whose fence is longer than any backtick run in it, so it cannot break out."""
     if text is None:
         return "_(none)_"
-    text = neutralize(_short(text) or "")
+    text = neutralize(short(text) or "")
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return f"{fence}{info}\n{text}\n{fence}"
 
 
-def _inline(text: str | None) -> str:
+def inline(text: str | None) -> str:
     """A short value (revision, model name) as inline code, or a placeholder when it is odd."""
     if not text:
         return "_unknown_"
@@ -748,394 +749,5 @@ def _inline(text: str | None) -> str:
     return "_(not shown)_"
 
 
-def _plain(markdown: str) -> str:
+def plain(markdown: str) -> str:
     return markdown.replace("**", "").replace("`", "'")
-
-
-# --- the report check (the bug-report workflow) ------------------------------------------------------------
-
-
-@dataclass
-class ReportOutcome:
-    number: int | None
-    status: str  # not-a-bug | needs-info | reproduced | not-reproduced | skipped | failed
-    comment: str = ""  # created | updated | unchanged | "" (none)
-    detail: str = ""
-    labels_added: list[str] = field(default_factory=list)
-    labels_removed: list[str] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.status == "failed" else 0
-
-
-def is_reproduced(bug: Bug, answer: str, *, threshold: float = DEFAULT_THRESHOLD) -> bool:
-    """The rule of the report check: reproduced when the current answer does not match the expected
-    output; with no expected output, when it equals the reported bad output after normalisation."""
-    if bug.expected is not None:
-        return judge_answer(answer, bug, threshold=threshold).passed is False
-    return bug.output is not None and normalize(answer) == normalize(bug.output)
-
-
-def _model_label(doc: dict) -> str:
-    model = doc.get("model") or {}
-    together = doc.get("together") or {}
-    where = model.get("hub_repo") or model.get("local_path") or doc.get("base_model")
-    rev = model.get("revision")
-    text = f"{_inline(where)} at revision {_inline(rev)}" if rev else _inline(where)
-    if together.get("model"):
-        text += f" (Together model {_inline(together['model'])})"
-    return text
-
-
-def needs_info_comment(problems: list[str]) -> str:
-    lines = [REPORT_MARKER, "### This bug report needs more information", ""]
-    lines += [f"- {neutralize(p)}" for p in problems]
-    lines += ["", "Edit the issue to fix this; this comment updates itself when you do. The form's fields are "
-              "`### Input` (required), `### Model output` (required), `### Expected output` and "
-              "`### Model version`."]
-    return "\n".join(lines) + "\n"
-
-
-def report_comment(bug: Bug, status: str, *, answer: str | None = None, reason: str = "",
-                   model_doc: dict | None = None, threshold: float = DEFAULT_THRESHOLD) -> str:
-    headline = {
-        REPRODUCED: "**Reproduced**: the current model still gives a wrong answer.",
-        NOT_REPRODUCED: ("**Not reproduced**: the current model's answer matches the expected output."
-                         if bug.expected is not None else
-                         "**Not reproduced**: the current model no longer gives the reported answer."),
-        "skipped": f"**Reproduction skipped**: {reason}",
-        "failed": f"**Reproduction failed**: {reason}",
-    }[status]
-    lines = [REPORT_MARKER, "### Bug report check", "", headline, ""]
-    if model_doc is not None:
-        lines += [f"Current model: {_model_label(model_doc)}."]
-        current = (model_doc.get("model") or {}).get("revision")
-        # People give short commit hashes: a prefix of the revision is the same model.
-        if bug.model_version and current and not current.startswith(bug.model_version) \
-                and not bug.model_version.startswith(current):
-            lines += [f"The report names model version {_inline(bug.model_version)}; the current one differs."]
-        lines += [""]
-    lines += ["**Input**", "", fenced(bug.input), "", "**Reported output**", "", fenced(bug.output), ""]
-    if bug.expected is not None:
-        lines += ["**Expected output**", "", fenced(bug.expected), ""]
-    if answer is not None:
-        lines += ["**Current answer**", "", fenced(answer), ""]
-    lines += ["<sub>Checked by `oig bugs report` when the issue is opened or edited. Reproduced means the "
-              "current answer does not match the expected output (equal after normalisation or at least "
-              f"{threshold:.0%} similar), or, without an expected output, equals the reported output."
-              "</sub>"]
-    return "\n".join(lines) + "\n"
-
-
-def _label_names(issue: dict) -> list[str]:
-    names = []
-    for label in issue.get("labels") or []:
-        name = label.get("name") if isinstance(label, dict) else label
-        if isinstance(name, str):
-            names.append(name)
-    return names
-
-
-def _set_labels(gh, number: int, current: list[str], add: list[str], remove: list[str],
-                outcome: ReportOutcome) -> None:
-    missing = [x for x in add if x not in current]
-    if missing:
-        gh.add_labels(number, missing)
-        outcome.labels_added += missing
-    for name in remove:
-        if name in current:
-            gh.remove_label(number, name)
-            outcome.labels_removed.append(name)
-
-
-def _repo_of(payload: dict, repo: str | None) -> str:
-    if repo:
-        return repo
-    full = (payload.get("repository") or {}).get("full_name") if isinstance(payload, dict) else None
-    full = full or os.environ.get("GITHUB_REPOSITORY")
-    if not full:
-        raise OigError("no repository: pass --repo OWNER/NAME (or set GITHUB_REPOSITORY)")
-    return full
-
-
-def ensure_labels(gh, names: Iterable[str]) -> None:
-    for name in names:
-        color, description = LABELS.get(name, (FIXED_COLOR, ""))
-        gh.ensure_label(name, color, description)
-
-
-def report(event_path: Path, *, repo: str | None = None, model_yaml: Path = Path("model.yaml"), gh=None,
-           ask: Callable[[str], str] | None = None, threshold: float = DEFAULT_THRESHOLD) -> ReportOutcome:
-    """The bug-report workflow: check the reported issue, comment once (updated in place), label it.
-
-    ``gh`` and ``ask`` default to the GitHub API (GITHUB_TOKEN) and model.yaml's Together endpoint
-    through ``oig query``; tests pass their own.
-    """
-    payload = read_event(event_path)
-    issue = payload.get("issue")
-    if not isinstance(issue, dict) or not isinstance(issue.get("number"), int):
-        raise OigError(f"{event_path} is not an `issues` event payload: it has no issue number")
-    number = issue["number"]
-    current = _label_names(issue)
-    if BUG_LABEL not in current or "pull_request" in issue:
-        return ReportOutcome(number, "not-a-bug", detail=f"issue #{number} is not labelled {BUG_LABEL!r}")
-
-    from oig.github_api import GitHub
-
-    client = gh or GitHub(_repo_of(payload, repo))
-    try:
-        ensure_labels(client, LABELS)
-        # --- a report that cannot be used: say what to fix ---
-        try:
-            bug = parse_event(payload)
-        except BugReportError as exc:
-            outcome = ReportOutcome(number, NEEDS_INFO, detail=_plain(" ".join(exc.problems)))
-            outcome.comment, _ = client.upsert_comment(number, REPORT_MARKER, needs_info_comment(exc.problems))
-            _set_labels(client, number, current, [NEEDS_INFO], [REPRODUCED, NOT_REPRODUCED], outcome)
-            return outcome
-        # --- put it to the current model ---
-        status, answer, reason, doc = _reproduce(bug, model_yaml, ask, threshold)
-        outcome = ReportOutcome(number, status, detail=reason)
-        body = report_comment(bug, status, answer=answer, reason=reason, model_doc=doc, threshold=threshold)
-        outcome.comment, _ = client.upsert_comment(number, REPORT_MARKER, body)
-        if status in (REPRODUCED, NOT_REPRODUCED):
-            other = NOT_REPRODUCED if status == REPRODUCED else REPRODUCED
-            _set_labels(client, number, current, [status], [NEEDS_INFO, other], outcome)
-        else:
-            _set_labels(client, number, current, [], [NEEDS_INFO], outcome)
-        return outcome
-    finally:
-        if gh is None:
-            client.close()
-
-
-def _reproduce(bug: Bug, model_yaml: Path, ask: Callable[[str], str] | None,
-               threshold: float) -> tuple[str, str | None, str, dict | None]:
-    """(status, answer, reason, model.yaml document) of putting the bug to the current model."""
-    from oig.runlog import RunLogError, read_model_yaml
-
-    try:
-        doc = read_model_yaml(Path(model_yaml))
-    except RunLogError as exc:
-        return "skipped", None, f"there is no usable current model ({_plain(str(exc))}).", None
-    if ask is None:
-        if not (doc.get("together") or {}).get("model"):
-            return "skipped", None, "the current model is not deployed on Together (model.yaml has no " \
-                                    "`together` section), so this workflow cannot ask it.", doc
-        if not os.environ.get("TOGETHER_API_KEY", "").strip():
-            return "skipped", None, "no Together API key is configured (the `TOGETHER_API_KEY` secret).", doc
-        ask = model_asker(Path(model_yaml))
-    try:
-        answer = ask(bug.input)
-    except Exception as exc:  # any failure of the model call is reported on the issue and fails the run
-        detail = str(exc) if isinstance(exc, OigError) else f"{type(exc).__name__}: {exc}"
-        return "failed", None, f"the model could not be asked ({_secret_free(detail)[:300]}).", doc
-    if not isinstance(answer, str):
-        return "failed", None, "the model returned no text.", doc
-    status = REPRODUCED if is_reproduced(bug, answer, threshold=threshold) else NOT_REPRODUCED
-    return status, answer, "", doc
-
-
-# --- results after training (the train workflow) -------------------------------------------------------------
-
-
-def fixed_label(revision: str) -> str:
-    """``fixed-in-<revision>``: a 40-hex commit is shortened to 7 characters; at most 50 characters."""
-    rev = revision.strip()
-    if re.fullmatch(r"[0-9a-f]{40}", rev):
-        rev = rev[:7]
-    rev = re.sub(r"[^A-Za-z0-9._-]+", "-", rev).strip("-") or "unknown"
-    return (FIXED_PREFIX + rev)[:50]
-
-
-def _revision(log: dict, model_yaml: Path | None) -> str:
-    from oig.runlog import RunLogError, read_model_yaml
-
-    if model_yaml is not None and Path(model_yaml).exists():
-        try:
-            rev = (read_model_yaml(Path(model_yaml)).get("model") or {}).get("revision")
-        except RunLogError:
-            rev = None
-        if rev:
-            return str(rev)
-    model = log.get("model") if isinstance(log.get("model"), dict) else {}
-    return str(model.get("revision") or log.get("run_id"))
-
-
-def results_comment(record: dict, run_id: str, revision: str) -> str:
-    verdict = record.get("verdict", "unknown")
-    headline = {
-        "fixed": "**Fixed**: the new model answers correctly; the previous one did not.",
-        "still broken": "**Still broken**: neither the previous nor the new model answers correctly.",
-        "regressed": "**Regressed**: the previous model answered correctly; the new one does not.",
-        "passing": "**Passing**: both the previous and the new model answer correctly.",
-        "unknown": "**Unknown**: the answers could not be judged (no expected output, or a model did not "
-                   "answer).",
-    }.get(verdict, "**Unknown**")
-    before_name = "Before (the output reported)" if record.get("before_source") == "reported" else \
-        "Before (the previous model)"
-    lines = [RESULTS_MARKER, f"### Training run {_inline(str(run_id))}: {verdict}", "", headline, "",
-             f"New model revision: {_inline(revision)}.", ""]
-    if record.get("expected") is not None:
-        lines += ["**Expected output**", "", fenced(record["expected"]), ""]
-    lines += [f"**{before_name}**", "", fenced(record.get("before")), "",
-              "**After (the new model)**", "", fenced(record.get("after")), ""]
-    if record.get("score") is not None:
-        lines += [f"Similarity of the new answer to the expected output: {float(record['score']):.2f}.", ""]
-    if record.get("error"):
-        lines += ["A model failed to answer:", "", fenced(str(record["error"])), ""]
-    lines += ["<sub>Posted by `oig bugs comment-results` after training and updated by each run. Closing "
-              "the issue stays with the maintainers.</sub>"]
-    return "\n".join(lines) + "\n"
-
-
-@dataclass
-class ResultsOutcome:
-    commented: list[int] = field(default_factory=list)
-    labelled: list[int] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    label: str = ""
-
-
-def comment_results(training_log: Path, *, repo: str | None = None, model_yaml: Path | None = Path("model.yaml"),
-                    gh=None) -> ResultsOutcome:
-    """Comment before/after on each bug issue in training_log's ``bugs`` and label the fixed ones
-    ``fixed-in-<revision>``. Running it again for the same run changes nothing."""
-    from oig.runlog import RunLogError, read_training_log
-
-    log = read_training_log(Path(training_log))
-    records = log.get("bugs") or []
-    if not isinstance(records, list):
-        raise RunLogError(f"{training_log}: `bugs` is not a list")
-    revision = _revision(log, model_yaml)
-    outcome = ResultsOutcome(label=fixed_label(revision))
-    records = [r for r in records if isinstance(r, dict)]
-    if not records:
-        return outcome
-    repo = repo or os.environ.get("GITHUB_REPOSITORY")
-    if not repo:
-        raise OigError("no repository: pass --repo OWNER/NAME (or set GITHUB_REPOSITORY)")
-    from oig.github_api import GitHub, GitHubError
-
-    client = gh or GitHub(repo)
-    try:
-        label_ready = False
-        for record in records:
-            number = record.get("number")
-            if not isinstance(number, int) or isinstance(number, bool):
-                outcome.skipped.append(f"a bug without an issue number ({_cell(record.get('input'), 40)})")
-                continue
-            try:
-                client.upsert_comment(number, RESULTS_MARKER, results_comment(record, log["run_id"], revision))
-                outcome.commented.append(number)
-                if record.get("verdict") == "fixed":
-                    if not label_ready:
-                        ensure_labels(client, [outcome.label])
-                        label_ready = True
-                    client.add_labels(number, [outcome.label])
-                    outcome.labelled.append(number)
-            except GitHubError as exc:
-                if exc.status not in (404, 410):
-                    raise
-                outcome.skipped.append(f"#{number}: {exc}")
-    finally:
-        if gh is None:
-            client.close()
-    return outcome
-
-
-# --- what data PRs claim to fix (PR validation) ---------------------------------------------------------
-
-
-@dataclass
-class Claims:
-    claims: list[tuple[str, list[int]]] = field(default_factory=list)  # (slice file, issue numbers)
-    problems: list[Problem] = field(default_factory=list)
-    checked: bool = False  # the numbers were checked against the open bugs
-    bugs: dict[int, Bug] = field(default_factory=dict)
-
-
-def _slice_documents(data_dir: Path) -> Iterable[tuple[str, str, object]]:
-    """(display path, text, Slice) of every valid slice in ``data_dir``; validation reports the rest."""
-    from oig.validate import ValidateOptions, check_slice
-
-    opts = ValidateOptions()
-    for path in sorted(Path(data_dir).glob("*.yaml")):
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > yamlsafe.MAX_BYTES:
-            continue
-        display = os.path.relpath(path) if path.is_absolute() else str(path)
-        data = path.read_bytes()
-        s, _ = check_slice(data, path, display, opts)
-        if s is not None:
-            yield display, yamlsafe.decode(data), s
-
-
-def check_claims(data_dir: Path, *, bugs_file: Path | None = None, repo: str | None = None, gh=None) -> Claims:
-    """The bugs slices claim to fix (``fixes:``), each checked against the open bug issues when they can
-    be had, and a warning for every IOPairs input that is an open bug's exact input."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise OigError(f"{data_dir}: no such data folder")
-    result = Claims()
-    known: list[Bug] = []
-    try:
-        if bugs_file is not None or repo:
-            known = load_bugs(bugs_file, repo, gh=gh)
-            result.checked = True
-    except OigError as exc:
-        result.problems.append(Problem(str(data_dir), 0, 0, "warning",
-                                       f"could not read the open bug issues, so claimed numbers are unchecked: {exc}"))
-    result.bugs = {b.number: b for b in known if b.number is not None}
-    by_input: dict[str, Bug] = {}
-    for bug in known:
-        by_input.setdefault(normalize(bug.input), bug)
-    for display, text, s in _slice_documents(data_dir):
-        if s.fixes:
-            result.claims.append((display, list(s.fixes)))
-            if result.checked:
-                for i, number in enumerate(s.fixes):
-                    if number not in result.bugs:
-                        line, col = yamlsafe.locate(text, ("fixes", i))
-                        result.problems.append(Problem(display, line, col, "warning",
-                                                       f"#{number} is not an open bug issue; check the number"))
-        if not by_input:
-            continue
-        for i, pair in enumerate(s.io_pairs):
-            bug = by_input.get(normalize(pair["input"]))
-            if bug is None:
-                continue
-            line, col = yamlsafe.locate(text, ("IOPairs", i, "input"))
-            which = f"bug #{bug.number}" if bug.number else "an open bug"
-            result.problems.append(Problem(
-                display, line, col, "warning",
-                f"this input is {which}'s exact input: the regression check would only test memory. "
-                "Rephrase it (a paraphrase teaches the fix and keeps the bug a real test)"))
-    return result
-
-
-def claims_text(result: Claims) -> str:
-    lines = []
-    for display, numbers in result.claims:
-        names = []
-        for n in numbers:
-            bug = result.bugs.get(n)
-            names.append(f"#{n}" + (f" ({_cell(bug.title, 60)})" if bug and bug.title else ""))
-        lines.append(f"{display}: fixes {', '.join(names)}")
-    if not result.claims:
-        lines.append("no slice claims to fix a bug (add `fixes: [N]` to a slice that fixes issue #N)")
-    return "\n".join(lines) + "\n"
-
-
-def claims_markdown(result: Claims) -> str:
-    out = ["### Bugs this pull request's data claims to fix", ""]
-    if result.claims:
-        out += ["| slice | fixes |", "|---|---|"]
-        for display, numbers in result.claims:
-            out.append(f"| {_md_cell(display)} | {', '.join(f'#{n}' for n in numbers)} |")
-    else:
-        out.append("No slice claims to fix a bug.")
-    if result.problems:
-        out += ["", f"{len(result.problems)} warning(s):", ""]
-        out += [f"- {_md_cell(p.file)}:{p.line}: {_md_cell(p.message, 300)}" for p in result.problems]
-    return "\n".join(out) + "\n"

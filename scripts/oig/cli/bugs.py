@@ -137,7 +137,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from oig.bugs import report
+    from oig.bugs_github import report
 
     outcome = report(args.event, repo=args.repo, model_yaml=args.model_yaml)
     changes = [f"+{x}" for x in outcome.labels_added] + [f"-{x}" for x in outcome.labels_removed]
@@ -153,7 +153,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_comment_results(args: argparse.Namespace) -> int:
-    from oig.bugs import comment_results
+    from oig.bugs_github import comment_results
 
     outcome = comment_results(args.training_log, repo=args.repo, model_yaml=args.model_yaml)
     if not outcome.commented and not outcome.skipped:
@@ -168,13 +168,13 @@ def run_comment_results(args: argparse.Namespace) -> int:
 
 
 def run_claims(args: argparse.Namespace) -> int:
-    from oig import bugs, report
+    from oig import bugs_github, report
 
-    result = bugs.check_claims(args.data, bugs_file=args.bugs, repo=_default_repo(args))
-    sys.stdout.write(bugs.claims_text(result))
+    result = bugs_github.check_claims(args.data, bugs_file=args.bugs, repo=_default_repo(args))
+    sys.stdout.write(bugs_github.claims_text(result))
     if args.format == "github":
         sys.stdout.write(report.github(result.problems))
-        report.append_step_summary(bugs.claims_markdown(result))
+        report.append_step_summary(bugs_github.claims_markdown(result))
     else:
         sys.stdout.write(report.text(result.problems))
     if not result.checked:
