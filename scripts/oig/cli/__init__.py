@@ -21,6 +21,9 @@ COMMANDS = [
     "train",
     "query",
     "serve",
+    "commit",
+    "bugs",
+    "generate",
 ]
 
 

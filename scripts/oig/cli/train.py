@@ -1,0 +1,72 @@
+"""oig train: fine-tune the model on the mixture, publish it, write training_log and model.yaml."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune the model on the mixture and publish it",
+        description="Build the mixture from data/ and training.yaml, fine-tune the base model with TRL's "
+        "SFTTrainer (loss on assistant turns only), evaluate on a held-out split, save, publish, and write "
+        "training_log and model.yaml in the current folder. Rerunning an interrupted run resumes from its "
+        "last checkpoint. On several GPUs run it under `accelerate launch -m oig train`. "
+        "Exit 0 when done, 1 on an error, 2 on a usage error.",
+    )
+    p.add_argument("--config", type=Path, default=Path("training.yaml"), metavar="FILE",
+                   help="training configuration (default: training.yaml)")
+    p.add_argument("--data", type=Path, default=Path("data"), metavar="DIR", help="slice folder (default: data)")
+    p.add_argument("--base-model", default=None, metavar="MODEL",
+                   help="model to fine-tune: a Hub id, a folder, or `tiny` (a small random model built offline "
+                   "from the mixture, with its own learning rate, epochs and batch size; default: base_model "
+                   "in training.yaml)")
+    p.add_argument("--publish", choices=["none", "local", "hub"], default="local",
+                   help="none (model.yaml untouched), local (model.yaml names the run folder's model; default) "
+                   "or hub (upload to hub_repo in training.yaml, on a branch named after the git branch)")
+    p.add_argument("--together", action="store_true",
+                   help="with --publish hub: also deploy the model on a Together dedicated endpoint")
+    p.add_argument("--output", type=Path, default=None, metavar="DIR",
+                   help="run folder for the mixture, checkpoints and the model (default: runs/RUN_ID)")
+    p.add_argument("--mixture", type=Path, default=None, metavar="DIR",
+                   help="train on a mixture `oig mix --out DIR` already wrote instead of building one")
+    p.add_argument("--allow-local-sources", action="store_true",
+                   help="accept local paths and loopback http links in slices (tests and private mirrors)")
+    bugs = p.add_mutually_exclusive_group()
+    bugs.add_argument("--bugs", type=Path, default=None, metavar="FILE",
+                      help="after training, ask the previous and the new model each bug in FILE (JSON, JSONL or "
+                      "YAML) and record before, after and a verdict in training_log")
+    bugs.add_argument("--bugs-repo", default=None, metavar="OWNER/NAME",
+                      help="the same for the open issues labelled `bug` in a GitHub repository (GITHUB_TOKEN)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from oig.train import TrainOptions, train
+
+    log = train(TrainOptions(config=args.config, data=args.data, base_model=args.base_model, publish=args.publish,
+                             together=args.together, output=args.output, mixture=args.mixture,
+                             allow_local_sources=args.allow_local_sources, bugs=args.bugs,
+                             bugs_repo=args.bugs_repo))
+    if log.get("finished_at") is None:  # a secondary process under accelerate: the main one reports
+        return 0
+    if log.get("together_job"):
+        print(f"oig train: {log['run_id']}: trained on Together, job {log['together_job'].get('id')}", file=sys.stderr)
+    else:
+        resumed = f", resumed from {log['resumed_from']}" if log.get("resumed_from") else ""
+        print(f"oig train: {log['run_id']}: {log.get('steps')} steps{resumed}; train loss {log.get('train_loss')}, "
+              f"eval loss {log.get('eval_loss')}; {log.get('tokens_per_second')} tokens/s", file=sys.stderr)
+    if log.get("bugs_summary"):
+        summary = log["bugs_summary"]
+        print(f"oig train: bugs: {summary['total']} checked, " + ", ".join(
+            f"{n} {verdict}" for verdict, n in summary.items() if verdict != "total" and n), file=sys.stderr)
+    where = log.get("model") or {}
+    location = where.get("hub_repo") or where.get("local_path") or (where.get("together") or {}).get("model")
+    wrote = "training_log and model.yaml" if log.get("published", {}).get("mode") != "none" else "training_log"
+    print(f"oig train: model at {location}; wrote {wrote}", file=sys.stderr)
+    return 0

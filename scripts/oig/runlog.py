@@ -1,0 +1,263 @@
+"""``training_log`` and ``model.yaml``: the two files ``oig train`` leaves at the repository root.
+
+``training_log`` is the record of the last run, YAML that people read in a diff and programs read
+back (the model card, the bug report workflow): run id, time, git commit, base model, resolved
+hyperparameters, the mixture manifest, loss and eval loss over steps, tokens per second, hardware,
+duration and where the model went.
+
+``model.yaml`` says where the current model is: a local path, or a Hub repo with its commit revision
+and branch, plus the Together model, endpoint and base URL when it is deployed. Its shape is
+``MODEL_SCHEMA`` (shipped as ``schemas/model.schema.json``; ``python -m oig.runlog`` rewrites it). It
+is written only after publishing succeeded, so it never names a model that does not exist.
+
+Both are written atomically: a temp file beside the target, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from enum import Enum
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from oig import yamlsafe
+from oig.errors import OigError
+
+TRAINING_LOG = "training_log"
+MODEL_YAML = "model.yaml"
+
+TRAINING_LOG_HEADER = (
+    "# The record of the last training run, written by `oig train`; do not edit.\n"
+    "# Hyperparameters, the mixture manifest, loss over steps, speed, hardware and where the model went.\n"
+)
+MODEL_YAML_HEADER = (
+    "# yaml-language-server: $schema=schemas/model.schema.json\n"
+    "# Where the current model is, written by `oig train` after publishing; read by `oig query` and\n"
+    "# `oig serve`. Do not edit.\n"
+)
+
+_text = {"type": "string", "minLength": 1}
+MODEL_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "urn:oig:schema:model",
+    "title": "oig model.yaml",
+    "description": "Where the model trained by `oig train` is, what it was trained from and when. Written "
+    "by `oig train` only after the model was published; read by `oig query` and `oig serve`.",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["base_model", "trained_at"],
+    # Hosted fine-tuning on Together leaves a model that exists only there: no weights to point at.
+    "anyOf": [{"required": ["model"]}, {"required": ["together"]}],
+    "properties": {
+        "model": {
+            "description": "Where the weights are: a local folder, or a Hugging Face Hub repo at a commit.",
+            "type": "object",
+            "additionalProperties": False,
+            "anyOf": [{"required": ["local_path"]}, {"required": ["hub_repo", "revision"]}],
+            "properties": {
+                "local_path": {**_text, "description": "A folder, relative to the repository root "
+                               "when it lies inside it, that `from_pretrained` loads."},
+                "hub_repo": {**_text, "description": "The Hub model repo id (ORG/NAME)."},
+                "revision": {**_text, "description": "The Hub commit sha of the upload."},
+                "branch": {**_text, "description": "The Hub branch the model was uploaded to (named "
+                           "after the git branch, so a specialisation branch never overwrites main)."},
+                "endpoint": {**_text, "description": "The Hub endpoint URL, when not the public Hub."},
+            },
+        },
+        "together": {
+            "description": "The Together AI deployment, when there is one.",
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["model"],
+            "properties": {
+                "model": {**_text, "description": "The model name registered on Together."},
+                "endpoint": {**_text, "description": "The dedicated endpoint's name."},
+                "endpoint_id": {**_text, "description": "The dedicated endpoint's id."},
+                "base_url": {**_text, "description": "The API base URL, without /v1."},
+            },
+        },
+        "base_model": {**_text, "description": "The model that was fine-tuned: a Hub id, a path, or `tiny`."},
+        "commit": {
+            "type": ["string", "null"],
+            "description": "The git commit of this repository the model was trained from (null outside git).",
+        },
+        "branch": {"type": ["string", "null"], "description": "The git branch it was trained on."},
+        "run_id": {**_text, "description": "The training run, as named in training_log."},
+        "trained_at": {**_text, "description": "When training finished (ISO 8601, UTC)."},
+    },
+}
+
+
+class RunLogError(OigError):
+    """training_log or model.yaml is missing, unreadable or not in the expected shape."""
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Block style, keys in the order given; long strings are left on one line."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # PyYAML quotes by YAML 1.1 rules; the files are read back by YAML 1.2 rules (oig.yamlsafe), where a
+    # plain 1e3 is a number. Quote every string that would not read back as the same string.
+    if yamlsafe._resolve_plain(value) is not value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'")
+    return dumper.represent_str(value)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def _plain(value: object) -> object:
+    """Data ``yaml.safe_dump`` can write: tuples become lists, paths strings, numpy scalars numbers."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return value.as_posix()
+    if isinstance(value, Enum):  # SFTConfig holds a few
+        return _plain(value.value)
+    # Exact types: subclasses (torch's version string, numpy scalars) have no YAML representer.
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if value is None:
+        return None
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return _plain(value.item())
+    return str(value)
+
+
+def dump_yaml(data: dict, header: str = "") -> str:
+    return header + yaml.dump(_plain(data), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                              default_flow_style=False, width=1_000_000)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_training_log(root: Path, run: dict) -> Path:
+    path = Path(root) / TRAINING_LOG
+    write_atomic(path, dump_yaml(run, TRAINING_LOG_HEADER))
+    return path
+
+
+def model_document(model: dict, run: dict) -> dict:
+    """model.yaml's content from publishing's ``model`` section and the training_log dict.
+
+    A ``together`` entry inside the model section (publishing returns it there) moves up beside it.
+    """
+    model = dict(model)
+    together = model.pop("together", None)
+    doc: dict = {"model": model} if model else {}
+    if together:
+        doc["together"] = {k: v for k, v in together.items() if v is not None}
+    doc["base_model"] = run["base_model"]
+    doc["commit"] = run.get("git_commit")
+    doc["branch"] = run.get("git_branch")
+    doc["run_id"] = run["run_id"]
+    doc["trained_at"] = run.get("finished_at") or run["started_at"]
+    return doc
+
+
+def write_model_yaml(root: Path, doc: dict) -> Path:
+    """Check ``doc`` against MODEL_SCHEMA, then write model.yaml atomically."""
+    doc = _plain(doc)
+    problem = model_yaml_problem(doc)
+    if problem:
+        raise RunLogError(f"refusing to write {MODEL_YAML}: {problem}")
+    path = Path(root) / MODEL_YAML
+    write_atomic(path, dump_yaml(doc, MODEL_YAML_HEADER))
+    return path
+
+
+# --- reading ----------------------------------------------------------------------------------------
+
+
+def _read(path: Path, what: str) -> dict:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunLogError(f"{path} does not exist; run `oig train` first") from None
+    except OSError as exc:
+        raise RunLogError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        doc = yamlsafe.load(yamlsafe.decode(data))
+    except yamlsafe.YamlError as exc:
+        raise RunLogError(f"{path}:{exc.line}:{exc.col}: {exc.message}") from None
+    if not isinstance(doc, dict):
+        raise RunLogError(f"{path} is not a {what} (expected a mapping)")
+    return doc
+
+
+@cache
+def _model_validator():
+    import jsonschema_rs
+
+    return jsonschema_rs.validator_for(MODEL_SCHEMA)
+
+
+def model_yaml_problem(doc: object) -> str | None:
+    """Why ``doc`` is not a valid model.yaml, or None."""
+    errors = sorted(_model_validator().iter_errors(doc), key=lambda e: list(e.instance_path))
+    if not errors:
+        return None
+    err = errors[0]
+    where = "/".join(str(p) for p in err.instance_path) or "the top level"
+    return f"{where}: {err.message}"
+
+
+def read_model_yaml(path: Path = Path(MODEL_YAML)) -> dict:
+    """model.yaml, checked against MODEL_SCHEMA. Raises RunLogError with the reason."""
+    doc = _read(path, "model.yaml")
+    problem = model_yaml_problem(doc)
+    if problem:
+        raise RunLogError(f"{path} is not a valid model.yaml: {problem}")
+    return doc
+
+
+def read_training_log(path: Path = Path(TRAINING_LOG)) -> dict:
+    doc = _read(path, "training_log")
+    for key in ("run_id", "base_model"):
+        if key not in doc:
+            raise RunLogError(f"{path} is not a training_log: it has no {key}")
+    return doc
+
+
+# --- the shipped schema file --------------------------------------------------------------------------
+
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "schemas" / "model.schema.json"
+
+
+def rendered_schema() -> str:
+    return json.dumps(MODEL_SCHEMA, indent=2) + "\n"
+
+
+def main() -> None:
+    write_atomic(SCHEMA_FILE, rendered_schema())
+    print(f"wrote schemas/{SCHEMA_FILE.name}")
+
+
+if __name__ == "__main__":
+    main()

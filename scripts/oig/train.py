@@ -1,0 +1,804 @@
+"""oig train: build the mixture, fine-tune with TRL's SFTTrainer, evaluate, save, publish, log.
+
+The run, top to bottom (``train``):
+
+1. configuration: training.yaml, the base model (``--base-model`` or ``base_model``), git commit;
+2. the mixture: ``oig mix`` into the run folder (or an existing mixture folder), split into train
+   and eval by distinct conversation;
+3. the base model and tokenizer: ``tiny`` is built offline (``oig.tiny``), anything else loads with
+   ``from_pretrained``; a model without a chat template gets ChatML;
+4. tokenising: loss on assistant turns only, and never on an assistant turn with ``weight: 0``;
+5. training: ``SFTTrainer`` with checkpoints every ``save_steps``, resuming from the last complete
+   checkpoint in the run folder when there is one (an interrupted run, rerun, carries on);
+6. evaluation, saving, publishing (``oig.publish``), then ``training_log`` and ``model.yaml``.
+
+The run folder is ``runs/<run_id>`` where the run id is a hash of what determines the run (commit,
+training.yaml, slices, base model), so rerunning the same command after a crash finds its
+checkpoints (with ``--output DIR``, the same DIR resumes). ``momentum`` goes to the optimizer in use:
+SGD's and RMSprop's momentum, or beta1 of Adam-style optimizers (Lion and LAMB too); for an optimizer
+without momentum, such as Adafactor, it is an error. ``train_loss`` in training_log is the mean loss of
+the steps this process trained (after a resume, the steps since the checkpoint).
+
+Under ``accelerate launch`` every process trains; only the main one builds shared files first,
+publishes and writes the logs. torch, transformers and TRL are imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from oig import runlog, tiny
+from oig.errors import OigError
+
+PUBLISH_MODES = ("none", "local", "hub")
+RUNS_DIR = "runs"
+DEFAULT_EVAL_FRACTION = 0.1
+MAX_DEFAULT_EVAL = 1000  # conversations; a larger held-out set only slows evaluation down
+
+# oig's defaults for SFTConfig fields training.yaml leaves unset (TRL's own defaults for the rest).
+DEFAULTS = {
+    "report_to": "none",
+    "save_strategy": "steps",
+    "save_steps": 100,
+    "save_total_limit": 2,
+    "logging_steps": 10,
+    "max_length": 1024,
+}
+# The embedded tiny model is a random 150k-parameter network: the learning rate, epochs and batch size
+# in training.yaml are meant for the real base model and would teach it nothing, so tiny uses these.
+# Measured on the shipped slices and on 20 code-word pairs: every trained question is answered exactly
+# after 150 epochs at 3e-3 (750 steps, about 5 s on one CPU core); 100 epochs miss answers that copy
+# words from the question, and higher rates learn less reliably in short runs (5 pairs, 100 steps).
+# max_steps in training.yaml still caps a large mixture.
+TINY_HYPERPARAMETERS = {
+    "learning_rate": 3e-3,
+    "num_train_epochs": 150,
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 1,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+}
+# Fields oig sets itself: where checkpoints go, and publishing (done by oig.publish, not the Trainer).
+OWNED = ("output_dir", "push_to_hub", "resume_from_checkpoint", "hub_model_id")
+# Fields recorded in training_log besides the ones training.yaml sets.
+RECORDED = (
+    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length", "packing", "optim",
+    "optim_args", "adam_beta1", "adam_beta2", "weight_decay", "lr_scheduler_type", "warmup_steps",
+    "max_grad_norm", "seed", "data_seed", "bf16", "fp16", "activation_checkpointing", "logging_steps",
+    "save_steps", "save_total_limit", "eval_strategy", "eval_steps",
+)
+
+
+class TrainError(OigError):
+    """Training cannot start or failed for a reason the user can fix."""
+
+
+@dataclass
+class TrainOptions:
+    config: Path = Path("training.yaml")
+    data: Path = Path("data")
+    base_model: str | None = None  # overrides training.yaml's base_model
+    publish: str = "local"
+    together: bool = False  # deploy on a Together endpoint after publishing to the Hub
+    output: Path | None = None  # the run folder; default runs/<run_id>
+    mixture: Path | None = None  # a folder `oig mix` wrote; default: mix into the run folder
+    root: Path = Path(".")  # where training_log and model.yaml go
+    allow_local_sources: bool = False
+    bugs: Path | None = None  # a bug list file for the regression suite (offline)
+    bugs_repo: str | None = None  # or OWNER/NAME: its open issues labelled `bug`
+
+
+def train(opts: TrainOptions) -> dict:
+    """Run ``oig train``; returns the training_log dict (also written to ``root/training_log``)."""
+    from oig.config import load_training_config
+
+    started = time.time()
+    if opts.publish not in PUBLISH_MODES:
+        raise TrainError(f"unknown --publish {opts.publish!r}; expected one of {', '.join(PUBLISH_MODES)}")
+    # --- configuration ---------------------------------------------------------------------------------
+    config = load_training_config(opts.config)
+    base_model = opts.base_model or config.base_model
+    if not base_model:
+        raise TrainError("no base model: set `base_model` under Training in training.yaml, or pass "
+                         "--base-model (`tiny` is a small model built offline)")
+    bugs = load_bugs(opts)  # before training: a bad bug list fails in seconds, not after hours
+    commit, branch = git_commit(opts.root), git_branch(opts.root)
+    run_id = make_run_id(commit, base_model, opts)
+    run_dir = Path(opts.output) if opts.output else Path(opts.root) / RUNS_DIR / run_id
+    run = {
+        "run_id": run_id, "started_at": _iso(started), "finished_at": None, "git_commit": commit,
+        "git_branch": branch, "base_model": base_model, "backend": config.oig.get("backend", "trl"),
+        "config": _display(opts.config, opts.root), "output_dir": _display(run_dir, opts.root),
+    }
+
+    # --- the mixture -----------------------------------------------------------------------------------
+    mixture_dir = Path(opts.mixture) if opts.mixture else run_dir / "mixture"
+    if run["backend"] == "together":  # hosted fine-tuning: nothing trains here, torch is not needed
+        if not opts.mixture:
+            build_mixture(opts, mixture_dir)
+        run["mixture"] = read_mixture(mixture_dir)[0]
+        return _train_on_together(mixture_dir, config, run, opts, started)
+    state = _distributed_state()  # one process, or one per GPU under `accelerate launch`
+    with state.main_process_first():  # the others wait, then read what the main process wrote
+        if not opts.mixture and state.is_main_process:
+            build_mixture(opts, mixture_dir)
+    manifest, records = read_mixture(mixture_dir)
+    run["mixture"] = manifest
+
+    # --- the held-out split ----------------------------------------------------------------------------
+    train_records, eval_records = split_eval(records, config.oig.get("eval_size"), config.seed)
+
+    # --- the base model and tokenizer -------------------------------------------------------------------
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    with state.main_process_first():
+        model, tokenizer, template = load_base(base_model, run_dir / "base", records, config, on_gpu)
+
+    # --- tokenising: loss on assistant turns with weight 1 ----------------------------------------------
+    import datasets
+
+    datasets.disable_progress_bars()  # a bar per tiny map call drowns the training progress
+    assistant_only = config.training.get("assistant_only_loss", True)
+    train_ds, dropped = to_dataset(train_records, tokenizer, template, assistant_only)
+    eval_ds, _ = to_dataset(eval_records, tokenizer, template, assistant_only) if eval_records else (None, 0)
+    if train_ds is None:
+        raise TrainError("no conversation in the mixture has an assistant turn to learn (all weight 0?)")
+
+    # --- training --------------------------------------------------------------------------------------
+    args, tiny_overrides = sft_config(config, run_dir / "checkpoints", on_gpu=on_gpu,
+                                      has_eval=eval_ds is not None, tiny_model=base_model == tiny.NAME)
+    with state.main_process_first():
+        resume = last_checkpoint(run_dir / "checkpoints")
+    trainer = make_trainer(model, tokenizer, args, train_ds, eval_ds, config)
+    try:
+        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)):
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+            eval_metrics = trainer.evaluate() if eval_ds is not None else {}
+    except torch.OutOfMemoryError:
+        raise TrainError("out of GPU memory: lower per_device_train_batch_size (raising gradient_accumulation_steps "
+                         "to keep the batch) or max_length, or set lora / load_in_4bit; rerunning resumes from the "
+                         "last checkpoint") from None
+
+    # --- saving ----------------------------------------------------------------------------------------
+    model_dir = run_dir / "model"
+    save_model(trainer, tokenizer, model_dir, config)
+    if not trainer.is_world_process_zero():  # the main process publishes and writes the logs
+        return run
+    finished = time.time()
+    tokens = int(getattr(trainer, "_total_train_tokens", 0) or 0)
+    runtime = float(result.metrics.get("train_runtime") or 0.0)
+    run.update({
+        "finished_at": _iso(finished),
+        "duration_s": round(finished - started, 2),
+        "resumed_from": _display(resume, opts.root) if resume else None,
+        "hyperparameters": hyperparameters(args, config),
+        "tiny_overrides": tiny_overrides or None,
+        "data": {"train_examples": len(train_records), "eval_examples": len(eval_records),
+                 "dropped_without_trainable_tokens": dropped},
+        "metrics": metrics_history(trainer.state.log_history),
+        # A rerun of a finished run resumes at its last step and trains nothing: keep the last logged loss.
+        "train_loss": _round(result.metrics.get("train_loss") if tokens else _last(trainer.state.log_history, "loss")),
+        "eval_loss": _round(eval_metrics.get("eval_loss")),
+        "steps": trainer.state.global_step,
+        "train_runtime_s": round(runtime, 3),
+        "tokens": tokens,
+        "tokens_per_second": round(tokens / runtime, 1) if tokens and runtime > 0 else None,
+        "hardware": hardware(state.num_processes, tiny_cpu_threads(base_model, on_gpu)),
+    })
+    run["model"] = {"local_path": _display(model_dir, opts.root)}
+
+    # --- the bug regression suite: the previous model and the new one answer each reported bug ----------
+    if bugs is not None:
+        run.update(bug_suite(bugs, model_dir, opts.root))
+
+    # --- publishing, training_log, model.yaml -----------------------------------------------------------
+    return finish(run, model_dir, config, opts)
+
+
+# --- configuration ---------------------------------------------------------------------------------------
+
+
+def git_commit(root: Path) -> str | None:
+    return _git(root, "rev-parse", "HEAD")
+
+
+def git_branch(root: Path) -> str | None:
+    # Actions checks out a detached HEAD for some events; GITHUB_REF_NAME still names the branch.
+    return os.environ.get("GITHUB_REF_NAME") or _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    value = out.stdout.strip()
+    return value if out.returncode == 0 and value and value != "HEAD" else None
+
+
+def make_run_id(commit: str | None, base_model: str, opts: TrainOptions) -> str:
+    """A name that is the same when the same run is started again, so it finds its checkpoints."""
+    h = hashlib.sha256()
+    h.update(f"{commit}\0{base_model}\0".encode())
+    for path in (Path(opts.config), *(_slice_files(Path(opts.data)) if not opts.mixture else ()),
+                 *((Path(opts.mixture) / "manifest.json",) if opts.mixture else ())):
+        h.update(path.name.encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"-")
+    return "run-" + h.hexdigest()[:12]
+
+
+def _slice_files(data_dir: Path) -> list[Path]:
+    return sorted(p for p in data_dir.glob("*.y*ml") if p.is_file()) if data_dir.is_dir() else []
+
+
+# --- the mixture ------------------------------------------------------------------------------------------
+
+
+def build_mixture(opts: TrainOptions, out_dir: Path) -> Path:
+    """``oig mix`` into ``out_dir``; the same inputs and seed give a byte-identical mixture."""
+    from oig.mix import mix
+
+    mix(opts.data, opts.config, out_dir, allow_local=opts.allow_local_sources)
+    return out_dir
+
+
+def read_mixture(mixture_dir: Path) -> tuple[dict, list[dict]]:
+    """The manifest and the records of a mixture folder (``{"slice", "messages"}`` lines)."""
+    from oig.records import check_messages
+
+    mixture_dir = Path(mixture_dir)
+    try:
+        manifest = json.loads((mixture_dir / "manifest.json").read_text(encoding="utf-8"))
+        lines = (mixture_dir / "mixture.jsonl").read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise TrainError(f"{mixture_dir} is not a mixture folder: {Path(exc.filename).name} is missing "
+                         "(build one with `oig mix --out DIR`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TrainError(f"cannot read the mixture in {mixture_dir}: {exc}") from None
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainError(f"{mixture_dir / 'mixture.jsonl'}:{n}: not JSON ({exc.msg})") from None
+        problem = check_messages(record.get("messages") if isinstance(record, dict) else None)
+        if problem:
+            raise TrainError(f"{mixture_dir / 'mixture.jsonl'}:{n}: {problem}")
+        records.append(record)
+    if not records:
+        raise TrainError(f"the mixture in {mixture_dir} is empty: add slices to data/ or check the Mixture weights")
+    return manifest, records
+
+
+def _key(record: dict) -> str:
+    return json.dumps(record["messages"], sort_keys=True, ensure_ascii=False)
+
+
+def split_eval(records: list[dict], eval_size: float | None, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out distinct conversations: a repeated example never sits on both sides.
+
+    ``eval_size`` is a count (>= 1) or a fraction (< 1) of the distinct conversations. Unset: 10%,
+    at most 1000, and none at all below 10 conversations (too few to spare).
+    """
+    keys = list(dict.fromkeys(_key(r) for r in records))
+    n = len(keys)
+    if eval_size is None:
+        k = min(max(1, round(DEFAULT_EVAL_FRACTION * n)), MAX_DEFAULT_EVAL) if n >= 10 else 0
+    elif eval_size < 1:
+        k = max(1, round(eval_size * n))
+    elif float(eval_size).is_integer():
+        k = int(eval_size)
+    else:
+        raise TrainError(f"eval_size {eval_size} is neither a whole count nor a fraction below 1")
+    if k >= n:
+        raise TrainError(f"eval_size {eval_size} holds out {k} of {n} distinct conversations, leaving "
+                         "none to train on; make it smaller")
+    held = set(random.Random(seed).sample(keys, k))
+    train_records = [r for r in records if _key(r) not in held]
+    eval_records, seen = [], set()
+    for r in records:
+        key = _key(r)
+        if key in held and key not in seen:
+            seen.add(key)
+            eval_records.append(r)
+    return train_records, eval_records
+
+
+# --- the base model and tokenizer -------------------------------------------------------------------------
+
+
+def load_base(name: str, base_dir: Path, records: list[dict], config, on_gpu: bool):
+    """(model, tokenizer, training chat template) for ``name``: ``tiny``, a Hub id or a folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == tiny.NAME:
+        if (base_dir / "config.json").is_file():
+            # A resumed run reuses the tokenizer it started with: its checkpoints use those ids.
+            tokenizer = AutoTokenizer.from_pretrained(base_dir)
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        else:
+            model, tokenizer = tiny.build_tiny(tiny.texts_of(records), base_dir, seed=config.seed)
+        return model, tokenizer, tokenizer.chat_template
+
+    kwargs = dict(config.training.get("model_init_kwargs") or {})
+    if "dtype" not in kwargs:
+        kwargs["dtype"] = torch.bfloat16 if on_gpu and _bf16(config, on_gpu) else torch.float32
+    if config.oig.get("load_in_4bit"):
+        kwargs["quantization_config"] = _quantization(on_gpu)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:  # not found, offline, refused, an unknown architecture
+        raise TrainError(f"cannot load the base model {name!r}: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}") from None
+    if not tokenizer.chat_template:
+        _add_chatml(model, tokenizer)
+    return model, tokenizer, training_template(tokenizer)
+
+
+def _quantization(on_gpu: bool):
+    import importlib.util
+
+    if not on_gpu:
+        raise TrainError("load_in_4bit (QLoRA) needs a CUDA GPU; set it to false to train on the CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TrainError("load_in_4bit (QLoRA) needs bitsandbytes: pip install bitsandbytes")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def _add_chatml(model, tokenizer) -> None:
+    """Give a model without a chat template ChatML, adding its two special tokens if they are new."""
+    new = [t for t in (tiny.IM_START, tiny.IM_END) if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new})
+        model.resize_token_embeddings(len(tokenizer))
+    tokenizer.chat_template = tiny.CHATML_TEMPLATE
+    tokenizer.eos_token = tiny.IM_END  # the model must learn to end its turn, and generation to stop there
+    model.config.eos_token_id = tokenizer.eos_token_id
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def training_template(tokenizer) -> str:
+    """The chat template to tokenise with: the model's own when it marks assistant turns with
+    ``{% generation %}``, TRL's training version of it when TRL has one, else the model's own (turns are
+    then found by rendering growing prefixes of the conversation)."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()))
+    if has_generation_markers(template):
+        return template
+    try:
+        return get_training_chat_template(tokenizer) or template
+    except (ValueError, TypeError):
+        return template
+
+
+# --- tokenising ---------------------------------------------------------------------------------------------
+
+
+def has_markers(template: str) -> bool:
+    from trl.chat_template_utils import has_generation_markers
+
+    return has_generation_markers(template)
+
+
+def encode(messages: list[dict], tokenizer, template: str, assistant_only: bool = True,
+           marked: bool | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation: labels are -100 outside the assistant turns that count.
+
+    An assistant turn with ``weight: 0`` is context only; with ``assistant_only=False`` every token
+    but those of weight-0 turns is learned. ``marked``: whether the template has ``{% generation %}``
+    markers (found out when not given).
+    """
+    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
+    spans: list[tuple[int, int]] = []
+    if marked or (marked is None and has_markers(template)):
+        ids, spans = _assistant_spans(clean, tokenizer, template)
+    if len(spans) != len(weights):
+        ids, spans = _prefix_spans(clean, tokenizer, template)
+    if assistant_only:
+        labels = [-100] * len(ids)
+        for (start, end), weight in zip(spans, weights, strict=True):
+            if weight:
+                labels[start:end] = ids[start:end]
+    else:
+        labels = list(ids)
+        for (start, end), weight in zip(spans, weights, strict=True):
+            if not weight:
+                labels[start:end] = [-100] * (end - start)
+    return ids, labels
+
+
+def _ids(out) -> list[int]:
+    ids = out["input_ids"] if not isinstance(out, list) else out
+    return list(ids)
+
+
+def _assistant_spans(messages: list[dict], tokenizer, template: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token spans of the assistant turns from the template's ``{% generation %}`` mask."""
+    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, mask = _ids(out), list(out.get("assistant_masks") or [])
+    spans, start = [], None
+    for i, bit in enumerate([*mask, 0]):
+        if bit and start is None:
+            start = i
+        elif not bit and start is not None:
+            spans.append((start, i))
+            start = None
+    return ids, spans
+
+
+def _prefix_spans(messages: list[dict], tokenizer, template: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token spans of the assistant turns found by rendering the conversation up to each of them."""
+
+    def render(msgs: list[dict], prompt: bool) -> list[int]:
+        return _ids(tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=True,
+                                                  return_dict=True, add_generation_prompt=prompt))
+
+    ids = render(messages, False)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before, after = render(messages[:i], True), render(messages[: i + 1], False)
+        if ids[: len(after)] != after or after[: len(before)] != before:
+            raise TrainError("the chat template renders a conversation differently from its beginning, so "
+                             "the assistant turns cannot be found for assistant-only loss; use a model whose "
+                             "template marks them with {% generation %}")
+        spans.append((len(before), len(after)))
+    return ids, spans
+
+
+def to_dataset(records: list[dict], tokenizer, template: str, assistant_only: bool = True):
+    """A ``datasets.Dataset`` of input_ids and labels, and how many records had nothing to learn."""
+    from datasets import Dataset
+    from jinja2 import TemplateError
+
+    input_ids, labels, dropped = [], [], 0
+    marked = has_markers(template)
+    for n, record in enumerate(records, 1):
+        try:
+            ids, labs = encode(record["messages"], tokenizer, template, assistant_only, marked)
+        except TemplateError as exc:  # e.g. a template that refuses system messages
+            raise TrainError(f"the chat template refused conversation {n} of the mixture: {exc}") from None
+        if all(t == -100 for t in labs):
+            dropped += 1
+            continue
+        input_ids.append(ids)
+        labels.append(labs)
+    if not input_ids:
+        return None, dropped
+    return Dataset.from_dict({"input_ids": input_ids, "labels": labels}), dropped
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+def _bf16(config, on_gpu: bool) -> bool:
+    if "bf16" in config.training:
+        return bool(config.training["bf16"])
+    if not on_gpu:
+        return False  # TRL turns bf16 on even on a CPU, where it is twice as slow
+    import torch
+
+    return torch.cuda.is_bf16_supported()
+
+
+def sft_config(config, output_dir: Path, *, on_gpu: bool, has_eval: bool, tiny_model: bool = False):
+    """The SFTConfig: training.yaml's values over oig's defaults; returns (SFTConfig, tiny overrides)."""
+    from trl import SFTConfig
+
+    kw = {k: v for k, v in config.training.items() if k not in OWNED}
+    kw.pop("assistant_only_loss", None)  # applied when tokenising (the dataset arrives with labels)
+    kw.pop("model_init_kwargs", None)  # used when loading the model, which happens before the trainer
+    overrides = {}
+    if tiny_model:
+        for key, value in TINY_HYPERPARAMETERS.items():
+            if key in kw and kw[key] != value:
+                overrides[key] = {"training.yaml": kw[key], "used": value}
+            kw[key] = value
+    for key, value in DEFAULTS.items():
+        kw.setdefault(key, value)
+    kw.setdefault("seed", config.seed)
+    kw.setdefault("data_seed", kw["seed"])
+    kw.setdefault("bf16", _bf16(config, on_gpu))
+    if not on_gpu:
+        kw.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator; on a CPU it only warns
+    if "gradient_checkpointing" not in kw:
+        # Recomputing activations saves GPU memory for real models; on a CPU or for tiny it only costs time.
+        kw.setdefault("activation_checkpointing", on_gpu and not tiny_model)
+    if has_eval:
+        kw.setdefault("eval_strategy", "steps")
+        if kw["eval_strategy"] == "steps":
+            kw.setdefault("eval_steps", kw["save_steps"])
+    else:
+        kw["eval_strategy"] = "no"
+    momentum = config.oig.get("momentum")
+    if momentum is not None:
+        _apply_momentum(kw, momentum)
+    try:
+        return SFTConfig(output_dir=str(output_dir), **kw), overrides
+    except (ValueError, TypeError) as exc:
+        raise TrainError(f"training.yaml: {exc}") from None
+
+
+def _apply_momentum(kw: dict, momentum: float) -> None:
+    optim = str(kw.get("optim", "adamw_torch"))
+    if optim in ("sgd", "rmsprop"):
+        extra = f"momentum={momentum}"
+        kw["optim_args"] = f"{kw['optim_args']},{extra}" if kw.get("optim_args") else extra
+    elif "adam" in optim or "lion" in optim or "lamb" in optim:
+        if "adam_beta1" in kw and kw["adam_beta1"] != momentum:
+            raise TrainError(f"training.yaml sets both momentum ({momentum}) and adam_beta1 "
+                             f"({kw['adam_beta1']}), which is the same thing for {optim}; keep one")
+        kw["adam_beta1"] = momentum
+    else:
+        raise TrainError(f"momentum has no meaning for the optimizer {optim!r}; remove it, or use sgd, "
+                         "rmsprop or an Adam-style optimizer")
+
+
+def tiny_cpu_threads(base_model: str, on_gpu: bool) -> int | None:
+    """One CPU thread for tiny: its matrices are too small to split, so a second thread only adds
+    synchronisation, and on a shared machine it makes every step wait for a busy core (measured: as fast
+    alone, up to 4x faster under load). OMP_NUM_THREADS, when set, wins."""
+    if base_model != tiny.NAME or on_gpu or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return 1
+
+
+@contextmanager
+def cpu_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` for the block, then restored (None: unchanged)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def make_trainer(model, tokenizer, args, train_ds, eval_ds, config):
+    from trl import SFTTrainer
+
+    peft_config = None
+    if config.oig.get("lora") or config.oig.get("load_in_4bit"):
+        from peft import LoraConfig
+
+        o = config.oig
+        peft_config = LoraConfig(
+            r=o.get("lora_r", 16), lora_alpha=o.get("lora_alpha", 32), lora_dropout=o.get("lora_dropout", 0.05),
+            target_modules=o.get("lora_target_modules") or "all-linear", task_type="CAUSAL_LM",
+        )
+    try:
+        return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                          processing_class=tokenizer, peft_config=peft_config)
+    except ValueError as exc:
+        raise TrainError(f"the trainer refused the settings: {exc}") from None
+
+
+def last_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest complete checkpoint; incomplete ones (a kill while saving) are removed.
+
+    The Trainer writes trainer_state.json last, so a checkpoint whose state reads back is whole.
+    """
+    if not checkpoint_dir.is_dir():
+        return None
+    found = []
+    for path in checkpoint_dir.glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if m and path.is_dir():
+            found.append((int(m.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            return path
+        except (OSError, ValueError):
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def save_model(trainer, tokenizer, model_dir: Path, config) -> None:
+    """The final model, loadable with ``from_pretrained``: LoRA adapters are merged into the weights
+    (kept as an adapter for QLoRA, whose 4-bit base cannot be merged exactly)."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload") and not config.oig.get("load_in_4bit"):
+        model = model.merge_and_unload()
+    if trainer.accelerator.is_main_process:
+        tmp = model_dir.with_name(model_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # Replace the folder as a whole: a crash never leaves half a model where model.yaml may point.
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.replace(tmp, model_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+# --- what goes into training_log ----------------------------------------------------------------------------
+
+
+def hyperparameters(args, config) -> dict:
+    values = args.to_dict()
+    keys = [k for k in config.training if k not in OWNED and k in values]
+    keys += [k for k in RECORDED if k not in keys and k in values]
+    out = {k: values[k] for k in keys}
+    if "assistant_only_loss" in config.training:
+        out["assistant_only_loss"] = config.training["assistant_only_loss"]
+    for key in ("momentum", "eval_size", "lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                "load_in_4bit"):
+        if key in config.oig:
+            out[key] = config.oig[key]
+    return out
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def _last(log_history: list[dict], key: str) -> float | None:
+    values = [entry[key] for entry in log_history if key in entry]
+    return values[-1] if values else None
+
+
+def metrics_history(log_history: list[dict]) -> list[dict]:
+    """Loss and eval loss by step, one entry per step that logged either."""
+    by_step: dict[int, dict] = {}
+    for entry in log_history:
+        step = entry.get("step")
+        if step is None:
+            continue
+        row = by_step.setdefault(int(step), {"step": int(step)})
+        if "loss" in entry:
+            row["loss"] = _round(entry["loss"])
+            if "learning_rate" in entry:
+                row["learning_rate"] = _round(entry["learning_rate"], 10)
+            if "epoch" in entry:
+                row["epoch"] = _round(entry["epoch"], 4)
+        if "eval_loss" in entry:
+            row["eval_loss"] = _round(entry["eval_loss"])
+    return [row for _, row in sorted(by_step.items()) if len(row) > 1]
+
+
+def hardware(processes: int = 1, cpu_threads: int | None = None) -> dict:
+    import torch
+
+    info: dict = {"accelerator": "cuda" if torch.cuda.is_available() else "cpu", "processes": processes,
+                  "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cpu_threads": cpu_threads or torch.get_num_threads(),
+                  "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _display(path: Path | None, root: Path) -> str | None:
+    """A path relative to the repository root when it lies inside it (no machine paths in the log)."""
+    if path is None:
+        return None
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def _distributed_state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+# --- the bug regression suite ----------------------------------------------------------------------------------
+
+
+def load_bugs(opts: TrainOptions) -> list | None:
+    """The reported bugs to check after training (``oig.bugs``), or None when no source was given."""
+    if opts.bugs is None and not opts.bugs_repo:
+        return None
+    from oig import bugs
+
+    return bugs.load_bugs(opts.bugs, opts.bugs_repo)
+
+
+def bug_suite(bugs: list, model_dir: Path, root: Path) -> dict:
+    """training_log's ``bugs`` and ``bugs_summary``: each bug's answer from the model model.yaml names
+    (the one before this run; the reported answer when there is none) and from the model just trained."""
+    from oig import bugs as b
+
+    ask_before = None
+    if (Path(root) / runlog.MODEL_YAML).is_file():
+        try:
+            ask_before = b.model_asker(Path(root) / runlog.MODEL_YAML)
+        except OigError as exc:  # a broken model.yaml must not cost the run: judge against the report
+            print(f"oig train: warning: not asking the previous model: {exc}", file=sys.stderr)
+    ask_after = b.section_asker({"local_path": str(Path(model_dir).resolve())})
+    return b.log_section(b.run_suite(bugs, ask_before, ask_after))
+
+
+# --- publishing and the two files -----------------------------------------------------------------------------
+
+
+def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
+    """Publish, then write training_log and (when something was published) model.yaml.
+
+    A failed publish still writes training_log, saying so, and leaves model.yaml as it was.
+    """
+    from oig.publish import publish
+
+    try:
+        section = publish(Path(model_dir), mode=opts.publish, run=run, config=config, together=opts.together,
+                          data_dir=Path(opts.data))
+    except OigError as exc:
+        run["published"] = {"mode": opts.publish, "error": str(exc)}
+        runlog.write_training_log(opts.root, run)
+        raise
+    run["published"] = {"mode": opts.publish}
+    if section is not None:
+        if "local_path" in section:  # relative to the repository root, wherever the command runs
+            section = {**section, "local_path": _display(model_dir, opts.root)}
+        run["model"] = section
+    runlog.write_training_log(opts.root, run)
+    if section is not None:
+        runlog.write_model_yaml(opts.root, runlog.model_document(section, run))
+    return run
+
+
+def _train_on_together(mixture_dir: Path, config, run: dict, opts: TrainOptions, started: float) -> dict:
+    """``backend: together``: Together's hosted fine-tuning trains; nothing runs here."""
+    from oig.together_api import train_on_together
+
+    # --base-model overrides training.yaml here too.
+    result = train_on_together(mixture_dir, replace(config, base_model=run["base_model"]), run)
+    finished = time.time()
+    run.update({"finished_at": _iso(finished), "duration_s": round(finished - started, 2),
+                "together_job": result.get("job"), "model": result["model"],
+                "published": {"mode": "together"}})
+    runlog.write_training_log(opts.root, run)
+    runlog.write_model_yaml(opts.root, runlog.model_document(result["model"], run))
+    return run

@@ -1,0 +1,523 @@
+"""oig train: loss masks, the eval split, SFTConfig resolution, checkpoints, and the tiny model end to end,
+including a run killed with SIGKILL and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from oig import runlog, tiny
+from oig import train as T
+from oig.cli import main
+from oig.config import TrainingConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = [
+    "apple", "banana", "cherry", "dog", "eagle", "falcon", "grape", "house", "igloo", "jelly", "kite",
+    "lemon", "mango", "night", "ocean", "piano", "queen", "river", "snake", "tiger",
+]
+PAIRS = [(f"What is the code word {i}?", f"The code word {i} is {w}.") for i, w in enumerate(WORDS)]
+RECORDS = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in PAIRS]
+MULTI = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Go away.", "weight": 0},
+    {"role": "user", "content": "Hi again"},
+    {"role": "assistant", "content": "Hello! How can I help?"},
+]
+
+
+def config(training: dict | None = None, **oig) -> TrainingConfig:
+    return TrainingConfig(path=Path("training.yaml"), training=dict(training or {}), seed=42, oig=oig)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    texts = [*tiny.texts_of(RECORDS), *tiny.texts_of([{"messages": MULTI}])]
+    return tiny.build_tiny(texts, tmp_path_factory.mktemp("tok"), seed=1)
+
+
+@pytest.fixture(scope="module")
+def tok(built):
+    return built[1]
+
+
+def learned_text(tok, ids, labels) -> str:
+    return tok.decode([i for i, lab in zip(ids, labels, strict=True) if lab != -100])
+
+
+# --- loss masks ------------------------------------------------------------------------------------------
+
+
+def test_only_assistant_turns_with_weight_are_learned(tok):
+    ids, labels = T.encode(MULTI, tok, tok.chat_template)
+    assert len(ids) == len(labels)
+    assert learned_text(tok, ids, labels) == "Hello! How can I help?<|im_end|>"
+    # The weight-0 reply stays in the input, as context the model reads but is not taught.
+    assert "Go away.<|im_end|>" in tok.decode(ids)
+
+
+def test_weight_zero_labels_are_all_masked_by_span(tok):
+    _, spans = T._assistant_spans([{k: v for k, v in m.items() if k != "weight"} for m in MULTI], tok, tok.chat_template)
+    ids, labels = T.encode(MULTI, tok, tok.chat_template)
+    (s0, e0), (s1, e1) = spans
+    assert tok.decode(ids[s0:e0]) == "Go away.<|im_end|>"
+    assert labels[s0:e0] == [-100] * (e0 - s0)
+    assert labels[s1:e1] == ids[s1:e1]
+
+
+def test_the_trainer_learns_exactly_these_labels(built, tmp_path):
+    model, tok = built
+    ids, labels = T.encode(MULTI, tok, tok.chat_template)
+    ds, _ = T.to_dataset([{"messages": MULTI}], tok, tok.chat_template)
+    args, _ = T.sft_config(config({"max_steps": 1}), tmp_path, on_gpu=False, has_eval=False)
+    trainer = T.make_trainer(model, tok, args, ds, None, config())
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"][0].tolist() == ids
+    assert batch["labels"][0].tolist() == labels  # TRL keeps them: the weight-0 reply stays at -100
+
+
+def test_full_sequence_loss_still_masks_weight_zero_turns(tok):
+    ids, labels = T.encode(MULTI, tok, tok.chat_template, assistant_only=False)
+    text = learned_text(tok, ids, labels)
+    assert "Be brief." in text and "Hi again" in text and "Hello! How can I help?" in text
+    assert "Go away." not in text
+
+
+def test_template_without_generation_markers_falls_back_to_prefixes(tok):
+    plain = tiny.CHATML_TEMPLATE.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
+    ids, labels = T.encode(MULTI, tok, plain)
+    marked_ids, marked_labels = T.encode(MULTI, tok, tok.chat_template)
+    assert ids == marked_ids
+    # Found by rendering prefixes, the turn also owns the newline after <|im_end|>: harmless, and it is
+    # the same reply and end-of-turn token that is learned.
+    assert learned_text(tok, ids, labels).strip() == learned_text(tok, marked_ids, marked_labels)
+
+
+def test_a_hub_template_without_markers_gets_trls_training_version(tmp_path):
+    import trl
+
+    qwen = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
+    tok = tiny.build_tiny(tiny.texts_of(RECORDS), tmp_path, seed=1)[1]
+    tok.chat_template = qwen  # Qwen2.5-Instruct's own template: no {% generation %} markers
+    template = T.training_template(tok)
+    assert template != qwen and T.has_markers(template)
+    for t in (template, qwen):  # TRL's training template, or growing prefixes of the model's own
+        ids, labels = T.encode(MULTI, tok, t)
+        assert tok.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+        assert learned_text(tok, ids, labels).strip() == "Hello! How can I help?<|im_end|>"
+
+
+def test_a_template_that_refuses_a_conversation_is_a_clear_error(tok):
+    gemma_like = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                  "{% endif %}" + tiny.CHATML_TEMPLATE)
+    with pytest.raises(T.TrainError, match="refused conversation 2 of the mixture: System role not supported"):
+        T.to_dataset([RECORDS[0], {"messages": MULTI}], tok, gemma_like)
+
+
+def test_to_dataset_drops_conversations_with_nothing_to_learn(tok):
+    silent = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]}
+    ds, dropped = T.to_dataset([RECORDS[0], silent], tok, tok.chat_template)
+    assert dropped == 1 and len(ds) == 1 and ds.column_names == ["input_ids", "labels"]
+    assert T.to_dataset([silent], tok, tok.chat_template) == (None, 1)
+
+
+# --- the held-out split -------------------------------------------------------------------------------------
+
+
+def test_eval_split_counts():
+    assert [len(x) for x in T.split_eval(RECORDS, 0.1, 42)] == [18, 2]
+    assert [len(x) for x in T.split_eval(RECORDS, 3, 42)] == [17, 3]
+    assert [len(x) for x in T.split_eval(RECORDS, 1.0, 42)] == [19, 1]
+    assert [len(x) for x in T.split_eval(RECORDS, None, 42)] == [18, 2]  # default 10%
+    assert [len(x) for x in T.split_eval(RECORDS[:5], None, 42)] == [5, 0]  # too few to spare any
+    assert T.split_eval(RECORDS, 4, 42) == T.split_eval(RECORDS, 4, 42)
+    assert T.split_eval(RECORDS, 4, 42)[1] != T.split_eval(RECORDS, 4, 7)[1]
+
+
+def test_repeated_examples_never_sit_on_both_sides():
+    records = RECORDS * 3  # a slice repeated by its mixture weight
+    train, held = T.split_eval(records, 5, 42)
+    assert len(held) == 5 and len(train) == 45
+    held_keys = {json.dumps(r["messages"]) for r in held}
+    assert not held_keys & {json.dumps(r["messages"]) for r in train}
+
+
+@pytest.mark.parametrize("size, match", [(20, "leaving none"), (25, "leaving none"), (2.5, "whole count")])
+def test_eval_split_errors(size, match):
+    with pytest.raises(T.TrainError, match=match):
+        T.split_eval(RECORDS, size, 42)
+
+
+# --- SFTConfig resolution -------------------------------------------------------------------------------------
+
+
+def test_defaults_on_cpu(tmp_path):
+    args, overrides = T.sft_config(config({"learning_rate": 1e-4, "output_dir": "elsewhere"}), tmp_path,
+                                   on_gpu=False, has_eval=True)
+    assert overrides == {}
+    assert args.output_dir == str(tmp_path)  # oig decides where checkpoints go
+    assert args.learning_rate == 1e-4
+    assert (args.bf16, args.activation_checkpointing, args.report_to) == (False, False, [])
+    assert (args.save_steps, args.eval_steps, args.seed, args.data_seed) == (100, 100, 42, 42)
+    assert args.eval_strategy == "steps" and args.save_strategy == "steps"
+    no_eval, _ = T.sft_config(config({"eval_strategy": "steps"}), tmp_path, on_gpu=False, has_eval=False)
+    assert no_eval.eval_strategy == "no"
+
+
+def test_tiny_uses_its_own_hyperparameters_and_says_so(tmp_path):
+    args, overrides = T.sft_config(config({"learning_rate": 2e-5, "max_steps": 7}), tmp_path, on_gpu=False,
+                                   has_eval=False, tiny_model=True)
+    assert args.learning_rate == T.TINY_HYPERPARAMETERS["learning_rate"]
+    assert args.max_steps == 7  # still caps the run
+    assert overrides == {"learning_rate": {"training.yaml": 2e-5, "used": T.TINY_HYPERPARAMETERS["learning_rate"]}}
+
+
+def test_momentum_goes_to_the_optimizer_in_use(tmp_path):
+    adam, _ = T.sft_config(config(momentum=0.8), tmp_path, on_gpu=False, has_eval=False)
+    assert adam.adam_beta1 == 0.8
+    sgd, _ = T.sft_config(config({"optim": "sgd", "optim_args": "nesterov=True"}, momentum=0.9), tmp_path,
+                          on_gpu=False, has_eval=False)
+    assert sgd.optim_args == "nesterov=True,momentum=0.9"
+    with pytest.raises(T.TrainError, match="keep one"):
+        T.sft_config(config({"adam_beta1": 0.5}, momentum=0.9), tmp_path, on_gpu=False, has_eval=False)
+    with pytest.raises(T.TrainError, match="no meaning for the optimizer 'adafactor'"):
+        T.sft_config(config({"optim": "adafactor"}, momentum=0.9), tmp_path, on_gpu=False, has_eval=False)
+
+
+def test_bad_trainer_settings_are_a_clear_error(tmp_path):
+    with pytest.raises(T.TrainError, match="training.yaml"):
+        T.sft_config(config({"lr_scheduler_type": "sideways"}), tmp_path, on_gpu=False, has_eval=False)
+
+
+def test_recorded_hyperparameters(tmp_path):
+    cfg = config({"learning_rate": 1e-4, "packing": True}, momentum=0.9, eval_size=0.2, lora=True, lora_r=8)
+    args, _ = T.sft_config(cfg, tmp_path, on_gpu=False, has_eval=True)
+    hp = T.hyperparameters(args, cfg)
+    assert hp["learning_rate"] == 1e-4 and hp["packing"] is True and hp["adam_beta1"] == 0.9
+    assert hp["momentum"] == 0.9 and hp["eval_size"] == 0.2 and hp["lora"] is True and hp["lora_r"] == 8
+    assert "output_dir" not in hp and hp["per_device_train_batch_size"] == args.per_device_train_batch_size
+
+
+# --- checkpoints, mixtures, logs ------------------------------------------------------------------------------
+
+
+def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):
+    assert T.last_checkpoint(tmp_path / "missing") is None
+    for step, state in ((10, "{}"), (20, "{}"), (30, '{"trunc')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-40").mkdir()  # killed before its state was written
+    (tmp_path / "checkpoint-x").mkdir()
+    assert T.last_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-x"]
+
+
+def test_read_mixture_errors(tmp_path):
+    with pytest.raises(T.TrainError, match="manifest.json is missing"):
+        T.read_mixture(tmp_path)
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "mixture.jsonl").write_text("")
+    with pytest.raises(T.TrainError, match="is empty"):
+        T.read_mixture(tmp_path)
+    (tmp_path / "mixture.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
+    with pytest.raises(T.TrainError, match=r"mixture.jsonl:1: a conversation must end with an assistant"):
+        T.read_mixture(tmp_path)
+    (tmp_path / "mixture.jsonl").write_text(json.dumps(RECORDS[0]) + "\n{oops\n")
+    with pytest.raises(T.TrainError, match=r"mixture.jsonl:2: not JSON"):
+        T.read_mixture(tmp_path)
+
+
+def test_metrics_history_merges_loss_and_eval_loss_by_step():
+    history = [{"loss": 2.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 10},
+               {"eval_loss": 2.5, "step": 10}, {"loss": 1.0, "step": 20, "epoch": 1.0},
+               {"train_runtime": 3.0, "train_loss": 1.5, "step": 20}]
+    assert T.metrics_history(history) == [
+        {"step": 10, "loss": 2.0, "learning_rate": 1e-3, "epoch": 0.5, "eval_loss": 2.5},
+        {"step": 20, "loss": 1.0, "epoch": 1.0},
+    ]
+
+
+def test_run_id_names_the_same_run_the_same(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.yaml").write_text("IOPairs: []\n")
+    (tmp_path / "training.yaml").write_text("Training: {}\n")
+    opts = T.TrainOptions(config=tmp_path / "training.yaml", data=tmp_path / "data")
+    first = T.make_run_id("abc", "tiny", opts)
+    assert first == T.make_run_id("abc", "tiny", opts) and first.startswith("run-")
+    assert first != T.make_run_id("abd", "tiny", opts)
+    assert first != T.make_run_id("abc", "other", opts)
+    (tmp_path / "data" / "a.yaml").write_text("IOPairs: [{input: a, output: b}]\n")
+    assert first != T.make_run_id("abc", "tiny", opts)
+
+
+# --- the command ---------------------------------------------------------------------------------------------
+
+
+def make_repo(root: Path, training: str, pairs=PAIRS) -> Path:
+    (root / "data").mkdir(parents=True)
+    rows = [{"input": q, "output": a} for q, a in pairs]
+    (root / "data" / "codes.yaml").write_text(yaml.safe_dump({"IOPairs": rows, "license": "CC0-1.0"}))
+    (root / "training.yaml").write_text(training)
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(root)], check=True)
+    subprocess.run([*git, "-C", str(root), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(root), "commit", "-qm", "data"], check=True)
+    return root
+
+
+def head(root: Path) -> str:
+    return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_help(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--config", "--base-model", "--publish", "--output", "--mixture", "--together"):
+        assert flag in out
+
+
+def test_help_and_parsing_do_not_import_the_training_stack():
+    code = ("import sys, contextlib, io\nfrom oig.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()): main(['train', '--help'])\n"
+            "print(sorted({'torch', 'transformers', 'trl', 'datasets', 'huggingface_hub'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_usage_errors(capsys):
+    assert main(["train", "--publish", "github"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_no_base_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(make_repo(tmp_path, "Training:\n  seed: 1\n"))
+    assert main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert "no base model" in err and "--base-model" in err and "Traceback" not in err
+    assert not (tmp_path / "training_log").exists() and not (tmp_path / "model.yaml").exists()
+
+
+def test_invalid_slices_stop_before_training(tmp_path, monkeypatch, capsys):
+    repo = make_repo(tmp_path, "Training:\n  seed: 1\n")
+    (repo / "data" / "bad.yaml").write_text("IOPairs:\n  - input: a\n    outptu: b\n")
+    monkeypatch.chdir(repo)
+    assert main(["train", "--base-model", "tiny"]) == 1
+    assert "bad.yaml" in capsys.readouterr().err
+    assert not (repo / "training_log").exists()
+
+
+def test_a_base_model_that_cannot_load_is_a_clear_error(tmp_path, monkeypatch, capsys, offline):
+    monkeypatch.chdir(make_repo(tmp_path, "Training:\n  seed: 1\n"))
+    assert main(["train", "--base-model", str(tmp_path / "no-such-model"), "--publish", "none"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot load the base model" in err and "Traceback" not in err
+
+
+def answers(model_dir: Path, questions: list[str]) -> list[str]:
+    """Greedy answers of the saved model, loaded the way users load it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    out = []
+    for question in questions:
+        prompt = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                         return_tensors="pt", return_dict=True)
+        ids = model.generate(**prompt, max_new_tokens=40, do_sample=False)
+        out.append(tok.decode(ids[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True))
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
+    import torch
+
+    repo = make_repo(tmp_path, "Training:\n  seed: 42\n  eval_size: 2\n")
+    monkeypatch.chdir(repo)
+    threads = torch.get_num_threads()
+    assert main(["train", "--base-model", "tiny"]) == 0
+    assert torch.get_num_threads() == threads  # tiny trains on one thread, then gives the rest back
+    assert "wrote training_log and model.yaml" in capsys.readouterr().err
+
+    log = runlog.read_training_log(repo / "training_log")
+    assert log["run_id"].startswith("run-") and log["git_commit"] == head(repo)
+    assert log["base_model"] == "tiny" and log["backend"] == "trl" and log["resumed_from"] is None
+    assert log["output_dir"] == f"runs/{log['run_id']}"
+    assert log["hyperparameters"]["learning_rate"] == T.TINY_HYPERPARAMETERS["learning_rate"]
+    assert log["hyperparameters"]["seed"] == 42 and log["hyperparameters"]["bf16"] is False
+    (codes,) = log["mixture"]["slices"]
+    assert (codes["name"], codes["count"], log["mixture"]["total"]) == ("codes", 20, 20)
+    assert len(log["mixture"]["sha256"]) == 64
+    assert log["data"] == {"train_examples": 18, "eval_examples": 2, "dropped_without_trainable_tokens": 0}
+    losses = [m["loss"] for m in log["metrics"] if "loss" in m]
+    assert len(losses) >= 10 and losses[-1] < losses[0] / 3
+    assert any("eval_loss" in m for m in log["metrics"]) and log["eval_loss"] > 0
+    assert log["steps"] == 750 and log["tokens"] > 0 and log["tokens_per_second"] > 0
+    assert log["hardware"]["accelerator"] == "cpu" and log["hardware"]["cpu_count"] >= 1
+    if not os.environ.get("OMP_NUM_THREADS"):
+        assert log["hardware"]["cpu_threads"] == 1
+    assert log["duration_s"] > 0 and log["finished_at"] >= log["started_at"]
+    assert log["published"] == {"mode": "local"}
+
+    doc = runlog.read_model_yaml(repo / "model.yaml")
+    assert doc["model"] == {"local_path": f"runs/{log['run_id']}/model"} == log["model"]
+    assert (doc["base_model"], doc["commit"], doc["run_id"]) == ("tiny", head(repo), log["run_id"])
+
+    # The model learned the slice: greedy answers are the trained outputs.
+    held_out = {r["messages"][0]["content"] for r in T.split_eval(RECORDS, 2, 42)[1]}
+    trained = [(q, a) for q, a in PAIRS if q not in held_out]
+    got = answers(repo / doc["model"]["local_path"], [q for q, _ in trained])
+    right = sum(g == a for g, (_, a) in zip(got, trained, strict=True))
+    assert right >= len(trained) - 2, f"{right}/{len(trained)} answers right"
+
+    # Rerunning the finished run resumes at its end; --publish none leaves model.yaml as it was.
+    # With --bugs, the previous model (model.yaml's) and the new one answer each reported bug.
+    question, expected = trained[0]
+    (repo / "bugs.json").write_text(json.dumps([{"number": 7, "input": question, "expected": expected,
+                                                 "output": "wrong"}]))
+    before = (repo / "model.yaml").read_bytes()
+    assert main(["train", "--base-model", "tiny", "--publish", "none", "--bugs", "bugs.json"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote training_log" in err and "bugs: 1 checked" in err
+    assert (repo / "model.yaml").read_bytes() == before
+    again = runlog.read_training_log(repo / "training_log")
+    assert again["published"] == {"mode": "none"} and again["resumed_from"].endswith("checkpoint-750")
+    assert again["run_id"] == log["run_id"] and again["train_loss"] is not None
+    (bug,) = again["bugs"]
+    assert (bug["number"], bug["before_source"], bug["after"]) == (7, "previous model", got[0])
+    assert again["bugs_summary"]["total"] == 1
+
+
+SLOW_CHILD = """
+import sys, time
+from transformers import Trainer
+step = Trainer.training_step
+def slow_step(self, *args, **kwargs):
+    time.sleep(0.03)  # about 10 s for 300 steps: time to see a checkpoint and kill the run midway
+    return step(self, *args, **kwargs)
+Trainer.training_step = slow_step
+from oig.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, capsys, offline):
+    repo = make_repo(tmp_path, "Training:\n  seed: 42\n  eval_size: 2\n  max_steps: 300\n  save_steps: 20\n"
+                               "  logging_steps: 10\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts"), "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CHILD, "train", "--base-model", "tiny"], cwd=repo, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(repo.glob("runs/*/checkpoints/checkpoint-*/trainer_state.json")):
+            assert child.poll() is None, f"training ended before a checkpoint: {child.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stderr.close()
+    assert not (repo / "training_log").exists()  # it never finished
+    (checkpoint,) = T.last_checkpoint(next(repo.glob("runs/*/checkpoints"))).parts[-1:]
+    killed_at = int(checkpoint.removeprefix("checkpoint-"))
+    assert 20 <= killed_at < 300
+
+    monkeypatch.chdir(repo)
+    assert main(["train", "--base-model", "tiny"]) == 0
+    assert "resumed from runs/" in capsys.readouterr().err
+    log = runlog.read_training_log(repo / "training_log")
+    assert log["resumed_from"] == f"runs/{log['run_id']}/checkpoints/checkpoint-{killed_at}"
+    assert log["steps"] == 300
+    # The loss history spans the whole run: the steps before the kill come from the checkpoint.
+    steps = [m["step"] for m in log["metrics"] if "loss" in m]
+    assert steps[0] == 10 and steps[-1] == 300 and steps == sorted(set(steps))
+    # Only the steps after the checkpoint were trained again.
+    assert log["tokens"] < 300 * 4 * 40
+    assert runlog.read_model_yaml(repo / "model.yaml")["run_id"] == log["run_id"]
+
+
+def test_backend_together_trains_on_the_hosted_service(tmp_path, monkeypatch, capsys):
+    import functools
+
+    from fake_together import FakeTogether
+
+    from oig import together_api
+
+    repo = make_repo(tmp_path, "Training:\n  backend: together\n  base_model: org/Base-7B\n  epochs: 2\n")
+    monkeypatch.chdir(repo)
+    # The job is polled with real sleeps of 20 s; here the fake's states advance at once.
+    monkeypatch.setattr(together_api, "train_on_together",
+                        functools.partial(together_api.train_on_together, sleep=lambda s: None))
+    with FakeTogether() as fake:
+        monkeypatch.setenv("TOGETHER_API_KEY", fake.api_key)
+        monkeypatch.setenv("TOGETHER_BASE_URL", fake.url)
+        assert main(["train", "--base-model", "org/Other-8B"]) == 0
+        (create,) = fake.find("POST", "/v1/fine-tunes")
+    assert "trained on Together, job ft-1" in capsys.readouterr().err
+    assert create["json"]["model"] == "org/Other-8B" and create["json"]["n_epochs"] == 2
+    log = runlog.read_training_log(repo / "training_log")
+    assert log["backend"] == "together" and log["together_job"]["examples"] == 20
+    assert log["mixture"]["total"] == 20 and log["published"] == {"mode": "together"}
+    doc = runlog.read_model_yaml(repo / "model.yaml")
+    assert "model" not in doc and doc["together"]["model"] == log["model"]["together"]["model"]
+    assert doc["together"]["base_url"] == fake.url and doc["base_model"] == "org/Other-8B"
+    assert not list(repo.glob("runs/*/checkpoints"))  # nothing trained here
+
+
+@pytest.mark.slow
+def test_a_failed_publish_keeps_the_model_and_model_yaml(tmp_path, monkeypatch, capsys, offline):
+    repo = make_repo(tmp_path, "Training:\n  seed: 42\n  max_steps: 3\n")
+    (repo / "model.yaml").write_text("previous model.yaml\n")
+    monkeypatch.chdir(repo)
+    # Publishing to the Hub needs hub_repo in training.yaml: it fails after training, before any upload.
+    assert main(["train", "--base-model", "tiny", "--publish", "hub"]) == 1
+    assert "hub_repo" in capsys.readouterr().err
+    assert (repo / "model.yaml").read_text() == "previous model.yaml\n"
+    log = runlog.read_training_log(repo / "training_log")
+    assert log["published"]["mode"] == "hub" and "hub_repo" in log["published"]["error"]
+    assert (repo / log["model"]["local_path"] / "config.json").is_file()  # the trained model is kept
+
+
+@pytest.mark.slow
+def test_benchmark_smoke(tmp_path, monkeypatch, offline):
+    """A small run of benchmarks/bench_train.py's two sides, so the benchmark cannot rot."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_train
+
+    root = tmp_path / "repo"
+    bench_train.make_repo(root, pairs=8, steps=12)
+    monkeypatch.chdir(root)
+    baseline = bench_train.child("baseline", root, tmp_path / "baseline", 12)
+    ours = bench_train.child("oig", root, tmp_path / "oig", 12)
+    assert baseline["steps"] == ours["steps"] == 12
+    # The same examples in the same order: the token counts agree exactly.
+    assert baseline["tokens"] == ours["tokens"] > 0
+    assert ours["tokens_per_second"] > 0 and baseline["tokens_per_second"] > 0
+
+
+def test_a_bad_bug_list_fails_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(make_repo(tmp_path, "Training:\n  seed: 1\n"))
+    assert main(["train", "--base-model", "tiny", "--bugs", "missing.json"]) == 1
+    assert "missing.json" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert main(["train", "--bugs", "a.json", "--bugs-repo", "o/r"]) == 2  # one source or the other
