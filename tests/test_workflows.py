@@ -147,7 +147,7 @@ def test_validate_runs_on_every_pull_request_read_only():
     trigger = doc["on"]["pull_request"] or {}
     assert not {"paths", "paths-ignore", "branches", "branches-ignore"} & set(trigger), \
         "a filtered required check stays pending forever"
-    assert doc["permissions"] == {"contents": "read"}
+    assert doc["permissions"] == {"contents": "read", "issues": "read"}
     [(_, job)] = jobs(doc)
     assert "permissions" not in job and job["runs-on"] == "ubuntu-latest"
     assert "secrets." not in (WORKFLOW_DIR / "validate.yml").read_text()
@@ -262,7 +262,7 @@ def test_train_is_dispatch_only_on_the_gpu_runner():
     assert doc["permissions"] == {}
     [(_, job)] = jobs(doc)
     assert job["runs-on"] == ["self-hosted", "gpu"] and job["environment"] == "training"
-    assert job["permissions"] == {"contents": "write"}
+    assert job["permissions"] == {"contents": "write", "issues": "write"}
 
 
 def test_train_never_checks_out_or_runs_pull_request_code():
@@ -283,7 +283,8 @@ def test_train_secrets_reach_only_the_training_step():
     holders = {s["name"]: s["env"] for s in steps(doc) if "secrets." in yaml.safe_dump(s.get("env") or {})}
     assert list(holders) == ["Train"]
     assert holders["Train"] == {"HF_TOKEN": "${{ secrets.HF_TOKEN }}",
-                                "TOGETHER_API_KEY": "${{ secrets.TOGETHER_API_KEY }}"}
+                                "TOGETHER_API_KEY": "${{ secrets.TOGETHER_API_KEY }}",
+                                "GITHUB_TOKEN": "${{ github.token }}"}
     commit = step(doc, "Commit the results")
     assert commit["env"]["GITHUB_TOKEN"] == "${{ github.token }}" and "oig commit-results" in commit["run"]
 
