@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from oig.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

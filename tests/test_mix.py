@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from oig.errors import InvalidInput, OigError
 from oig.mix import (
     MANIFEST_FILE,

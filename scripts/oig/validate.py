@@ -148,10 +148,7 @@ def _expand_one_of(errors: list, doc: dict) -> list:
 def _schema_at(path) -> dict:
     sub = SLICE_SCHEMA
     for p in path:
-        if isinstance(p, int):
-            sub = sub.get("items", {})
-        else:
-            sub = sub.get("properties", {}).get(p, {})
+        sub = sub.get("items", {}) if isinstance(p, int) else sub.get("properties", {}).get(p, {})
     return sub
 
 

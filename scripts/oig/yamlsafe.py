@@ -153,14 +153,13 @@ def _build(loader: _Loader) -> object:
             value: object = event.value
             if len(value) > MAX_STRING:  # type: ignore[arg-type]
                 raise _refuse(event, f"text of {len(value):,} characters; the limit is {MAX_STRING:,}")  # type: ignore[arg-type]
-            if cur.__class__ is dict:
-                if key is no_key:
-                    if value in cur:  # type: ignore[operator]
-                        raise _refuse(event, f"duplicate key {value!r}; each key may appear once")
-                    if value == "<<" and event.implicit[0]:
-                        raise _refuse(event, "YAML merge keys (<<) are not allowed; write the keys out")
-                    key = value
-                    continue
+            if cur.__class__ is dict and key is no_key:
+                if value in cur:  # type: ignore[operator]
+                    raise _refuse(event, f"duplicate key {value!r}; each key may appear once")
+                if value == "<<" and event.implicit[0]:
+                    raise _refuse(event, "YAML merge keys (<<) are not allowed; write the keys out")
+                key = value
+                continue
             if event.implicit[0] and value and value[0] in _MAYBE_TYPED:  # type: ignore[index]
                 value = _resolve_plain(value)  # type: ignore[arg-type]
             elif event.implicit[0] and not value:
