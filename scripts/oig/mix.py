@@ -468,8 +468,12 @@ def mix(data_dir: Path, config_path: Path, out_dir: Path | None, *, total: int |
     opts = SourceOptions(allow_local=allow_local, base_dir=base_dir)
     materialized = [materialize(s, opts) for s in slices if s.io_pairs or s.huggingface or s.openai_jsonl]
     # --- how many examples of each ----------------------------------------------------------------
-    allocation = allocate({m.name: m.count for m in materialized}, config.mixture,
-                          config.mixture_total if total is None else total, where=str(config_path))
+    if not materialized and any(s.has_preferences for s in slices):  # preference pairs only: DPO alone
+        allocation = Allocation(total=0, slices=[], warnings=["no slice has SFT examples: the mixture is empty "
+                                                              "and only the preference pairs are written"])
+    else:
+        allocation = allocate({m.name: m.count for m in materialized}, config.mixture,
+                              config.mixture_total if total is None else total, where=str(config_path))
     if plan_only or out_dir is None:
         return MixResult(allocation, plan(allocation, seed, materialized, config_path), None)
     # --- the mixture and its manifest -------------------------------------------------------------

@@ -211,6 +211,16 @@ OIG_KEYS: dict[str, dict] = {
         "enum": ["trl", "together"],
         "description": "Where to train: `trl` on the runner's GPUs, or `together` (hosted fine-tuning).",
     },
+    "method": {
+        "enum": ["sft", "dpo"],
+        "description": "`sft` (default): supervised fine-tuning on the mixture. `dpo`: SFT on the mixture "
+        "when there is one, then DPO (TRL's DPOTrainer) on the slices' Preferences pairs.",
+    },
+    "dpo_beta": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "description": "DPO's beta: how far the model may move from the reference model (default 0.1).",
+    },
     "lora": {"type": "boolean", "description": "Train LoRA adapters with peft instead of all weights."},
     "lora_r": {"type": "integer", "minimum": 1, "description": "LoRA rank."},
     "lora_alpha": {"type": "number", "exclusiveMinimum": 0, "description": "LoRA scaling alpha."},

@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oig import runlog, tiny
+from oig import dpo, runlog, tiny
 from oig.errors import OigError
 
 PUBLISH_MODES = ("none", "local", "hub")
@@ -138,18 +138,29 @@ def train(opts: TrainOptions) -> dict:
     with state.main_process_first():  # the others wait, then read what the main process wrote
         if not opts.mixture and state.is_main_process:
             build_mixture(opts, mixture_dir)
-    manifest, records = read_mixture(mixture_dir)
+    method = config.oig.get("method", "sft")
+    manifest, records = read_mixture(mixture_dir, allow_empty=method == "dpo")
     run["mixture"] = manifest
+    run["method"] = method
+    pairs = dpo.read_preferences(mixture_dir) if method == "dpo" else []
+    if method == "dpo" and not pairs:
+        raise TrainError("`method: dpo` needs preference pairs: add a `Preferences:` section to a slice")
+    if method != "dpo" and (mixture_dir / dpo.PREFERENCES_FILE).exists():
+        print("oig train: note: the slices' preference pairs are not used; set `method: dpo` to train on them",
+              file=sys.stderr)
 
     # --- the held-out split ----------------------------------------------------------------------------
-    train_records, eval_records = split_eval(records, config.oig.get("eval_size"), config.seed)
+    train_records, eval_records = split_eval(records, config.oig.get("eval_size"), config.seed) if records else ([], [])
 
     # --- the base model and tokenizer -------------------------------------------------------------------
     import torch
 
     on_gpu = torch.cuda.is_available()
     with state.main_process_first():
-        model, tokenizer, template = load_base(base_model, run_dir / "base", records, config, on_gpu)
+        model, tokenizer, template = load_base(base_model, run_dir / "base", records + dpo.as_conversations(pairs),
+                                               config, on_gpu)
+    if not records:  # DPO only: no SFT stage
+        return _dpo_only(run, model, tokenizer, pairs, config, run_dir, opts, state, on_gpu, base_model, started, bugs)
 
     # --- tokenising: loss on assistant turns with weight 1 ----------------------------------------------
     import datasets
@@ -176,9 +187,15 @@ def train(opts: TrainOptions) -> dict:
                          "to keep the batch) or max_length, or set lora / load_in_4bit; rerunning resumes from the "
                          "last checkpoint") from None
 
+    # --- DPO on the preference pairs, starting from the SFT model (method: dpo) ---------------------------
+    final = trainer
+    if pairs:
+        final, run["dpo"] = run_dpo(trainer.model, tokenizer, pairs, config, run_dir, on_gpu=on_gpu,
+                                    base_model=base_model, state=state, root=opts.root)
+
     # --- saving ----------------------------------------------------------------------------------------
     model_dir = run_dir / "model"
-    save_model(trainer, tokenizer, model_dir, config)
+    save_model(final, tokenizer, model_dir, config)
     if not trainer.is_world_process_zero():  # the main process publishes and writes the logs
         return run
     finished = time.time()
@@ -191,7 +208,7 @@ def train(opts: TrainOptions) -> dict:
         "hyperparameters": hyperparameters(args, config),
         "tiny_overrides": tiny_overrides or None,
         "data": {"train_examples": len(train_records), "eval_examples": len(eval_records),
-                 "dropped_without_trainable_tokens": dropped},
+                 "dropped_without_trainable_tokens": dropped, "preference_pairs": len(pairs)},
         "metrics": metrics_history(trainer.state.log_history),
         # A rerun of a finished run resumes at its last step and trains nothing: keep the last logged loss.
         "train_loss": _round(result.metrics.get("train_loss") if tokens else _last(trainer.state.log_history, "loss")),
@@ -209,6 +226,54 @@ def train(opts: TrainOptions) -> dict:
         run.update(bug_suite(bugs, model_dir, opts.root))
 
     # --- publishing, training_log, model.yaml -----------------------------------------------------------
+    return finish(run, model_dir, config, opts)
+
+
+# --- DPO ----------------------------------------------------------------------------------------------------
+
+
+def run_dpo(model, tokenizer, pairs: list[dict], config, run_dir: Path, *, on_gpu: bool, base_model: str, state,
+            root: Path):
+    """TRL's DPOTrainer on the pairs, from ``model``; returns (trainer, training_log's dpo section)."""
+    import torch
+
+    if hasattr(model, "merge_and_unload") and not config.oig.get("load_in_4bit"):
+        model = model.merge_and_unload()  # the SFT adapters become the weights DPO starts from
+    tiny_model = base_model == tiny.NAME
+    args, overrides = dpo.dpo_config(config, run_dir / "dpo-checkpoints", on_gpu=on_gpu, tiny_model=tiny_model,
+                                     bf16=_bf16(config, on_gpu))
+    with state.main_process_first():
+        resume = last_checkpoint(run_dir / "dpo-checkpoints")
+    trainer = dpo.make_trainer(model, tokenizer, pairs, args, config)
+    try:
+        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)):
+            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except torch.OutOfMemoryError:
+        raise TrainError("out of GPU memory in DPO (it holds a reference model too): lower "
+                         "per_device_train_batch_size or max_length, or set lora") from None
+    return trainer, dpo.summary(trainer, result, _display(resume, root) if resume else None, overrides)
+
+
+def _dpo_only(run: dict, model, tokenizer, pairs: list[dict], config, run_dir: Path, opts: TrainOptions, state,
+              on_gpu: bool, base_model: str, started: float, bugs) -> dict:
+    """``method: dpo`` with no SFT data: DPO from the base model, then save, publish and log."""
+    trainer, run["dpo"] = run_dpo(model, tokenizer, pairs, config, run_dir, on_gpu=on_gpu, base_model=base_model,
+                                  state=state, root=opts.root)
+    model_dir = run_dir / "model"
+    save_model(trainer, tokenizer, model_dir, config)
+    if not trainer.is_world_process_zero():
+        return run
+    finished = time.time()
+    run.update({
+        "finished_at": _iso(finished),
+        "duration_s": round(finished - started, 2),
+        "hyperparameters": hyperparameters(trainer.args, config),
+        "data": {"train_examples": 0, "eval_examples": 0, "preference_pairs": len(pairs)},
+        "hardware": hardware(state.num_processes, tiny_cpu_threads(base_model, on_gpu)),
+    })
+    run["model"] = {"local_path": _display(model_dir, opts.root)}
+    if bugs is not None:
+        run.update(bug_suite(bugs, model_dir, opts.root))
     return finish(run, model_dir, config, opts)
 
 
@@ -259,7 +324,7 @@ def build_mixture(opts: TrainOptions, out_dir: Path) -> Path:
     return out_dir
 
 
-def read_mixture(mixture_dir: Path) -> tuple[dict, list[dict]]:
+def read_mixture(mixture_dir: Path, allow_empty: bool = False) -> tuple[dict, list[dict]]:
     """The manifest and the records of a mixture folder (``{"slice", "messages"}`` lines)."""
     from oig.records import check_messages
 
@@ -284,7 +349,7 @@ def read_mixture(mixture_dir: Path) -> tuple[dict, list[dict]]:
         if problem:
             raise TrainError(f"{mixture_dir / 'mixture.jsonl'}:{n}: {problem}")
         records.append(record)
-    if not records:
+    if not records and not allow_empty:
         raise TrainError(f"the mixture in {mixture_dir} is empty: add slices to data/ or check the Mixture weights")
     return manifest, records
 
@@ -593,20 +658,23 @@ def cpu_threads(n: int | None):
 def make_trainer(model, tokenizer, args, train_ds, eval_ds, config):
     from trl import SFTTrainer
 
-    peft_config = None
-    if config.oig.get("lora") or config.oig.get("load_in_4bit"):
-        from peft import LoraConfig
-
-        o = config.oig
-        peft_config = LoraConfig(
-            r=o.get("lora_r", 16), lora_alpha=o.get("lora_alpha", 32), lora_dropout=o.get("lora_dropout", 0.05),
-            target_modules=o.get("lora_target_modules") or "all-linear", task_type="CAUSAL_LM",
-        )
+    peft_config = lora_config(config) if config.oig.get("lora") or config.oig.get("load_in_4bit") else None
     try:
         return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                           processing_class=tokenizer, peft_config=peft_config)
     except ValueError as exc:
         raise TrainError(f"the trainer refused the settings: {exc}") from None
+
+
+def lora_config(config):
+    """peft's LoraConfig from training.yaml's lora_* keys."""
+    from peft import LoraConfig
+
+    o = config.oig
+    return LoraConfig(
+        r=o.get("lora_r", 16), lora_alpha=o.get("lora_alpha", 32), lora_dropout=o.get("lora_dropout", 0.05),
+        target_modules=o.get("lora_target_modules") or "all-linear", task_type="CAUSAL_LM",
+    )
 
 
 def last_checkpoint(checkpoint_dir: Path) -> Path | None:
