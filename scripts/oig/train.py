@@ -208,7 +208,7 @@ def train(opts: TrainOptions) -> dict:
         "hyperparameters": hyperparameters(args, config),
         "tiny_overrides": tiny_overrides or None,
         "data": {"train_examples": len(train_records), "eval_examples": len(eval_records),
-                 "dropped_without_trainable_tokens": dropped, "preference_pairs": len(pairs)},
+                 "dropped_without_trainable_tokens": dropped, **({"preference_pairs": len(pairs)} if pairs else {})},
         "metrics": metrics_history(trainer.state.log_history),
         # A rerun of a finished run resumes at its last step and trains nothing: keep the last logged loss.
         "train_loss": _round(result.metrics.get("train_loss") if tokens else _last(trainer.state.log_history, "loss")),
