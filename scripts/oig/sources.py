@@ -63,7 +63,6 @@ def dumps(record: Record) -> bytes:
 
 def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
     """The slice's conversations as one cached JSONL file. Raises FetchError or InvalidInput."""
-    cache = fetch.cache_root(opts)
     display = str(slice.path)
 
     # --- what each remote entry is: pins as given, or resolved now -----------------------------
@@ -84,23 +83,8 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
     except FetchError as exc:
         raise FetchError(f"{display}: {exc}") from None
 
-    # --- a cached result for exactly this content --------------------------------------------
-    key = _cache_key(slice, pins)
-    out = cache / "slices" / f"{key}.jsonl"
-    meta_path = cache / "slices" / f"{key}.json"
-    hit = _read_meta(meta_path, out)
-    if hit is not None:
-        return Materialized(slice.name, out, hit["count"], hit["sha256"], hit["pins"])
-
-    # --- convert, streaming into a temp file beside the result ---------------------------------
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{key}.", suffix=".tmp")
-    except OSError as exc:
-        raise FetchError(f"cannot write to the cache in {cache}: {exc.strerror or exc}") from None
-    writer = _Writer(os.fdopen(fd, "wb"))
-    problems: list[Problem] = []
-    try:
+    # --- a cached result for exactly this content, or convert, streaming into the cache ----------------
+    def fill(writer: _Writer, problems: list[Problem]) -> None:
         inline = ((f"IOPairs[{i}]", p) for i, p in enumerate(slice.io_pairs))
         _convert(inline, lambda p: pair(p["input"], p["output"]), None, "", writer, problems, display)
         for i, (e, res) in enumerate(zip(slice.huggingface, resolved_hf, strict=True)):
@@ -119,6 +103,59 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
             finally:
                 if len(problems) > before and not fetch.is_local_link(e.link):
                     fetch.evict(e.link, blob, opts)  # the file itself is bad: keep nothing of it
+
+    return _cached(slice, pins, "slices", _cache_key(slice, pins), opts, fill)
+
+
+def materialize_preferences(slice: Slice, opts: SourceOptions) -> Materialized:
+    """The slice's preference pairs (``Preferences:``) as one cached JSONL file, in TRL's conversational
+    form: one ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` per line, inline pairs first.
+    A slice without preferences gives an empty file. Raises FetchError or InvalidInput."""
+    display = str(slice.path)
+    pins: list[dict] = []
+    try:
+        for i, e in enumerate(slice.preference_links):
+            with _about("Preferences", i, e.link):
+                sha = e.sha256.lower() if e.sha256 else fetch.fetch_to_cache(e.link, opts).name
+            pins.append({"section": "Preferences", "link": e.link, "sha256": sha, "pinned": bool(e.sha256),
+                         "rows": 0})
+    except FetchError as exc:
+        raise FetchError(f"{display}: {exc}") from None
+    content = {"converter": formats.CONVERTER_VERSION, "kind": "preferences", "name": slice.name,
+               "Preferences": slice.preferences, "pins": [{k: v for k, v in p.items() if k != "rows"} for p in pins]}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+    def fill(writer: _Writer, problems: list[Problem]) -> None:
+        inline = ((f"Preferences[{i}]", p) for i, p in enumerate(slice.preferences))
+        _convert(inline, formats.convert_preference, None, "", writer, problems, display)  # type: ignore[arg-type]
+        for i, e in enumerate(slice.preference_links):
+            with _about("Preferences", i, e.link):
+                blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
+            pins[i]["rows"] = _convert(formats.iter_jsonl(blob), formats.convert_preference, e.limit,  # type: ignore[arg-type]
+                                       f"Preferences[{i}] {e.link}", writer, problems, display)
+
+    return _cached(slice, pins, "preferences", key, opts, fill)
+
+
+def _cached(slice: Slice, pins: list[dict], folder: str, key: str, opts: SourceOptions,
+            fill: Callable[[_Writer, list[Problem]], None]) -> Materialized:
+    """The cached JSONL for ``key``, or ``fill`` it into a temp file beside it and rename it into place."""
+    cache = fetch.cache_root(opts)
+    display = str(slice.path)
+    out = cache / folder / f"{key}.jsonl"
+    meta_path = out.with_suffix(".json")
+    hit = _read_meta(meta_path, out)
+    if hit is not None:
+        return Materialized(slice.name, out, hit["count"], hit["sha256"], hit["pins"])
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{key}.", suffix=".tmp")
+    except OSError as exc:
+        raise FetchError(f"cannot write to the cache in {cache}: {exc.strerror or exc}") from None
+    writer = _Writer(os.fdopen(fd, "wb"))
+    problems: list[Problem] = []
+    try:
+        fill(writer, problems)
         writer.close()
         if problems:
             raise InvalidInput(problems)
@@ -136,61 +173,6 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
         _discard(writer, tmp)
         raise
     return Materialized(slice.name, out, writer.count, meta["sha256"], pins)
-
-
-def materialize_preferences(slice: Slice, opts: SourceOptions) -> Materialized:
-    """The slice's preference pairs (``Preferences:``) as one cached JSONL file, in TRL's conversational
-    form: one ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` per line, inline pairs first.
-    A slice without preferences gives an empty file. Raises FetchError or InvalidInput."""
-    cache = fetch.cache_root(opts)
-    display = str(slice.path)
-    pins: list[dict] = []
-    for i, e in enumerate(slice.preference_links):
-        with _about_slice(display, "Preferences", i, e.link):
-            sha = e.sha256.lower() if e.sha256 else fetch.fetch_to_cache(e.link, opts).name
-        pins.append({"section": "Preferences", "link": e.link, "sha256": sha, "pinned": bool(e.sha256), "rows": 0})
-    content = {"converter": formats.CONVERTER_VERSION, "kind": "preferences", "name": slice.name,
-               "Preferences": slice.preferences, "pins": [{k: v for k, v in p.items() if k != "rows"} for p in pins]}
-    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    out = cache / "preferences" / f"{key}.jsonl"
-    meta_path = out.with_suffix(".json")
-    hit = _read_meta(meta_path, out)
-    if hit is not None:
-        return Materialized(slice.name, out, hit["count"], hit["sha256"], hit["pins"])
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{key}.", suffix=".tmp")
-    except OSError as exc:
-        raise FetchError(f"cannot write to the cache in {cache}: {exc.strerror or exc}") from None
-    writer = _Writer(os.fdopen(fd, "wb"))
-    problems: list[Problem] = []
-    try:
-        inline = ((f"Preferences[{i}]", p) for i, p in enumerate(slice.preferences))
-        _convert(inline, formats.convert_preference, None, "", writer, problems, display)  # type: ignore[arg-type]
-        for i, e in enumerate(slice.preference_links):
-            with _about_slice(display, "Preferences", i, e.link):
-                blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
-            pins[i]["rows"] = _convert(formats.iter_jsonl(blob), formats.convert_preference, e.limit,  # type: ignore[arg-type]
-                                       f"Preferences[{i}] {e.link}", writer, problems, display)
-        writer.close()
-        if problems:
-            raise InvalidInput(problems)
-        os.replace(tmp, out)
-        meta = {"name": slice.name, "count": writer.count, "sha256": writer.hash.hexdigest(), "pins": pins,
-                "bytes": writer.size}
-        fetch.write_atomic(meta_path, json.dumps(meta, indent=1).encode())
-    except BaseException:
-        _discard(writer, tmp)
-        raise
-    return Materialized(slice.name, out, writer.count, meta["sha256"], pins)
-
-
-@contextlib.contextmanager
-def _about_slice(display: str, section: str, i: int, link: str) -> Iterator[None]:
-    try:
-        yield
-    except FetchError as exc:
-        raise FetchError(f"{display}: {_about_message(section, i, link, exc)}") from None
 
 
 def check_remote(slice: Slice, opts: SourceOptions, sample: int = 20) -> list[Problem]:

@@ -89,7 +89,7 @@ def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
     if name == "AnyOf" and not path:
         return (), False, f"a slice needs at least one section: {', '.join(SECTIONS)}"
     if name == "Type":
-        value = _get(doc, path)
+        value = value_at(doc, path)
         want = kind.types if hasattr(kind, "types") else None
         wants_text = "string" in _types(want) or "text" in _types(want)
         hint = "; put the text in quotes" if wants_text and (isinstance(value, bool | int | float) or value is None) else ""
@@ -106,7 +106,7 @@ def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
     if name == "Minimum":
         return path, False, f"{where} must be at least {kind.limit}"
     if name == "PropertyNames" and path and path[-1] == "columns":
-        columns = _get(doc, path)
+        columns = value_at(doc, path)
         bad = next((k for k in columns if k not in _column_roles()), None) if isinstance(columns, dict) else None
         if bad is not None:
             return path + (bad,), True, (f"unknown column role '{bad}'{did_you_mean(str(bad), _column_roles())}"
@@ -138,7 +138,7 @@ def _expand_one_of(errors: list, doc: dict) -> list:
             out.append(err)
             continue
         path = tuple(err.instance_path)
-        item = _get(doc, path)
+        item = value_at(doc, path)
         branch = _schema_at(path[:-1])["items"]["oneOf"][_branch(item)]
         for sub in jsonschema_rs.validator_for(branch).iter_errors(item):
             out.append(_SubError(path + tuple(sub.instance_path), sub.kind, sub.message))
@@ -174,7 +174,8 @@ def _column_roles():
     return COLUMN_ROLES
 
 
-def _get(doc: object, path: tuple) -> object:
+def value_at(doc: object, path: tuple) -> object:
+    """The value at a path of keys and list indexes, or None when there is none."""
     for p in path:
         try:
             doc = doc[p]  # type: ignore[index]

@@ -7,22 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {value}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+from oig.cli.args import positive_int, whole_number
 
 
 def _usd(text: str) -> float:
@@ -51,9 +36,9 @@ def register(sub) -> None:
                    help="the generate config (see examples/generate.yaml and schemas/generate.schema.json)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder for records.jsonl, the exports, run.json and the call store calls.sqlite")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="instructions in all, sampled with the seed (overrides the config's `limit`)")
-    p.add_argument("--seed", type=_int, default=None, metavar="N", help="overrides the config's `seed` (default 42)")
+    p.add_argument("--seed", type=whole_number, default=None, metavar="N", help="overrides the config's `seed` (default 42)")
     p.add_argument("--allow-local-sources", action="store_true",
                    help="accept local instruction files and folders (relative to the config) and loopback links")
     p.add_argument("--dry-run", action="store_true",

@@ -7,24 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from oig.cli.args import positive_int, whole_number
+
 DEFAULT_CONFIG = Path("training.yaml")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {value}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
 
 
 def register(sub) -> None:
@@ -41,9 +28,9 @@ def register(sub) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), metavar="DIR", help="slice folder (default: data)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for mixture.jsonl and manifest.json (required unless --plan)")
-    p.add_argument("--total", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--total", type=positive_int, default=None, metavar="N",
                    help="examples in the mixture (default: MixtureTotal, else every example available)")
-    p.add_argument("--seed", type=_int, default=None, metavar="N",
+    p.add_argument("--seed", type=whole_number, default=None, metavar="N",
                    help="random seed for sampling and shuffling (default: Training seed, else 42)")
     p.add_argument("--allow-local-sources", action="store_true",
                    help="accept local paths and loopback http links in slices (tests and private mirrors)")

@@ -19,6 +19,7 @@ from pathlib import Path
 from oig import yamlsafe
 from oig.config import did_you_mean
 from oig.errors import InvalidInput, Problem
+from oig.validate import value_at
 
 DEFAULT_SEED = 42
 DEFAULT_PROVIDER = "together"
@@ -488,14 +489,6 @@ def _expected(schema: dict) -> str:
     return " or ".join(words.get(t, t) for t in types) or "a valid value"
 
 
-def _get(doc: object, path: tuple) -> object:
-    for p in path:
-        try:
-            doc = doc[p]  # type: ignore[index]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return doc
-
 
 def _schema_problem(err, doc: dict) -> tuple[tuple, bool, str]:
     """(yaml path, point at the key?, message) for one jsonschema-rs error."""
@@ -503,7 +496,7 @@ def _schema_problem(err, doc: dict) -> tuple[tuple, bool, str]:
     name = type(err.kind).__name__
     where = _where(path)
     schema = _schema_at(path)
-    value = _get(doc, path)
+    value = value_at(doc, path)
     if name == "AdditionalProperties":
         bad = str(err.kind.unexpected[0])
         valid = list(schema.get("properties", {}))
