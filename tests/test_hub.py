@@ -64,6 +64,8 @@ def test_branch_name_prefers_the_pull_requests_branch(monkeypatch):
     assert hub.branch_name("HEAD") == "12-merge"
     monkeypatch.setenv("GITHUB_HEAD_REF", "bots/sql")
     assert hub.branch_name("HEAD") == "bots-sql"
+    monkeypatch.setenv("OIG_HUB_BRANCH", "pr-42")  # a run on a pull request's data
+    assert hub.branch_name("main") == "pr-42"
 
 
 def test_branch_name_from_git(tmp_path, monkeypatch):

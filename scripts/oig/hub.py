@@ -62,10 +62,13 @@ def current_git_branch(cwd: Path | None = None) -> str | None:
 def branch_name(git_branch: str | None = None) -> str:
     """The Hub branch for this run: the git branch, sanitised; ``main`` for main or when unknown.
 
-    A pull request's checkout is a detached merge commit, so GitHub's ``GITHUB_HEAD_REF`` (the PR's
-    branch) comes first; ``GITHUB_REF_NAME`` is the branch of a push or a manual run.
+    ``OIG_HUB_BRANCH`` wins when set (the train workflow sets ``pr-N`` for a run on a pull request's
+    data, so it never replaces the branch's own model). A pull request's checkout is a detached merge
+    commit, so GitHub's ``GITHUB_HEAD_REF`` (the PR's branch) comes next; ``GITHUB_REF_NAME`` is the
+    branch of a push or a manual run.
     """
-    candidates = [os.environ.get("GITHUB_HEAD_REF"), git_branch, os.environ.get("GITHUB_REF_NAME")]
+    candidates = [os.environ.get("OIG_HUB_BRANCH"), os.environ.get("GITHUB_HEAD_REF"), git_branch,
+                  os.environ.get("GITHUB_REF_NAME")]
     name = next((c for c in candidates if c and c != "HEAD"), None) or current_git_branch() or "main"
     return sanitize_branch(name)
 
