@@ -284,7 +284,8 @@ def test_train_secrets_reach_only_the_training_step():
     assert list(holders) == ["Train"]
     assert holders["Train"] == {"HF_TOKEN": "${{ secrets.HF_TOKEN }}",
                                 "TOGETHER_API_KEY": "${{ secrets.TOGETHER_API_KEY }}",
-                                "GITHUB_TOKEN": "${{ github.token }}"}
+                                "GITHUB_TOKEN": "${{ github.token }}",
+                                "OIG_HUB_BRANCH": "${{ inputs.pr != '' && format('pr-{0}', inputs.pr) || '' }}"}
     commit = step(doc, "Commit the results")
     assert commit["env"]["GITHUB_TOKEN"] == "${{ github.token }}" and "oig commit-results" in commit["run"]
 
