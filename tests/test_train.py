@@ -221,6 +221,17 @@ def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-x"]
 
 
+def test_checkpoints_of_another_run_are_not_resumed(tmp_path, capsys):
+    ckpt = tmp_path / "checkpoints"
+    assert T.last_checkpoint(ckpt, "run-a") is None
+    (ckpt / "checkpoint-10").mkdir()
+    (ckpt / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    assert T.last_checkpoint(ckpt, "run-a") == ckpt / "checkpoint-10"  # the same run resumes
+    assert T.last_checkpoint(ckpt, "run-b") is None  # other data or config in the same --output
+    assert "belong to another run (run-a)" in capsys.readouterr().err
+    assert not (ckpt / "checkpoint-10").exists() and (ckpt / T.RUN_MARKER).read_text() == "run-b\n"
+
+
 def test_read_mixture_errors(tmp_path):
     with pytest.raises(T.TrainError, match="manifest.json is missing"):
         T.read_mixture(tmp_path)

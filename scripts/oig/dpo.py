@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from oig.errors import OigError
@@ -79,6 +80,7 @@ def dpo_config(config, output_dir: Path, *, on_gpu: bool, tiny_model: bool, bf16
             kw.setdefault(key, value)
     kw.setdefault("seed", config.seed)
     kw.setdefault("bf16", bf16)
+    kw.setdefault("disable_tqdm", not sys.stderr.isatty())
     kw["beta"] = float(config.oig.get("dpo_beta", DEFAULT_BETA))
     kw["eval_strategy"] = "no"
     if not on_gpu:

@@ -176,7 +176,8 @@ def train(opts: TrainOptions) -> dict:
     args, tiny_overrides = sft_config(config, run_dir / "checkpoints", on_gpu=on_gpu,
                                       has_eval=eval_ds is not None, tiny_model=base_model == tiny.NAME)
     with state.main_process_first():
-        resume = last_checkpoint(run_dir / "checkpoints")
+        # The main process clears another run's checkpoints first; the others then find what it left.
+        resume = last_checkpoint(run_dir / "checkpoints", run_id if state.is_main_process else None)
     trainer = make_trainer(model, tokenizer, args, train_ds, eval_ds, config)
     try:
         with cpu_threads(tiny_cpu_threads(base_model, on_gpu)):
@@ -191,7 +192,7 @@ def train(opts: TrainOptions) -> dict:
     final = trainer
     if pairs:
         final, run["dpo"] = run_dpo(trainer.model, tokenizer, pairs, config, run_dir, on_gpu=on_gpu,
-                                    base_model=base_model, state=state, root=opts.root)
+                                    base_model=base_model, state=state, root=opts.root, run_id=run_id)
 
     # --- saving ----------------------------------------------------------------------------------------
     model_dir = run_dir / "model"
@@ -233,7 +234,7 @@ def train(opts: TrainOptions) -> dict:
 
 
 def run_dpo(model, tokenizer, pairs: list[dict], config, run_dir: Path, *, on_gpu: bool, base_model: str, state,
-            root: Path):
+            root: Path, run_id: str):
     """TRL's DPOTrainer on the pairs, from ``model``; returns (trainer, training_log's dpo section)."""
     import torch
 
@@ -243,7 +244,7 @@ def run_dpo(model, tokenizer, pairs: list[dict], config, run_dir: Path, *, on_gp
     args, overrides = dpo.dpo_config(config, run_dir / "dpo-checkpoints", on_gpu=on_gpu, tiny_model=tiny_model,
                                      bf16=_bf16(config, on_gpu))
     with state.main_process_first():
-        resume = last_checkpoint(run_dir / "dpo-checkpoints")
+        resume = last_checkpoint(run_dir / "dpo-checkpoints", run_id if state.is_main_process else None)
     trainer = dpo.make_trainer(model, tokenizer, pairs, args, config)
     try:
         with cpu_threads(tiny_cpu_threads(base_model, on_gpu)):
@@ -258,7 +259,7 @@ def _dpo_only(run: dict, model, tokenizer, pairs: list[dict], config, run_dir: P
               on_gpu: bool, base_model: str, started: float, bugs) -> dict:
     """``method: dpo`` with no SFT data: DPO from the base model, then save, publish and log."""
     trainer, run["dpo"] = run_dpo(model, tokenizer, pairs, config, run_dir, on_gpu=on_gpu, base_model=base_model,
-                                  state=state, root=opts.root)
+                                  state=state, root=opts.root, run_id=run["run_id"])
     model_dir = run_dir / "model"
     save_model(trainer, tokenizer, model_dir, config)
     if not trainer.is_world_process_zero():
@@ -596,6 +597,7 @@ def sft_config(config, output_dir: Path, *, on_gpu: bool, has_eval: bool, tiny_m
         kw.setdefault(key, value)
     kw.setdefault("seed", config.seed)
     kw.setdefault("data_seed", kw["seed"])
+    kw.setdefault("disable_tqdm", not sys.stderr.isatty())  # bars in CI logs are noise: log lines instead
     kw.setdefault("bf16", _bf16(config, on_gpu))
     if not on_gpu:
         kw.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator; on a CPU it only warns
@@ -677,11 +679,30 @@ def lora_config(config):
     )
 
 
-def last_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete checkpoint; incomplete ones (a kill while saving) are removed.
+RUN_MARKER = "RUN_ID"  # beside the checkpoints: which run they belong to
 
-    The Trainer writes trainer_state.json last, so a checkpoint whose state reads back is whole.
+
+def last_checkpoint(checkpoint_dir: Path, run_id: str | None = None) -> Path | None:
+    """The newest complete checkpoint of this run; incomplete ones (a kill while saving) are removed.
+
+    The Trainer writes trainer_state.json last, so a checkpoint whose state reads back is whole. With
+    ``run_id``, checkpoints left in the folder by another run (other data, config or commit, reusing
+    the same --output) are removed rather than resumed, and the folder is marked as this run's.
     """
+    if run_id is not None:
+        marker = checkpoint_dir / RUN_MARKER
+        try:
+            owner = marker.read_text(encoding="utf-8").strip()
+        except OSError:
+            owner = None
+        if checkpoint_dir.is_dir() and owner != run_id and any(checkpoint_dir.glob("checkpoint-*")):
+            print(f"oig train: note: the checkpoints in {checkpoint_dir} belong to another run "
+                  f"({owner or 'unknown'}); starting this one ({run_id}) from the beginning", file=sys.stderr)
+            for old in checkpoint_dir.glob("checkpoint-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if owner != run_id:
+            runlog.write_atomic(marker, run_id + "\n")
     if not checkpoint_dir.is_dir():
         return None
     found = []

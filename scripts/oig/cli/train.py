@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         resumed = f", resumed from {log['resumed_from']}" if log.get("resumed_from") else ""
         print(f"oig train: {log['run_id']}: {log.get('steps')} steps{resumed}; train loss {log.get('train_loss')}, "
-              f"eval loss {log.get('eval_loss')}; {log.get('tokens_per_second')} tokens/s", file=sys.stderr)
+              f"eval loss {log.get('eval_loss')}; {log.get('tokens_per_second') or 'n/a'} tokens/s", file=sys.stderr)
     if log.get("bugs_summary"):
         summary = log["bugs_summary"]
         print(f"oig train: bugs: {summary['total']} checked, " + ", ".join(
