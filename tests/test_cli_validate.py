@@ -88,3 +88,22 @@ def test_validate_stays_light_and_fast():
                          env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_remote_resolves_links_and_prints_the_exact_pin(repo, capsys, local_server):
+    import hashlib
+
+    good = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+    bad = b'{"messages": [{"role": "user", "content": "q"}]}\n'
+    server = local_server({"/good.jsonl": good, "/bad.jsonl": bad})
+    (repo / "data" / "remote.yaml").write_text(
+        f"OpenAIJsonl:\n  - link: {server.url}/good.jsonl\n  - link: {server.url}/bad.jsonl\n"
+        f"  - link: {server.url}/missing.jsonl\n")
+    assert main(["validate", "--remote", "--allow-local-sources", "data/remote.yaml"]) == 1
+    out = capsys.readouterr().out
+    assert f"add `sha256: {hashlib.sha256(good).hexdigest()}`" in out  # the exact line to add
+    assert "must end with an assistant message" in out  # a sample row that does not convert
+    assert "404" in out or "not found" in out.lower()
+    capsys.readouterr()
+    assert main(["validate", "data/remote.yaml", "--allow-local-sources"]) == 0  # offline: no fetch, warnings only
+    assert len(server.requests) == 3
