@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oig import runlog, tiny
+from oig import masking, runlog, tiny
 from oig import train as T
 from oig.cli import main
 from oig.config import TrainingConfig
@@ -58,7 +58,7 @@ def learned_text(tok, ids, labels) -> str:
 
 
 def test_only_assistant_turns_with_weight_are_learned(tok):
-    ids, labels = T.encode(MULTI, tok, tok.chat_template)
+    ids, labels = masking.encode(MULTI, tok, tok.chat_template)
     assert len(ids) == len(labels)
     assert learned_text(tok, ids, labels) == "Hello! How can I help?<|im_end|>"
     # The weight-0 reply stays in the input, as context the model reads but is not taught.
@@ -66,8 +66,8 @@ def test_only_assistant_turns_with_weight_are_learned(tok):
 
 
 def test_weight_zero_labels_are_all_masked_by_span(tok):
-    _, spans = T._assistant_spans([{k: v for k, v in m.items() if k != "weight"} for m in MULTI], tok, tok.chat_template)
-    ids, labels = T.encode(MULTI, tok, tok.chat_template)
+    _, spans = masking._assistant_spans([{k: v for k, v in m.items() if k != "weight"} for m in MULTI], tok, tok.chat_template)
+    ids, labels = masking.encode(MULTI, tok, tok.chat_template)
     (s0, e0), (s1, e1) = spans
     assert tok.decode(ids[s0:e0]) == "Go away.<|im_end|>"
     assert labels[s0:e0] == [-100] * (e0 - s0)
@@ -76,8 +76,8 @@ def test_weight_zero_labels_are_all_masked_by_span(tok):
 
 def test_the_trainer_learns_exactly_these_labels(built, tmp_path):
     model, tok = built
-    ids, labels = T.encode(MULTI, tok, tok.chat_template)
-    ds, _ = T.to_dataset([{"messages": MULTI}], tok, tok.chat_template)
+    ids, labels = masking.encode(MULTI, tok, tok.chat_template)
+    ds, _ = masking.to_dataset([{"messages": MULTI}], tok, tok.chat_template)
     args, _ = T.sft_config(config({"max_steps": 1}), tmp_path, on_gpu=False, has_eval=False)
     trainer = T.make_trainer(model, tok, args, ds, None, config())
     batch = next(iter(trainer.get_train_dataloader()))
@@ -86,7 +86,7 @@ def test_the_trainer_learns_exactly_these_labels(built, tmp_path):
 
 
 def test_full_sequence_loss_still_masks_weight_zero_turns(tok):
-    ids, labels = T.encode(MULTI, tok, tok.chat_template, assistant_only=False)
+    ids, labels = masking.encode(MULTI, tok, tok.chat_template, assistant_only=False)
     text = learned_text(tok, ids, labels)
     assert "Be brief." in text and "Hi again" in text and "Hello! How can I help?" in text
     assert "Go away." not in text
@@ -94,8 +94,8 @@ def test_full_sequence_loss_still_masks_weight_zero_turns(tok):
 
 def test_template_without_generation_markers_falls_back_to_prefixes(tok):
     plain = tiny.CHATML_TEMPLATE.replace("{%- generation %}", "").replace("{%- endgeneration %}", "")
-    ids, labels = T.encode(MULTI, tok, plain)
-    marked_ids, marked_labels = T.encode(MULTI, tok, tok.chat_template)
+    ids, labels = masking.encode(MULTI, tok, plain)
+    marked_ids, marked_labels = masking.encode(MULTI, tok, tok.chat_template)
     assert ids == marked_ids
     # Found by rendering prefixes, the turn also owns the newline after <|im_end|>: harmless, and it is
     # the same reply and end-of-turn token that is learned.
@@ -108,10 +108,10 @@ def test_a_hub_template_without_markers_gets_trls_training_version(tmp_path):
     qwen = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
     tok = tiny.build_tiny(tiny.texts_of(RECORDS), tmp_path, seed=1)[1]
     tok.chat_template = qwen  # Qwen2.5-Instruct's own template: no {% generation %} markers
-    template = T.training_template(tok)
-    assert template != qwen and T.has_markers(template)
+    template = masking.training_template(tok)
+    assert template != qwen and masking.has_markers(template)
     for t in (template, qwen):  # TRL's training template, or growing prefixes of the model's own
-        ids, labels = T.encode(MULTI, tok, t)
+        ids, labels = masking.encode(MULTI, tok, t)
         assert tok.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
         assert learned_text(tok, ids, labels).strip() == "Hello! How can I help?<|im_end|>"
 
@@ -119,15 +119,15 @@ def test_a_hub_template_without_markers_gets_trls_training_version(tmp_path):
 def test_a_template_that_refuses_a_conversation_is_a_clear_error(tok):
     gemma_like = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
                   "{% endif %}" + tiny.CHATML_TEMPLATE)
-    with pytest.raises(T.TrainError, match="refused conversation 2 of the mixture: System role not supported"):
-        T.to_dataset([RECORDS[0], {"messages": MULTI}], tok, gemma_like)
+    with pytest.raises(masking.MaskingError, match="refused conversation 2 of the mixture: System role not supported"):
+        masking.to_dataset([RECORDS[0], {"messages": MULTI}], tok, gemma_like)
 
 
 def test_to_dataset_drops_conversations_with_nothing_to_learn(tok):
     silent = {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y", "weight": 0}]}
-    ds, dropped = T.to_dataset([RECORDS[0], silent], tok, tok.chat_template)
+    ds, dropped = masking.to_dataset([RECORDS[0], silent], tok, tok.chat_template)
     assert dropped == 1 and len(ds) == 1 and ds.column_names == ["input_ids", "labels"]
-    assert T.to_dataset([silent], tok, tok.chat_template) == (None, 1)
+    assert masking.to_dataset([silent], tok, tok.chat_template) == (None, 1)
 
 
 # --- the held-out split -------------------------------------------------------------------------------------

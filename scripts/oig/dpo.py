@@ -65,7 +65,7 @@ def dpo_config(config, output_dir: Path, *, on_gpu: bool, tiny_model: bool, bf16
     """DPOConfig from training.yaml's shared hyperparameters; returns (DPOConfig, tiny overrides)."""
     from trl import DPOConfig
 
-    from oig.train import DEFAULTS, OWNED, _apply_momentum
+    from oig.train import DEFAULTS, OWNED, apply_momentum
 
     fields = {f.name for f in dataclasses.fields(DPOConfig)}
     kw = {k: v for k, v in config.training.items() if k in fields and k not in OWNED}
@@ -88,7 +88,7 @@ def dpo_config(config, output_dir: Path, *, on_gpu: bool, tiny_model: bool, bf16
     if "gradient_checkpointing" not in kw:
         kw.setdefault("activation_checkpointing", on_gpu and not tiny_model)
     if config.oig.get("momentum") is not None:
-        _apply_momentum(kw, config.oig["momentum"])
+        apply_momentum(kw, config.oig["momentum"])
     try:
         return DPOConfig(output_dir=str(output_dir), **kw), overrides
     except (ValueError, TypeError) as exc:

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from oig import dpo, runlog, tiny
 from oig.errors import OigError
+from oig.masking import to_dataset, training_template
 
 PUBLISH_MODES = ("none", "local", "hub")
 RUNS_DIR = "runs"
@@ -450,123 +451,6 @@ def _add_chatml(model, tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def training_template(tokenizer) -> str:
-    """The chat template to tokenise with: the model's own when it marks assistant turns with
-    ``{% generation %}``, TRL's training version of it when TRL has one, else the model's own (turns are
-    then found by rendering growing prefixes of the conversation)."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default") or next(iter(template.values()))
-    if has_generation_markers(template):
-        return template
-    try:
-        return get_training_chat_template(tokenizer) or template
-    except (ValueError, TypeError):
-        return template
-
-
-# --- tokenising ---------------------------------------------------------------------------------------------
-
-
-def has_markers(template: str) -> bool:
-    from trl.chat_template_utils import has_generation_markers
-
-    return has_generation_markers(template)
-
-
-def encode(messages: list[dict], tokenizer, template: str, assistant_only: bool = True,
-           marked: bool | None = None) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one conversation: labels are -100 outside the assistant turns that count.
-
-    An assistant turn with ``weight: 0`` is context only; with ``assistant_only=False`` every token
-    but those of weight-0 turns is learned. ``marked``: whether the template has ``{% generation %}``
-    markers (found out when not given).
-    """
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
-    weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
-    spans: list[tuple[int, int]] = []
-    if marked or (marked is None and has_markers(template)):
-        ids, spans = _assistant_spans(clean, tokenizer, template)
-    if len(spans) != len(weights):
-        ids, spans = _prefix_spans(clean, tokenizer, template)
-    if assistant_only:
-        labels = [-100] * len(ids)
-        for (start, end), weight in zip(spans, weights, strict=True):
-            if weight:
-                labels[start:end] = ids[start:end]
-    else:
-        labels = list(ids)
-        for (start, end), weight in zip(spans, weights, strict=True):
-            if not weight:
-                labels[start:end] = [-100] * (end - start)
-    return ids, labels
-
-
-def _ids(out) -> list[int]:
-    ids = out["input_ids"] if not isinstance(out, list) else out
-    return list(ids)
-
-
-def _assistant_spans(messages: list[dict], tokenizer, template: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token spans of the assistant turns from the template's ``{% generation %}`` mask."""
-    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
-    ids, mask = _ids(out), list(out.get("assistant_masks") or [])
-    spans, start = [], None
-    for i, bit in enumerate([*mask, 0]):
-        if bit and start is None:
-            start = i
-        elif not bit and start is not None:
-            spans.append((start, i))
-            start = None
-    return ids, spans
-
-
-def _prefix_spans(messages: list[dict], tokenizer, template: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token spans of the assistant turns found by rendering the conversation up to each of them."""
-
-    def render(msgs: list[dict], prompt: bool) -> list[int]:
-        return _ids(tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=True,
-                                                  return_dict=True, add_generation_prompt=prompt))
-
-    ids = render(messages, False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before, after = render(messages[:i], True), render(messages[: i + 1], False)
-        if ids[: len(after)] != after or after[: len(before)] != before:
-            raise TrainError("the chat template renders a conversation differently from its beginning, so "
-                             "the assistant turns cannot be found for assistant-only loss; use a model whose "
-                             "template marks them with {% generation %}")
-        spans.append((len(before), len(after)))
-    return ids, spans
-
-
-def to_dataset(records: list[dict], tokenizer, template: str, assistant_only: bool = True):
-    """A ``datasets.Dataset`` of input_ids and labels, and how many records had nothing to learn."""
-    from datasets import Dataset
-    from jinja2 import TemplateError
-
-    input_ids, labels, dropped = [], [], 0
-    marked = has_markers(template)
-    for n, record in enumerate(records, 1):
-        try:
-            ids, labs = encode(record["messages"], tokenizer, template, assistant_only, marked)
-        except TemplateError as exc:  # e.g. a template that refuses system messages
-            raise TrainError(f"the chat template refused conversation {n} of the mixture: {exc}") from None
-        if all(t == -100 for t in labs):
-            dropped += 1
-            continue
-        input_ids.append(ids)
-        labels.append(labs)
-    if not input_ids:
-        return None, dropped
-    return Dataset.from_dict({"input_ids": input_ids, "labels": labels}), dropped
-
-
 # --- training ---------------------------------------------------------------------------------------------
 
 
@@ -612,14 +496,14 @@ def sft_config(config, output_dir: Path, *, on_gpu: bool, has_eval: bool, tiny_m
         kw["eval_strategy"] = "no"
     momentum = config.oig.get("momentum")
     if momentum is not None:
-        _apply_momentum(kw, momentum)
+        apply_momentum(kw, momentum)
     try:
         return SFTConfig(output_dir=str(output_dir), **kw), overrides
     except (ValueError, TypeError) as exc:
         raise TrainError(f"training.yaml: {exc}") from None
 
 
-def _apply_momentum(kw: dict, momentum: float) -> None:
+def apply_momentum(kw: dict, momentum: float) -> None:
     optim = str(kw.get("optim", "adamw_torch"))
     if optim in ("sgd", "rmsprop"):
         extra = f"momentum={momentum}"
