@@ -316,6 +316,16 @@ def test_usage_errors(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+def test_publishing_settings_are_checked_before_training(tmp_path, monkeypatch, capsys):
+    make_repo(tmp_path, "Training:\n  base_model: tiny\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--publish", "hub"]) == 1
+    assert "needs `hub_repo: ORG/NAME`" in capsys.readouterr().err
+    assert main(["train", "--publish", "local", "--together"]) == 1
+    assert "use it with --publish hub" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
 def test_no_base_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(make_repo(tmp_path, "Training:\n  seed: 1\n"))
     assert main(["train"]) == 1

@@ -118,6 +118,10 @@ def train(opts: TrainOptions) -> dict:
     if not base_model:
         raise TrainError("no base model: set `base_model` under Training in training.yaml, or pass "
                          "--base-model (`tiny` is a small model built offline)")
+    if opts.publish == "hub" and not config.oig.get("hub_repo"):  # fail in seconds, not after training
+        raise TrainError("--publish hub needs `hub_repo: ORG/NAME` under Training in training.yaml")
+    if opts.together and opts.publish != "hub":
+        raise TrainError("--together deploys the model from the Hugging Face Hub: use it with --publish hub")
     bugs = load_bugs(opts)  # before training: a bad bug list fails in seconds, not after hours
     commit, branch = git_commit(opts.root), git_branch(opts.root)
     run_id = make_run_id(commit, base_model, opts)
