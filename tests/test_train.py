@@ -507,15 +507,21 @@ def test_backend_together_trains_on_the_hosted_service(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_a_failed_publish_keeps_the_model_and_model_yaml(tmp_path, monkeypatch, capsys, offline):
-    repo = make_repo(tmp_path, "Training:\n  seed: 42\n  max_steps: 3\n")
+    from oig import publish
+
+    repo = make_repo(tmp_path, "Training:\n  seed: 42\n  max_steps: 3\n  hub_repo: org/model\n")
     (repo / "model.yaml").write_text("previous model.yaml\n")
     monkeypatch.chdir(repo)
-    # Publishing to the Hub needs hub_repo in training.yaml: it fails after training, before any upload.
+
+    def upload_fails(*args, **kwargs):  # what publish raises once its retries are spent
+        raise publish.PublishError("the upload to org/model failed after 5 attempts: 503 Service Unavailable")
+
+    monkeypatch.setattr(publish, "publish", upload_fails)
     assert main(["train", "--base-model", "tiny", "--publish", "hub"]) == 1
-    assert "hub_repo" in capsys.readouterr().err
+    assert "503 Service Unavailable" in capsys.readouterr().err
     assert (repo / "model.yaml").read_text() == "previous model.yaml\n"
     log = runlog.read_training_log(repo / "training_log")
-    assert log["published"]["mode"] == "hub" and "hub_repo" in log["published"]["error"]
+    assert log["published"]["mode"] == "hub" and "503" in log["published"]["error"]
     assert (repo / log["model"]["local_path"] / "config.json").is_file()  # the trained model is kept
 
 
