@@ -3,8 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
+
+from oig.cli.args import positive_int
+
+API_KEY_ENV = "OIG_SERVE_API_KEY"  # the same name as oig.serve.API_KEY_ENV, which imports FastAPI's world
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# The service's limits: None in argparse means "not given", so --engine vllm can say which it ignores.
+LIMIT_FLAGS = {"max_tokens_cap": "--max-tokens-cap", "max_request_bytes": "--max-request-bytes",
+               "max_messages": "--max-messages", "max_input_chars": "--max-input-chars",
+               "max_concurrency": "--max-concurrency", "request_timeout": "--request-timeout"}
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, not {text!r}")
+    return value
 
 
 def register(sub) -> None:
@@ -12,8 +33,10 @@ def register(sub) -> None:
         "serve",
         help="serve the model over an OpenAI-compatible API",
         description="Serve a model over an OpenAI-compatible HTTP API: POST /v1/chat/completions (plain "
-        "and streaming), GET /v1/models, GET /health. With no --model it serves the model that model.yaml "
-        "names (its local folder, else its Hub repo at the recorded revision).",
+        "and streaming), GET /v1/models, GET /health (200 once the model is loaded, 503 while it loads), "
+        "GET /metrics (Prometheus text). With no --model it serves the model that model.yaml names (its "
+        "local folder, else its Hub repo at the recorded revision). The port opens at once; the model "
+        "loads behind it.",
     )
     p.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a model folder or a Hub repo id (default: model.yaml's)")
     p.add_argument("--revision", metavar="REV", help="the Hub revision of --model (branch, tag or commit)")
@@ -23,23 +46,82 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
     p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
                    help="transformers (default, CPU or GPU) or vllm (GPU machines with vLLM installed)")
+    prod = p.add_argument_group("production", "Access and limits (the transformers engine; --engine vllm gets "
+                                "the API key only). Refusals use OpenAI's error shape.")
+    prod.add_argument("--api-key-env", metavar="NAME",
+                      help="the environment variable holding the key clients must send as 'Authorization: "
+                      f"Bearer KEY' on every route but /health; 401 otherwise (default: {API_KEY_ENV} if it is "
+                      "set, else no key). There is no flag for the key itself: ps would show it")
+    prod.add_argument("--public-metrics", action="store_true",
+                      help="serve /metrics without the API key (for a scraper on a private network)")
+    prod.add_argument("--max-tokens-cap", type=positive_int, metavar="N",
+                      help="a request asking for more max_tokens gets 400 (default 4096)")
+    prod.add_argument("--max-request-bytes", type=positive_int, metavar="N",
+                      help="a bigger request body gets 413 before it is parsed (default 1048576)")
+    prod.add_argument("--max-messages", type=positive_int, metavar="N",
+                      help="a request with more messages gets 400 (default 500)")
+    prod.add_argument("--max-input-chars", type=positive_int, metavar="N",
+                      help="a request whose messages hold more characters in all gets 400 (default 400000)")
+    prod.add_argument("--max-concurrency", type=positive_int, metavar="N",
+                      help="chat completions in flight at once (one generates, the others wait for the "
+                      "model); more get 429 with Retry-After at once (default 8)")
+    prod.add_argument("--request-timeout", type=seconds, metavar="S",
+                      help="seconds a chat completion may take from arrival, waiting for the model included; "
+                      "past it generation stops and the answer is 504 (a stream ends with an error event); "
+                      "0: no limit (default 600)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from oig.errors import UsageError
-    from oig.serve import serve, serve_vllm
 
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
+    api_key = api_key_from_env(args.api_key_env)
     model, revision = args.model, args.revision
     if not model:
         model, revision = model_from_yaml(args.model_yaml)
     if args.engine == "vllm":
-        return serve_vllm(model, revision=revision, host=args.host, port=args.port)
-    print(f"oig serve: loading {model}" + (f"@{revision}" if revision else ""), file=sys.stderr)
-    serve(model, revision=revision, host=args.host, port=args.port)
+        from oig.serve import serve_vllm
+
+        ignored = [flag for name, flag in LIMIT_FLAGS.items() if getattr(args, name) is not None]
+        ignored += ["--public-metrics"] if args.public_metrics else []
+        if ignored:
+            print(f"oig serve: note: vLLM applies its own limits; {', '.join(ignored)} apply to --engine "
+                  "transformers only", file=sys.stderr)
+        return serve_vllm(model, revision=revision, host=args.host, port=args.port, api_key=api_key)
+    from oig.serve import serve
+
+    if api_key is None and args.host not in LOOPBACK:
+        print(f"oig serve: warning: listening on {args.host} with no API key: anyone who can reach it can use "
+              f"it (set {API_KEY_ENV})", file=sys.stderr)
+    serve(model, revision=revision, host=args.host, port=args.port, settings=settings_from_args(args, api_key))
     return 0
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The API key from the environment variable ``name`` (default: OIG_SERVE_API_KEY when set)."""
+    from oig.errors import UsageError
+
+    if name is None:
+        return os.environ.get(API_KEY_ENV) or None
+    # Neither message repeats what was given: it may be a key passed by mistake.
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise UsageError("--api-key-env takes the NAME of an environment variable that holds the key, not a key")
+    key = os.environ.get(name)
+    if not key:
+        raise UsageError("--api-key-env names an environment variable that is not set or is empty")
+    return key
+
+
+def settings_from_args(args: argparse.Namespace, api_key: str | None):
+    """ServeSettings from the flags; a flag not given keeps the ServeSettings default."""
+    from oig.serve import ServeSettings
+
+    given = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
+    if given.get("request_timeout") == 0:
+        given["request_timeout"] = None
+    return ServeSettings(api_key=api_key, public_metrics=args.public_metrics, **given)
 
 
 def model_from_yaml(path: Path) -> tuple[str, str | None]:
