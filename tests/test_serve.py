@@ -75,7 +75,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_model(model_dir):
-    from oig.serve import LocalModel
+    from oig.inference import LocalModel
 
     return LocalModel.load(model_dir, name="tiny-test")
 
@@ -245,7 +245,7 @@ def test_closing_a_stream_stops_generation_and_frees_the_model(local_model):
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
     """An untrained tiny model: it rarely says <|im_end|>, so it talks until max_tokens."""
-    from oig.serve import LocalModel
+    from oig.inference import LocalModel
     from oig.tiny import build_tiny
 
     folder = tmp_path_factory.mktemp("random") / "model"
@@ -560,7 +560,7 @@ def test_a_client_that_leaves_a_plain_request_stops_its_generation(random_model,
 
 
 def test_a_deadline_or_cancel_also_ends_the_wait_for_a_busy_model(random_model):
-    from oig.serve import GenerationCancelled, GenerationTimeout
+    from oig.inference import GenerationCancelled, GenerationTimeout
 
     messages = [{"role": "user", "content": "hello"}]
     with random_model.lock:  # another request is generating

@@ -683,7 +683,7 @@ def section_asker(section: dict, base_dir: Path = Path("."), *, max_tokens: int 
     loaded: list = []
 
     def ask(text: str) -> str:
-        from oig.serve import BadRequest, ServeError
+        from oig.inference import BadRequest, ServeError
 
         try:
             if not loaded:
@@ -699,8 +699,8 @@ def section_asker(section: dict, base_dir: Path = Path("."), *, max_tokens: int 
 
 def _load_local(section: dict, base_dir: Path):
     """The LocalModel of model.yaml's local folder, else of its Hub repo at the recorded revision."""
+    from oig.inference import LocalModel
     from oig.query import QueryError
-    from oig.serve import LocalModel
 
     local = section.get("local_path")
     folder = (Path(local) if Path(local).is_absolute() else base_dir / local) if local else None

@@ -124,7 +124,7 @@ def ask_openai_compatible(url: str, model: str, messages: list[dict], *, max_tok
 
 def ask_local(section: dict, base_dir: Path, messages: list[dict], *, max_tokens: int) -> str:
     """Load the model with transformers and answer greedily."""
-    from oig.serve import BadRequest, LocalModel, ServeError
+    from oig.inference import BadRequest, LocalModel, ServeError
 
     local = section.get("local_path")
     hub_repo = section.get("hub_repo")
