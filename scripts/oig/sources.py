@@ -205,28 +205,19 @@ def check_remote(slice: Slice, opts: SourceOptions, sample: int = 20) -> list[Pr
         elif not hf.SHA40.fullmatch(e.revision):
             add("warning", f"{where}: `revision: {e.revision}` can move; replace it with `revision: "
                            f"{res.revision}` (the commit it points to now) to pin the data")
-    for i, e in enumerate(slice.openai_jsonl):
-        where = f"OpenAIJsonl[{i}] {e.link}"
+    jsonl_links = [("OpenAIJsonl", i, e, formats.convert_openai_line) for i, e in enumerate(slice.openai_jsonl)]
+    jsonl_links += [("Preferences", i, e, formats.convert_preference) for i, e in enumerate(slice.preference_links)]
+    for section, i, e, convert in jsonl_links:
+        where = f"{section}[{i}] {e.link}"
         try:
             blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
         except FetchError as exc:
-            add("error", _about_message("OpenAIJsonl", i, e.link, exc))
+            add("error", _about_message(section, i, e.link, exc))
             continue
         if not e.sha256:
             add("warning", f"{where} is not pinned: add `sha256: {blob.name}` so the data cannot change "
                            "under the model")
-        _sample(formats.iter_jsonl(blob), formats.convert_openai_line, min(sample, e.limit or sample), where, add)
-    for i, e in enumerate(slice.preference_links):
-        where = f"Preferences[{i}] {e.link}"
-        try:
-            blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
-        except FetchError as exc:
-            add("error", _about_message("Preferences", i, e.link, exc))
-            continue
-        if not e.sha256:
-            add("warning", f"{where} is not pinned: add `sha256: {blob.name}` so the data cannot change "
-                           "under the model")
-        _sample(formats.iter_jsonl(blob), formats.convert_preference, min(sample, e.limit or sample), where, add)  # type: ignore[arg-type]
+        _sample(formats.iter_jsonl(blob), convert, min(sample, e.limit or sample), where, add)  # type: ignore[arg-type]
     return problems
 
 
