@@ -56,16 +56,7 @@ def train_tiny(out_dir: Path) -> Path:
     return out_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model's matrices are too small to share out: on a busy 2-core machine one thread is
-    about 10x faster than torch's default pool (measured 0.7 s against 6-10 s for 600 tokens)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
