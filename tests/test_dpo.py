@@ -92,3 +92,18 @@ def test_dpo_without_pairs_is_a_clear_error(repo, capsys):
     assert main(["train", "--base-model", "tiny", "--publish", "none"]) == 1
     assert "`method: dpo` needs preference pairs" in capsys.readouterr().err
     assert not (repo / "training_log").exists()
+
+
+@pytest.mark.slow
+def test_lora_and_packing_train_and_save_merged_weights(repo):
+    """LoRA SFT with packing, then DPO with fresh adapters on the merged SFT model (reference: adapters off)."""
+    (repo / "data" / "qa.yaml").write_text(PAIRS_YAML)
+    (repo / "training.yaml").write_text("Training:\n  lora: true\n  lora_r: 8\n  packing: true\n  method: dpo\n"
+                                        "  max_steps: 8\n")
+    assert main(["train", "--base-model", "tiny", "--publish", "local"]) == 0
+    log = _log(repo)
+    assert log["hyperparameters"]["lora"] is True and log["hyperparameters"]["packing"] is True
+    assert log["steps"] == 8 and log["dpo"]["steps"] == 8
+    model_dir = repo / log["model"]["local_path"]
+    assert (model_dir / "model.safetensors").is_file()  # merged weights, loadable without peft
+    assert not (model_dir / "adapter_config.json").exists()
