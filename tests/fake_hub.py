@@ -13,8 +13,10 @@ import hashlib
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from servers import ThreadedFake
 
 
 @dataclass
@@ -27,7 +29,7 @@ class Branch:
         return self.commits[-1]["oid"] if self.commits else "0" * 40
 
 
-class FakeHub:
+class FakeHub(ThreadedFake):
     def __init__(self, token: str = "hf_test_token", fail_commits: int = 0, fail_status: int = 503):
         self.token = token
         self.fail_commits = fail_commits
@@ -35,32 +37,9 @@ class FakeHub:
         self.repos: dict[str, dict[str, Branch]] = {}
         self.requests: list[dict] = []
         self.lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # --- lifecycle ------------------------------------------------------------------------------------
-    def __enter__(self) -> FakeHub:
-        hub = self
-
-        class Handler(_Handler):
-            fake = hub
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return type("Handler", (_Handler,), {"fake": self})
 
     # --- what tests read --------------------------------------------------------------------------------
     def files(self, repo_id: str, branch: str = "main") -> dict[str, bytes]:

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from servers import ThreadedFake
 
 NOW = "2026-11-23T12:00:00Z"
 
 
-class FakeTogether:
+class FakeTogether(ThreadedFake):
     def __init__(self, api_key: str = "tg_test_key", answer: str = "Paris", project_id: str = "proj_1",
                  project_slug: str = "oig-lab", upload_states: tuple[str, ...] = (
                      "REMOTE_UPLOAD_STATUS_RUNNING", "REMOTE_UPLOAD_STATUS_SUCCEEDED"),
@@ -41,30 +43,9 @@ class FakeTogether:
         self.files: dict[str, bytes] = {}
         self.jobs: dict[str, dict] = {}
         self.lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
-    def __enter__(self) -> FakeTogether:
-        fake = self
-
-        class Handler(_Handler):
-            together = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        return type("Handler", (_Handler,), {"together": self})
 
     def find(self, method: str, path: str, *, prefix: bool = False) -> list[dict]:
         """The recorded requests to ``path`` (or to any path starting with it, with prefix=True)."""

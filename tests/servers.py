@@ -156,3 +156,28 @@ def hub_routes(repo: str, sha: str, files: dict[str, bytes], branches: tuple[str
     for name, data in files.items():
         routes[f"GET {files_at}/resolve/{sha}/{quote(name)}"] = data
     return routes
+
+
+class ThreadedFake:
+    """Base of the stateful API fakes (Hub, Together): a ThreadingHTTPServer on 127.0.0.1:0 in a daemon
+    thread, used as a context manager. A subclass returns its request handler class from ``handler()``
+    (a class that can reach the fake, e.g. through a class attribute)."""
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
