@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from oig.cli.args import positive_int, whole_number
+from oig.cli.args import add_allow_local_sources, positive_int, whole_number
 
 
 def _usd(text: str) -> float:
@@ -39,8 +39,7 @@ def register(sub) -> None:
     p.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="instructions in all, sampled with the seed (overrides the config's `limit`)")
     p.add_argument("--seed", type=whole_number, default=None, metavar="N", help="overrides the config's `seed` (default 42)")
-    p.add_argument("--allow-local-sources", action="store_true",
-                   help="accept local instruction files and folders (relative to the config) and loopback links")
+    add_allow_local_sources(p)
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned calls and the cost estimate; call nothing, write nothing")
     p.add_argument("--budget-usd", type=_usd, default=None, metavar="USD",

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from oig.cli.args import positive_int, whole_number
+from oig.cli.args import add_allow_local_sources, add_data_dir, positive_int, whole_number
 
 DEFAULT_CONFIG = Path("training.yaml")
 
@@ -25,15 +25,14 @@ def register(sub) -> None:
     )
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="training configuration (default: training.yaml; when that is missing, all defaults)")
-    p.add_argument("--data", type=Path, default=Path("data"), metavar="DIR", help="slice folder (default: data)")
+    add_data_dir(p)
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="folder for mixture.jsonl and manifest.json (required unless --plan)")
     p.add_argument("--total", type=positive_int, default=None, metavar="N",
                    help="examples in the mixture (default: MixtureTotal, else every example available)")
     p.add_argument("--seed", type=whole_number, default=None, metavar="N",
                    help="random seed for sampling and shuffling (default: Training seed, else 42)")
-    p.add_argument("--allow-local-sources", action="store_true",
-                   help="accept local paths and loopback http links in slices (tests and private mirrors)")
+    add_allow_local_sources(p)
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text",
                    help="text (an aligned table), markdown (a GitHub table, for PR summaries), json (the manifest)")
     p.add_argument("--plan", action="store_true", help="print the table only; write no mixture")

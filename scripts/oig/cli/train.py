@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from oig.cli.args import add_allow_local_sources, add_data_dir
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -20,7 +22,7 @@ def register(sub) -> None:
     )
     p.add_argument("--config", type=Path, default=Path("training.yaml"), metavar="FILE",
                    help="training configuration (default: training.yaml)")
-    p.add_argument("--data", type=Path, default=Path("data"), metavar="DIR", help="slice folder (default: data)")
+    add_data_dir(p)
     p.add_argument("--base-model", default=None, metavar="MODEL",
                    help="model to fine-tune: a Hub id, a folder, or `tiny` (a small random model built offline "
                    "from the mixture, with its own learning rate, epochs and batch size; default: base_model "
@@ -34,8 +36,7 @@ def register(sub) -> None:
                    help="run folder for the mixture, checkpoints and the model (default: runs/RUN_ID)")
     p.add_argument("--mixture", type=Path, default=None, metavar="DIR",
                    help="train on a mixture `oig mix --out DIR` already wrote instead of building one")
-    p.add_argument("--allow-local-sources", action="store_true",
-                   help="accept local paths and loopback http links in slices (tests and private mirrors)")
+    add_allow_local_sources(p)
     bugs = p.add_mutually_exclusive_group()
     bugs.add_argument("--bugs", type=Path, default=None, metavar="FILE",
                       help="after training, ask the previous and the new model each bug in FILE (JSON, JSONL or "

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from oig.cli.args import add_allow_local_sources
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -21,8 +23,7 @@ def register(sub) -> None:
                    "step summary), json (a list of objects)")
     p.add_argument("--remote", action="store_true",
                    help="also resolve links: existence, pins and a sample of rows converted (needs network)")
-    p.add_argument("--allow-local-sources", action="store_true",
-                   help="accept local paths and loopback http links (tests and private mirrors)")
+    add_allow_local_sources(p)
     p.set_defaults(run=run)
 
 
