@@ -36,6 +36,27 @@ _limit = {
     "description": "Use at most this many rows, in the source's order.",
 }
 
+
+
+def _jsonl_link(link_description: str) -> dict:
+    """An entry that links a JSONL file, pinned by its sha256."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["link"],
+        "properties": {
+            "link": {**_text, "description": link_description},
+            "sha256": {
+                "type": "string",
+                "pattern": SHA256,
+                "description": "The file's sha256 (64 lowercase hex digits). It is enforced; without it "
+                "validation warns with the value to add.",
+            },
+            "limit": _limit,
+        },
+    }
+
+
 SLICE_SCHEMA: dict = {
     "$schema": SCHEMA_DRAFT,
     "$id": "urn:oig:schema:slice",
@@ -113,21 +134,7 @@ SLICE_SCHEMA: dict = {
             "{prompt, completion} lines.",
             "type": "array",
             "minItems": 1,
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["link"],
-                "properties": {
-                    "link": {**_text, "description": "An https URL of the JSONL file."},
-                    "sha256": {
-                        "type": "string",
-                        "pattern": SHA256,
-                        "description": "The file's sha256 (64 lowercase hex digits). It is enforced; "
-                        "without it validation warns with the value to add.",
-                    },
-                    "limit": _limit,
-                },
-            },
+            "items": _jsonl_link("An https URL of the JSONL file."),
         },
         "Preferences": {
             "description": "Preference pairs for DPO (`method: dpo` in training.yaml): a prompt with a "
@@ -148,20 +155,7 @@ SLICE_SCHEMA: dict = {
                             "rejected": {**_text, "description": "The worse answer."},
                         },
                     },
-                    {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["link"],
-                        "properties": {
-                            "link": {**_text, "description": "An https URL of a JSONL file of preference pairs."},
-                            "sha256": {
-                                "type": "string",
-                                "pattern": SHA256,
-                                "description": "The file's sha256 (64 lowercase hex digits). It is enforced.",
-                            },
-                            "limit": _limit,
-                        },
-                    },
+                    _jsonl_link("An https URL of a JSONL file of preference pairs."),
                 ]
             },
         },

@@ -25,7 +25,7 @@ from typing import BinaryIO
 from oig import fetch, formats, hf
 from oig.errors import FetchError, InvalidInput, Problem
 from oig.records import Record, pair
-from oig.slices import HFEntry, Slice
+from oig.slices import HFEntry, JsonlEntry, Slice
 
 MAX_ROW_PROBLEMS = 20  # reported at once per slice; past that the data needs a look as a whole
 
@@ -75,11 +75,7 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
             resolved_hf.append(res)
             pins.append({"section": "HuggingFace", "link": e.link, "revision": res.revision if res else e.revision,
                          "pinned": res is None, "rows": 0})
-        for i, e in enumerate(slice.openai_jsonl):
-            with _about("OpenAIJsonl", i, e.link):
-                sha = e.sha256.lower() if e.sha256 else fetch.fetch_to_cache(e.link, opts).name
-            pins.append({"section": "OpenAIJsonl", "link": e.link, "sha256": sha, "pinned": bool(e.sha256),
-                         "rows": 0})
+        pins += [_jsonl_pin("OpenAIJsonl", i, e, opts) for i, e in enumerate(slice.openai_jsonl)]
     except FetchError as exc:
         raise FetchError(f"{display}: {exc}") from None
 
@@ -112,13 +108,8 @@ def materialize_preferences(slice: Slice, opts: SourceOptions) -> Materialized:
     form: one ``{"prompt": [...], "chosen": [...], "rejected": [...]}`` per line, inline pairs first.
     A slice without preferences gives an empty file. Raises FetchError or InvalidInput."""
     display = str(slice.path)
-    pins: list[dict] = []
     try:
-        for i, e in enumerate(slice.preference_links):
-            with _about("Preferences", i, e.link):
-                sha = e.sha256.lower() if e.sha256 else fetch.fetch_to_cache(e.link, opts).name
-            pins.append({"section": "Preferences", "link": e.link, "sha256": sha, "pinned": bool(e.sha256),
-                         "rows": 0})
+        pins = [_jsonl_pin("Preferences", i, e, opts) for i, e in enumerate(slice.preference_links)]
     except FetchError as exc:
         raise FetchError(f"{display}: {exc}") from None
     content = {"converter": formats.CONVERTER_VERSION, "kind": "preferences", "name": slice.name,
@@ -236,6 +227,13 @@ def _about(section: str, i: int, link: str) -> Iterator[None]:
         yield
     except FetchError as exc:
         raise FetchError(_about_message(section, i, link, exc)) from None
+
+
+def _jsonl_pin(section: str, i: int, e: JsonlEntry, opts: SourceOptions) -> dict:
+    """A JSONL link's pin: its sha256 as given (no network), or the sha256 of the file fetched now."""
+    with _about(section, i, e.link):
+        sha = e.sha256.lower() if e.sha256 else fetch.fetch_to_cache(e.link, opts).name
+    return {"section": section, "link": e.link, "sha256": sha, "pinned": bool(e.sha256), "rows": 0}
 
 
 def _hub_pinned(e: HFEntry, opts: SourceOptions) -> bool:

@@ -19,6 +19,8 @@ from pathlib import Path
 from oig import yamlsafe
 from oig.config import did_you_mean
 from oig.errors import InvalidInput, Problem
+from oig.schemas import SHA1_OR_REF, SHA256
+from oig.slices import COLUMN_ROLES
 from oig.validate import value_at
 
 DEFAULT_SEED = 42
@@ -98,10 +100,10 @@ GENERATE_SCHEMA: dict = {
                 "required": ["link"],
                 "properties": {
                     "link": {**_text, "description": "A Hugging Face dataset or a data file link."},
-                    "revision": {"type": "string", "pattern": "^[^\\s]+$",
+                    "revision": {"type": "string", "pattern": SHA1_OR_REF,
                                  "description": "Hugging Face datasets: the commit to read (a 40-character sha "
                                                 "pins the content)."},
-                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                    "sha256": {"type": "string", "pattern": SHA256,
                                "description": "Data files: the file's sha256; a different file is an error."},
                     "config": {**_text, "description": "Hugging Face datasets: the configuration (subset) name."},
                     "split": {**_text, "default": "train", "description": "Hugging Face datasets: the split to read."},
@@ -109,8 +111,7 @@ GENERATE_SCHEMA: dict = {
                         "type": "object",
                         "description": "Which column holds what when the layout is not detected: role -> column "
                                        "name, e.g. {instruction: query} or {question: q, answer: a}.",
-                        "propertyNames": {"enum": ["messages", "conversations", "prompt", "completion", "instruction",
-                                                   "input", "output", "question", "answer", "text", "system"]},
+                        "propertyNames": {"enum": list(COLUMN_ROLES)},
                         "additionalProperties": _text,
                         "minProperties": 1,
                     },
