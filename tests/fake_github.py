@@ -3,7 +3,8 @@
 It keeps issues, comments and labels in memory so tests can assert the state a command left, records
 every request, paginates with ``Link`` headers as GitHub does, enforces GitHub's 65,536-character
 comment limit and 50-character label names, and can be told to fail the next requests (5xx, the
-secondary rate limit) to exercise retries. Start it with ``with FakeGitHub() as gh:``; ``gh.url`` is
+secondary rate limit) to exercise retries, or to carry a request out and then answer with an error (the
+502 after a POST that worked, which makes a blind retry post twice). Start it with ``with FakeGitHub() as gh:``; ``gh.url`` is
 the API root to put in ``GITHUB_API_URL``.
 """
 
@@ -35,6 +36,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     body: object = None
     path_contains: str = ""
+    method: str = ""  # only requests with this method ("" = any)
+    after_success: bool = False  # carry the request out, then answer with the error
 
 
 class FakeGitHub:
@@ -109,9 +112,9 @@ class FakeGitHub:
         return [label["name"] for label in self.issues[number]["labels"]]
 
     def fail_next(self, status: int, *, times: int = 1, headers: dict | None = None, body: object = None,
-                  path_contains: str = "") -> None:
+                  path_contains: str = "", method: str = "", after_success: bool = False) -> None:
         for _ in range(times):
-            self.faults.append(Fault(status, dict(headers or {}), body, path_contains))
+            self.faults.append(Fault(status, dict(headers or {}), body, path_contains, method, after_success))
 
     def writes(self) -> list[Request]:
         return [r for r in self.requests if r.method != "GET"]
@@ -130,12 +133,12 @@ class FakeGitHub:
         headers = {k.lower(): v for k, v in h.headers.items()}
         with self._lock:
             self.requests.append(Request(h.command, parts.path, query, body, headers))
-            fault = next((f for f in self.faults if f.path_contains in parts.path), None)
+            fault = next((f for f in self.faults
+                          if f.path_contains in parts.path and f.method in ("", h.command)), None)
             if fault is not None:
                 self.faults.remove(fault)
-        if fault is not None:
-            self._reply(h, fault.status, fault.body if fault.body is not None else {"message": "Server Error"},
-                        fault.headers)
+        if fault is not None and not fault.after_success:
+            self._fail(h, fault)
             return
         auth = headers.get("authorization")
         if auth is not None and self.token is not None and auth not in (f"Bearer {self.token}", f"token {self.token}"):
@@ -150,7 +153,14 @@ class FakeGitHub:
             return
         with self._lock:
             status, data, extra = self._route(h.command, unquote(parts.path[len(prefix):]), query, body, parts.path)
+        if fault is not None:  # after_success: the change is made, the client hears an error
+            self._fail(h, fault)
+            return
         self._reply(h, status, data, extra)
+
+    def _fail(self, h: BaseHTTPRequestHandler, fault: Fault) -> None:
+        self._reply(h, fault.status, fault.body if fault.body is not None else {"message": "Server Error"},
+                    fault.headers)
 
     def _reply(self, h: BaseHTTPRequestHandler, status: int, data: object, headers: dict | None = None) -> None:
         payload = b"" if status == 204 else json.dumps(data).encode()

@@ -29,8 +29,9 @@ def rendered(input_: str | None, output: str | None, expected: str | None = None
     return body.replace("\n", "\r\n") if crlf else body
 
 
-def event(number: int, body: str | None, labels=("bug",), action: str = "opened") -> dict:
-    """An `issues` event payload, trimmed to the fields GitHub always sends."""
+def event(number: int, body: str | None, labels=("bug", "bug-report"), action: str = "opened") -> dict:
+    """An `issues` event payload, trimmed to the fields GitHub always sends; the labels default to the
+    ones the bug report form sets."""
     return {
         "action": action,
         "issue": {"number": number, "title": "Wrong capital", "body": body, "state": "open",
@@ -384,6 +385,39 @@ def test_report_comment_stays_under_githubs_limit():
     body = bugs_github.report_comment(bug, bugs.REPRODUCED, answer=big, model_doc=None)
     assert len(body) < 65536 and "@user" not in body
     assert body.startswith(bugs.REPORT_MARKER)
+
+
+HOSTILE_ERROR = ("upstream said: ping @octocat ![x](https://evil/img.png) <img src=x> "
+                 "[click me](https://evil.example/login) ```` then raw text")
+
+
+def test_a_providers_error_text_is_neutralised_like_the_issue_text(tmp_path):
+    (tmp_path / "model.yaml").write_text(
+        "model:\n  hub_repo: octo/oig-model\n  revision: abc1234\ntogether:\n  model: oig-lab/m\n"
+        "base_model: tiny\nrun_id: run-1\ntrained_at: '2026-11-23T12:00:00Z'\n")
+    payload = tmp_path / "event.json"
+    payload.write_text(json.dumps(event(3, rendered("q", "a", "b"))))
+
+    def ask(text):
+        raise RuntimeError(HOSTILE_ERROR + " " + "x" * 5000)
+
+    with FakeGitHub(token=TOKEN) as fake:
+        fake.add_issue(3, rendered("q", "a", "b"))
+        with GitHub(fake.repo, TOKEN, api_url=fake.url) as gh:
+            outcome = bugs_github.report(payload, model_yaml=tmp_path / "model.yaml", gh=gh, ask=ask)
+        [comment] = fake.comments_on(3)
+    text = comment["body"]
+    assert outcome.status == "failed" and "**Reproduction failed**: the model could not be asked." in text
+    # The error is shown only inside a fence longer than any backtick run in it, where Markdown
+    # (images, links, HTML) is inert, with its mentions broken, and cut to ERROR_LIMIT characters.
+    block = text.split("**Error**\n\n", 1)[1].split("\n\n", 1)[0]
+    assert block.startswith("`````text\n") and block.endswith("\n`````")
+    assert "@octocat" not in text and "@\u200boctocat" in block
+    outside = text.replace(block, "")
+    for live in ("![x]", "<img", "](https://evil", "````"):
+        assert live not in outside, live
+    assert len(block) < bugs.ERROR_LIMIT + 100 and "more characters)" in block
+    assert "\n" not in outcome.detail  # one log line: no text of the provider's starts a line
 
 
 def test_report_comment_notes_a_different_model_version():

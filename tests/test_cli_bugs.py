@@ -103,7 +103,7 @@ def test_report_a_malformed_then_fixed_issue_without_a_together_key(github, toge
     # The reporter edits the issue: the same comment is updated; no key, so reproduction is skipped.
     good = rendered("What is the capital of France?", "Berlin", "Paris")
     github.issues[5]["body"] = good
-    path = write_event(tmp_path, 5, good, labels=("bug", "needs-info"), action="edited")
+    path = write_event(tmp_path, 5, good, labels=("bug", "bug-report", "needs-info"), action="edited")
     assert main(["bugs", "report", "--event", str(path)]) == 0
     assert "issue #5: skipped; comment updated; labels -needs-info" in capsys.readouterr().out
     [comment] = github.comments_on(5)
@@ -131,7 +131,7 @@ def test_report_reproduces_with_the_together_endpoint(github, together, tmp_path
 
     # The model now answers right: the label flips, the one comment is updated in place.
     together.answer = "Paris."
-    path = write_event(tmp_path, 6, body, labels=("bug", "reproduced"), action="edited")
+    path = write_event(tmp_path, 6, body, labels=("bug", "bug-report", "reproduced"), action="edited")
     assert main(["bugs", "report", "--event", str(path)]) == 0
     assert "not-reproduced" in capsys.readouterr().out
     assert len(github.comments_on(6)) == 1 and "**Not reproduced**" in github.comments_on(6)[0]["body"]
@@ -151,6 +151,31 @@ def test_report_ignores_issues_without_the_bug_label(github, tmp_path, capsys):
     assert main(["bugs", "report", "--event", str(path)]) == 0
     assert "issue #8: not-a-bug" in capsys.readouterr().out
     assert github.requests == []
+
+
+def test_report_ignores_a_plain_issue_labelled_bug(github, tmp_path, capsys):
+    # Anyone with triage can label an issue `bug`; only the form sets `bug-report`.
+    github.add_issue(10, rendered("a", "b"))
+    path = write_event(tmp_path, 10, rendered("a", "b"), labels=("bug",))
+    assert main(["bugs", "report", "--event", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "issue #10: not-a-bug" in captured.out and "'bug-report'" in captured.err
+    assert github.requests == [] and github.comments_on(10) == []
+
+
+# A POST that GitHub carried out and then answered 502; Retry-After 0 keeps the test from sleeping.
+POSTED_THEN_502 = {"method": "POST", "after_success": True, "headers": {"Retry-After": "0"}}
+
+
+def test_report_posts_one_comment_when_a_post_that_worked_answers_502(github, tmp_path, capsys):
+    github.add_issue(11, rendered(None, "b"))
+    github.add_comment(11, bugs.REPORT_MARKER + " pasted by a user")  # never taken for the bot's
+    github.fail_next(502, path_contains="/issues/11/comments", **POSTED_THEN_502)
+    assert main(["bugs", "report", "--event", str(write_event(tmp_path, 11, rendered(None, "b")))]) == 0
+    assert "issue #11: needs-info; comment created" in capsys.readouterr().out
+    mine = [c for c in github.comments_on(11) if c["user"]["type"] == "Bot"]
+    assert len(mine) == 1 and "**Input** is missing" in mine[0]["body"]
+    assert len(github.comments_on(11)) == 2
 
 
 def test_report_fails_visibly_when_the_model_cannot_be_asked(github, tmp_path, monkeypatch, capsys):
@@ -210,6 +235,23 @@ def test_comment_results_comments_and_labels_the_fixed(github, together, tmp_pat
     assert main(["bugs", "comment-results", "--training-log", str(log), "--repo", "octo/oig"]) == 0
     assert len(github.writes()) == writes + 1  # adding a label it already has is the one repeated call
     assert len(github.comments_on(1)) == 1
+
+
+def test_comment_results_posts_one_comment_when_a_post_that_worked_answers_502(github, tmp_path, capsys):
+    for n in (1, 2):
+        github.add_issue(n, rendered(f"q{n}", "bad", "good"))
+        github.fail_next(502, path_contains=f"/issues/{n}/comments", **POSTED_THEN_502)
+    github.add_comment(2, bugs.RESULTS_MARKER + " pasted by a user")
+    records = bugs.run_suite([bugs.Bug("q1", "bad", "good", number=1), bugs.Bug("q2", "bad", "good", number=2)],
+                             None, lambda text: "good")
+    log = write_training_log(tmp_path, records)
+    assert main(["bugs", "comment-results", "--training-log", str(log), "--repo", "octo/oig"]) == 0
+    assert "commented on 2 issue(s): #1, #2" in capsys.readouterr().out
+    for n in (1, 2):
+        mine = [c for c in github.comments_on(n) if c["user"]["type"] == "Bot"]
+        assert len(mine) == 1 and mine[0]["body"].startswith(bugs.RESULTS_MARKER), n
+    assert len(github.comments_on(2)) == 2
+    assert not github.faults  # both POSTs went through and answered 502
 
 
 def test_comment_results_without_bugs_needs_no_github(tmp_path, monkeypatch, capsys):

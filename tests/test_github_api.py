@@ -159,3 +159,40 @@ def test_upsert_comment_updates_only_its_own_comment(fake):
         assert gh.upsert_comment(1, marker, marker + "\ntwo")[0] == "unchanged"
     bodies = [c["body"] for c in fake.comments_on(1)]
     assert bodies == [marker + " forged by a user", marker + "\ntwo"]
+
+
+def test_upsert_comment_posts_once_when_a_post_that_worked_answers_502(fake):
+    fake.add_issue(1, "body")
+    marker = "<!-- oig-test -->"
+    fake.add_comment(1, marker + " forged by a user")
+    fake.fail_next(502, method="POST", path_contains="/comments", after_success=True)
+    with client(fake) as gh:
+        action, comment = gh.upsert_comment(1, marker, marker + "\none")
+        assert action == "created" and comment["body"] == marker + "\none"
+        assert gh.sleeps == [1.0]
+    assert [c["body"] for c in fake.comments_on(1)] == [marker + " forged by a user", marker + "\none"]
+    # The comments were listed again before the retry, and nothing was posted a second time.
+    assert [r.method for r in fake.requests] == ["GET", "POST", "GET"]
+
+
+def test_upsert_comment_retries_a_post_that_failed(fake):
+    fake.add_issue(1, "body")
+    marker = "<!-- oig-test -->"
+    fake.fail_next(502, method="POST", times=2)
+    with client(fake) as gh:
+        assert gh.upsert_comment(1, marker, marker + "\none")[0] == "created"
+        assert gh.sleeps == [1.0, 2.0]
+    assert [c["body"] for c in fake.comments_on(1)] == [marker + "\none"]
+    fake.fail_next(500, method="POST", times=10)
+    with client(fake, max_retries=2) as gh, pytest.raises(GitHubError, match=r"HTTP 500.*\(3 tries\)"):
+        gh.upsert_comment(1, "<!-- other -->", "<!-- other -->\nx")
+    assert len(fake.comments_on(1)) == 1
+
+
+def test_the_fake_can_carry_out_a_post_then_answer_502(fake):
+    # What makes a blind retry post twice, and why upsert_comment lists the comments again first.
+    fake.add_issue(1, "body")
+    fake.fail_next(502, method="POST", after_success=True)
+    with client(fake) as gh:
+        gh.create_comment(1, "hello")
+    assert [c["body"] for c in fake.comments_on(1)] == ["hello", "hello"]

@@ -56,12 +56,16 @@ from oig.errors import OigError
 # --- constants -----------------------------------------------------------------------------------------
 
 BUG_LABEL = "bug"
+# Set only by the bug report form (bug.yml's `labels:`): the bug-report workflow acts on issues with it,
+# not on every issue someone labels `bug`. The label must exist for the form to set it.
+REPORT_LABEL = "bug-report"
 NEEDS_INFO = "needs-info"
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not-reproduced"
 FIXED_PREFIX = "fixed-in-"
 LABELS = {  # name -> (colour, description) for labels created when missing
     BUG_LABEL: ("d73a4a", "The model gives a wrong answer"),
+    REPORT_LABEL: ("c5def5", "Opened with the bug report form; checked by the bug bot"),
     NEEDS_INFO: ("fbca04", "The bug report is missing something; see the bot's comment"),
     REPRODUCED: ("b60205", "The current model still gives a wrong answer"),
     NOT_REPRODUCED: ("0e8a16", "The current model no longer gives the reported answer"),
@@ -76,6 +80,7 @@ BODY_LIMIT = 1024 * 1024  # characters of an issue body (GitHub's own limit is 6
 SOURCE_LIMIT = 32 * 1024 * 1024  # bytes of an event payload or --bugs file
 VERSION_LIMIT = 200  # characters of the model version field
 SHOWN_LIMIT = 4000  # characters of one text in a comment or training_log (comments max 65,536)
+ERROR_LIMIT = 500  # characters of a model's error text kept in a record or a comment
 DEFAULT_THRESHOLD = 0.9
 RATIO_CHARS = 2000
 
@@ -550,7 +555,7 @@ def _ask(ask: Callable[[str], str], bug: Bug) -> tuple[str | None, str | None]:
     try:
         answer = ask(bug.input)
     except Exception as exc:
-        return None, secret_free(f"{type(exc).__name__}: {exc}")[:500]
+        return None, secret_free(f"{type(exc).__name__}: {exc}")[:ERROR_LIMIT]
     if not isinstance(answer, str):
         return None, f"the model returned {type(answer).__name__}, not text"
     return answer, None

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from oig import yamlsafe
 from oig.bugs import (
-    BUG_LABEL,
     DEFAULT_THRESHOLD,
+    ERROR_LIMIT,
     FIXED_COLOR,
     FIXED_PREFIX,
     LABELS,
     NEEDS_INFO,
     NOT_REPRODUCED,
+    REPORT_LABEL,
     REPORT_MARKER,
     REPRODUCED,
     RESULTS_MARKER,
@@ -37,6 +38,7 @@ from oig.bugs import (
     plain,
     read_event,
     secret_free,
+    short,
 )
 from oig.errors import OigError, Problem
 
@@ -86,7 +88,10 @@ def needs_info_comment(problems: list[str]) -> str:
 
 
 def report_comment(bug: Bug, status: str, *, answer: str | None = None, reason: str = "",
-                   model_doc: dict | None = None, threshold: float = DEFAULT_THRESHOLD) -> str:
+                   error: str | None = None, model_doc: dict | None = None,
+                   threshold: float = DEFAULT_THRESHOLD) -> str:
+    """The report check's comment. ``reason`` is this tool's own Markdown; ``error`` (a model provider's
+    error text) is untrusted like the issue's fields, so it is only shown fenced."""
     headline = {
         REPRODUCED: "**Reproduced**: the current model still gives a wrong answer.",
         NOT_REPRODUCED: ("**Not reproduced**: the current model's answer matches the expected output."
@@ -96,6 +101,8 @@ def report_comment(bug: Bug, status: str, *, answer: str | None = None, reason: 
         "failed": f"**Reproduction failed**: {reason}",
     }[status]
     lines = [REPORT_MARKER, "### Bug report check", "", headline, ""]
+    if error is not None:
+        lines += ["**Error**", "", fenced(short(error, ERROR_LIMIT)), ""]
     if model_doc is not None:
         lines += [f"Current model: {_model_label(model_doc)}."]
         current = (model_doc.get("model") or {}).get("revision")
@@ -166,8 +173,10 @@ def report(event_path: Path, *, repo: str | None = None, model_yaml: Path = Path
         raise OigError(f"{event_path} is not an `issues` event payload: it has no issue number")
     number = issue["number"]
     current = _label_names(issue)
-    if BUG_LABEL not in current or "pull_request" in issue:
-        return ReportOutcome(number, "not-a-bug", detail=f"issue #{number} is not labelled {BUG_LABEL!r}")
+    # Only issues opened with the form: a plain issue someone labelled `bug` is not a report to check.
+    if REPORT_LABEL not in current or "pull_request" in issue:
+        return ReportOutcome(number, "not-a-bug", detail=f"issue #{number} is not labelled {REPORT_LABEL!r}: "
+                             "only issues opened with the bug report form are checked")
 
     from oig.github_api import GitHub
 
@@ -183,9 +192,12 @@ def report(event_path: Path, *, repo: str | None = None, model_yaml: Path = Path
             _set_labels(client, number, current, [NEEDS_INFO], [REPRODUCED, NOT_REPRODUCED], outcome)
             return outcome
         # --- put it to the current model ---
-        status, answer, reason, doc = _reproduce(bug, model_yaml, ask, threshold)
-        outcome = ReportOutcome(number, status, detail=reason)
-        body = report_comment(bug, status, answer=answer, reason=reason, model_doc=doc, threshold=threshold)
+        status, answer, reason, error, doc = _reproduce(bug, model_yaml, ask, threshold)
+        # One line: the log must not take a provider's text for a workflow command (`::...`).
+        detail = " ".join(f"{reason} {short(error, ERROR_LIMIT)}".split()) if error else reason
+        outcome = ReportOutcome(number, status, detail=detail)
+        body = report_comment(bug, status, answer=answer, reason=reason, error=error, model_doc=doc,
+                              threshold=threshold)
         outcome.comment, _ = client.upsert_comment(number, REPORT_MARKER, body)
         if status in (REPRODUCED, NOT_REPRODUCED):
             other = NOT_REPRODUCED if status == REPRODUCED else REPRODUCED
@@ -199,30 +211,31 @@ def report(event_path: Path, *, repo: str | None = None, model_yaml: Path = Path
 
 
 def _reproduce(bug: Bug, model_yaml: Path, ask: Callable[[str], str] | None,
-               threshold: float) -> tuple[str, str | None, str, dict | None]:
-    """(status, answer, reason, model.yaml document) of putting the bug to the current model."""
+               threshold: float) -> tuple[str, str | None, str, str | None, dict | None]:
+    """(status, answer, reason, error, model.yaml document) of putting the bug to the current model;
+    ``error`` is the model call's own error text, untrusted."""
     from oig.runlog import RunLogError, read_model_yaml
 
     try:
         doc = read_model_yaml(Path(model_yaml))
     except RunLogError as exc:
-        return "skipped", None, f"there is no usable current model ({plain(str(exc))}).", None
+        return "skipped", None, f"there is no usable current model ({plain(str(exc))}).", None, None
     if ask is None:
         if not (doc.get("together") or {}).get("model"):
             return "skipped", None, "the current model is not deployed on Together (model.yaml has no " \
-                                    "`together` section), so this workflow cannot ask it.", doc
+                                    "`together` section), so this workflow cannot ask it.", None, doc
         if not os.environ.get("TOGETHER_API_KEY", "").strip():
-            return "skipped", None, "no Together API key is configured (the `TOGETHER_API_KEY` secret).", doc
+            return "skipped", None, "no Together API key is configured (the `TOGETHER_API_KEY` secret).", None, doc
         ask = model_asker(Path(model_yaml))
     try:
         answer = ask(bug.input)
     except Exception as exc:  # any failure of the model call is reported on the issue and fails the run
         detail = str(exc) if isinstance(exc, OigError) else f"{type(exc).__name__}: {exc}"
-        return "failed", None, f"the model could not be asked ({secret_free(detail)[:300]}).", doc
+        return "failed", None, "the model could not be asked.", secret_free(detail), doc
     if not isinstance(answer, str):
-        return "failed", None, "the model returned no text.", doc
+        return "failed", None, "the model returned no text.", None, doc
     status = REPRODUCED if is_reproduced(bug, answer, threshold=threshold) else NOT_REPRODUCED
-    return status, answer, "", doc
+    return status, answer, "", None, doc
 
 
 # --- results after training (the train workflow) -------------------------------------------------------------

@@ -9,6 +9,9 @@ Plain httpx, nothing else. The token comes only from ``GITHUB_TOKEN`` and never 
   ``x-ratelimit-remaining`` or "secondary rate limit" in the message) are retried with backoff,
   honouring ``Retry-After`` up to ``MAX_WAIT_S``. Every other failure is a :class:`GitHubError` that
   says what was being done and what to check.
+- A POST that creates a comment is never simply sent again: when a 502 follows a POST that GitHub
+  carried out, a second POST would post the comment twice. :meth:`GitHub.upsert_comment` lists the
+  comments again before each retry and updates the one it finds instead.
 - Answers are read up to ``MAX_RESPONSE_BYTES``; anything that is not the JSON expected is an error.
 """
 
@@ -40,9 +43,12 @@ DEFAULT_BOT_LOGIN = "github-actions[bot]"
 class GitHubError(OigError):
     """A GitHub API call failed; the message says which call and what to check."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, *, retryable: bool = False,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.status = status
+        self.retryable = retryable  # a 5xx, a rate limit or no answer: trying again may work
+        self.retry_after = retry_after
 
 
 def token_from_env() -> str | None:
@@ -148,34 +154,40 @@ class GitHub:
         return (a.scheme, a.netloc) == (b.scheme, b.netloc)
 
     def request(self, method: str, path: str, what: str, *, json_body: object = None,
-                params: dict | None = None, ok_missing: bool = False) -> tuple[object, httpx.Headers]:
-        """One call with retries. Returns (parsed JSON or None, headers); 404 gives None with ok_missing."""
+                params: dict | None = None, ok_missing: bool = False,
+                retry: bool = True) -> tuple[object, httpx.Headers]:
+        """One call with retries. Returns (parsed JSON or None, headers); 404 gives None with ok_missing.
+
+        ``retry=False`` sends it once: a failure worth retrying raises a GitHubError with ``retryable``
+        set, for a caller that must check what happened before sending it again.
+        """
         url = self._url(path)
         if not self._same_origin(url):
             raise GitHubError(f"{what}: refusing to send the token to {urlsplit(url).netloc}, which is not "
                               f"the API host {urlsplit(self.api_url).netloc}")
+        retries = self.max_retries if retry else 0
         attempt = 0
         while True:
             try:
                 response = self._send(method, url, json_body, params)
             except httpx.HTTPError as exc:
-                if attempt < self.max_retries:
+                if attempt < retries:
                     self.sleep(self._backoff(attempt, None))
                     attempt += 1
                     continue
                 detail = _no_secret(str(exc) or type(exc).__name__, self.token)
-                raise GitHubError(f"{what}: could not reach {urlsplit(self.api_url).netloc} ({detail})") from None
+                raise GitHubError(f"{what}: could not reach {urlsplit(self.api_url).netloc} ({detail})",
+                                  retryable=True) from None
             status = response.status_code
             retryable = status >= 500 or _is_secondary_limit(response)
-            if retryable and attempt < self.max_retries:
-                wait = _retry_after(response)
-                if wait is not None and wait > MAX_WAIT_S:
-                    raise GitHubError(f"{what}: GitHub's rate limit asks to wait {wait:.0f} s; try again later",
-                                      status)
+            wait = _retry_after(response) if retryable else None
+            if wait is not None and wait > MAX_WAIT_S:
+                raise GitHubError(f"{what}: GitHub's rate limit asks to wait {wait:.0f} s; try again later", status)
+            if retryable and attempt < retries:
                 self.sleep(self._backoff(attempt, wait))
                 attempt += 1
                 continue
-            return self._result(response, what, ok_missing)
+            return self._result(response, what, ok_missing, tries=attempt + 1)
 
     def _send(self, method: str, url: str, json_body: object, params: dict | None) -> httpx.Response:
         with self._client.stream(method, url, json=json_body, params=params) as response:
@@ -196,7 +208,8 @@ class GitHub:
     def _backoff(attempt: int, retry_after: float | None) -> float:
         return retry_after if retry_after is not None else min(MAX_WAIT_S, 2.0**attempt)
 
-    def _result(self, response: httpx.Response, what: str, ok_missing: bool) -> tuple[object, httpx.Headers]:
+    def _result(self, response: httpx.Response, what: str, ok_missing: bool,
+                tries: int = 1) -> tuple[object, httpx.Headers]:
         status = response.status_code
         if status == 404 and ok_missing:
             return None, response.headers
@@ -211,9 +224,11 @@ class GitHub:
                 410: "issues are disabled in this repository",
                 422: "GitHub refused the request",
             }.get(status, "GitHub answered with an error")
-            if status >= 500 or _is_secondary_limit(response):
-                hint = f"GitHub kept failing after {self.max_retries + 1} tries"
-            raise GitHubError(f"{what}: {hint} (HTTP {status}: {detail})", status)
+            retryable = status >= 500 or _is_secondary_limit(response)
+            if retryable:
+                hint = f"GitHub kept failing after {tries} tries" if tries > 1 else "GitHub failed"
+            raise GitHubError(f"{what}: {hint} (HTTP {status}: {detail})", status, retryable=retryable,
+                              retry_after=_retry_after(response) if retryable else None)
         if status == 204 or not response.content:
             return None, response.headers
         try:
@@ -263,9 +278,11 @@ class GitHub:
         return list(self.paginate(self._repo_path(f"/issues/{int(number)}/comments"),
                                   f"reading the comments of issue #{number}"))
 
-    def create_comment(self, number: int, body: str) -> dict:
+    def create_comment(self, number: int, body: str, *, retry: bool = True) -> dict:
+        """Post a comment. With retries a 5xx after GitHub posted it can post it twice: comments that
+        must exist once go through :meth:`upsert_comment`."""
         data, _ = self.request("POST", self._repo_path(f"/issues/{int(number)}/comments"),
-                               f"commenting on issue #{number}", json_body={"body": body})
+                               f"commenting on issue #{number}", json_body={"body": body}, retry=retry)
         return data if isinstance(data, dict) else {}
 
     def update_comment(self, comment_id: int, body: str) -> dict:
@@ -273,20 +290,40 @@ class GitHub:
                                f"updating comment {comment_id}", json_body={"body": body})
         return data if isinstance(data, dict) else {}
 
-    def upsert_comment(self, number: int, marker: str, body: str, bot_login: str | None = None) -> tuple[str, dict]:
-        """Update the comment this tool left before (found by ``marker`` and its author), or post one.
-
-        Returns ("created" | "updated" | "unchanged", comment). Only comments by the bot count: anyone
-        can paste the marker into a comment of their own.
-        """
+    def sticky_comment(self, number: int, marker: str, bot_login: str | None = None) -> dict | None:
+        """The first comment by the bot that starts with ``marker``. Only the bot's comments count:
+        anyone can paste the marker into a comment of their own."""
         login = bot_login or os.environ.get("OIG_BOT_LOGIN") or DEFAULT_BOT_LOGIN
         for comment in self.comments(number):
             author = (comment.get("user") or {}).get("login")
             if author == login and str(comment.get("body", "")).startswith(marker):
+                return comment
+        return None
+
+    def upsert_comment(self, number: int, marker: str, body: str, bot_login: str | None = None) -> tuple[str, dict]:
+        """Update the comment this tool left before (see :meth:`sticky_comment`), or post one.
+
+        Returns ("created" | "updated" | "unchanged", comment). The comments are listed again before
+        every post, retries included, so a post that GitHub carried out before answering 502 is
+        updated, not posted a second time.
+        """
+        attempt = 0
+        while True:
+            comment = self.sticky_comment(number, marker, bot_login)
+            if comment is not None:
+                done = "created" if attempt else None  # this call's own earlier post went through
                 if comment.get("body") == body:
-                    return "unchanged", comment
-                return "updated", self.update_comment(comment["id"], body)
-        return "created", self.create_comment(number, body)
+                    return done or "unchanged", comment
+                return done or "updated", self.update_comment(comment["id"], body)
+            try:
+                return "created", self.create_comment(number, body, retry=False)
+            except GitHubError as exc:
+                if not exc.retryable:
+                    raise
+                if attempt >= self.max_retries:
+                    raise GitHubError(f"{exc} ({attempt + 1} tries)", exc.status) from None
+                self.sleep(self._backoff(attempt, exc.retry_after))
+                attempt += 1
 
     def add_labels(self, number: int, labels: list[str]) -> None:
         self.request("POST", self._repo_path(f"/issues/{int(number)}/labels"),
