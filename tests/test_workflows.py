@@ -416,6 +416,37 @@ def test_train_summary_shows_the_loss_curve(tmp_path):
     assert out.returncode == 0 and "No training_log from this run" in (tmp_path / "summary.md").read_text()
 
 
+# --- bug-report.yml ------------------------------------------------------------------------------------
+
+
+def test_bug_report_reads_its_secret_from_the_environment_the_readme_names():
+    doc = load(WORKFLOW_DIR / "bug-report.yml")
+    readers = [(name, job) for name, job in jobs(doc) if "secrets.TOGETHER_API_KEY" in yaml.safe_dump(job)]
+    assert readers, "bug-report.yml reads TOGETHER_API_KEY"
+    # The README's maintainer setup names the environment that holds the secret, and that only it does.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = readme.split("### Setting up the bug bot", 1)[1].split("\n### ", 1)[0]
+    [env] = set(re.findall(r"New environment `([^`]+)`", setup))
+    assert f"secret to `{env}`: `TOGETHER_API_KEY`" in setup
+    for name, job in readers:
+        # Environment secrets reach only a job that declares the environment.
+        assert job.get("environment") == env, f"job {name} reads TOGETHER_API_KEY without `environment: {env}`"
+    assert f"`environment: {env}`" in setup
+
+
+def test_bug_report_acts_only_on_issues_from_the_form():
+    from oig.bugs import REPORT_LABEL
+
+    doc = load(WORKFLOW_DIR / "bug-report.yml")
+    assert doc["on"] == {"issues": {"types": ["opened", "edited"]}}
+    [(_, job)] = jobs(doc)
+    assert job["if"] == f"contains(github.event.issue.labels.*.name, '{REPORT_LABEL}')"
+    form = yaml.safe_load((ROOT / ".github" / "ISSUE_TEMPLATE" / "bug.yml").read_text(encoding="utf-8"))
+    assert REPORT_LABEL in form["labels"] and "bug" in form["labels"]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"gh label create {REPORT_LABEL}" in readme
+
+
 # --- the pre-commit hook -------------------------------------------------------------------------------
 
 
