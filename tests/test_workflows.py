@@ -156,7 +156,7 @@ def test_validate_runs_on_every_pull_request_read_only():
     assert "continue-on-error" not in step(doc, "Validate data and training.yaml")
     assert "secrets." not in (WORKFLOW_DIR / "validate.yml").read_text()
     scripts = "\n".join(s.get("run") or "" for s in job["steps"])
-    assert "pip install -e .\n" in scripts + "\n" and "[train]" not in scripts and "torch" not in scripts
+    assert "pip install -c requirements/lock.txt -e .\n" in scripts + "\n" and "[train]" not in scripts and "torch" not in scripts
     assert "oig validate --format github" in scripts and "oig mix --plan --format markdown" in scripts
     python = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/setup-python@"))
     assert python["with"]["python-version"] == "3.11" and python["with"]["cache"] == "pip"
