@@ -19,9 +19,16 @@ def test_schema_files_match_the_code():
         assert (ROOT / "schemas" / name).read_text() == text, f"run `python -m oig.schemas` to refresh {name}"
 
 
+def _shape(field_list: dict) -> dict:
+    # What validation uses: names, types, defaults, choices. Help text is upstream prose that changes
+    # between patch releases and only feeds editors' tooltips.
+    return {name: {k: v for k, v in f.items() if k != "help"} for name, f in field_list.items()}
+
+
 def test_sftconfig_field_list_matches_installed_trl():
     pytest.importorskip("trl")  # the list is generated from TRL; the core install checks it against nothing
-    assert sftfields.generate() == sftfields.fields(), "run `python -m oig.sftfields` after upgrading TRL"
+    assert _shape(sftfields.generate()) == _shape(sftfields.fields()), \
+        "run `python -m oig.sftfields` after upgrading TRL or transformers"
 
 
 def test_every_aliased_field_exists():

@@ -117,6 +117,9 @@ def load(data: bytes | str) -> object:
         msg = f"{exc.problem or exc.context or 'invalid YAML'}"
         if exc.context and exc.problem:
             msg = f"{exc.context}: {exc.problem}"
+        if "nesting depth" in msg:  # PyYAML >= 6.0.4 stops deep flow nesting itself, before our own check
+            msg = f"nesting deeper than {MAX_DEPTH} levels"
+            raise YamlError(msg, (mark.line + 1) if mark else 0, (mark.column + 1) if mark else 0) from None
         raise YamlError(f"YAML syntax error: {msg}", (mark.line + 1) if mark else 0, (mark.column + 1) if mark else 0) from None
     except yaml.YAMLError as exc:
         raise YamlError(f"YAML error: {exc}") from None
