@@ -42,14 +42,14 @@ def test_every_problem_is_reported_with_its_line_and_a_fix():
     assert config is None
     got = {(p.line, p.message) for p in problems}
     assert (3, "'learning_rate' sets learning_rate, which 'lr' already sets; keep one") in got
-    assert any(line == 4 and "'epochs' must be a number, not text ('two')" in m for line, m in got)
+    assert any(line == 4 and "'epochs' must be a number above 0 and at most 100, not text ('two')" in m for line, m in got)
     assert (5, "unknown Training key 'lerning_rate'; did you mean 'learning_rate'?") in got
     assert any(line == 6 and "'optim' must be" in m for line, m in got)
     assert (9, "the weight of slice 'b' must be a number >= 0, not -1") in got
     assert (10, "Mixture names slice 'zz', but there is no data/zz.yaml") in got
     assert (11, "the weight of slice 'c' must be a number >= 0, not 'yes'") in got
     assert any(line == 12 and "did you mean 'Mixture'?" in m for line, m in got)
-    assert (13, "MixtureTotal must be a whole number >= 1, not 0") in got
+    assert (13, "MixtureTotal must be a whole number from 1 to 10,000,000, not 0") in got
 
 
 def test_weights_above_one_and_slices_without_share_warn():
@@ -67,3 +67,70 @@ def test_missing_file_means_defaults_and_errors_raise(tmp_path):
     with pytest.raises(InvalidInput) as exc:
         load_training_config(tmp_path / "training.yaml")
     assert "one `key: value` mapping" in exc.value.problems[0].message
+
+
+def test_trust_remote_code_is_refused_wherever_it_is():
+    config, problems = parse(
+        "Training:\n  trust_remote_code: true\n  model_init_kwargs: {trust_remote_code: true, dtype: bfloat16}\n"
+        "  dataset_kwargs: {inner: {trust_remote_code: false}}\n  model_init_kwargs_typo: 1\n")
+    assert config is None
+    refused = [(p.line, p.message) for p in problems if "trust_remote_code" in p.message]
+    assert [line for line, _ in refused] == [2, 3, 4]
+    assert all("is not allowed: oig never runs code that comes with a model" in m for _, m in refused)
+
+
+def test_model_init_kwargs_take_only_what_loading_needs():
+    config, problems = parse("Training:\n  model_init_kwargs:\n    dtype: bfloat16\n    attn_implementation: sdpa\n")
+    assert problems == [] and config.training["model_init_kwargs"] == {"dtype": "bfloat16", "attn_implementation": "sdpa"}
+    config, problems = parse("Training:\n  model_init_kwargs:\n    token: hf_x\n    cache_dir: /tmp\n"
+                             "    attn_implementation: kernels-community/flash-attn\n")
+    assert config is None
+    got = {(p.line, p.message.split(" (")[0]) for p in problems}
+    assert (3, "model_init_kwargs key 'token' is not allowed") in got
+    assert (4, "model_init_kwargs key 'cache_dir' is not allowed") in got
+    config, problems = parse('Training:\n  model_init_kwargs: \'{"dtype": "float32"}\'\n')
+    assert config is None and "must be a mapping of dtype" in problems[0].message
+
+
+@pytest.mark.parametrize(("line", "fragment"), [
+    ("batch_size: 0", "'batch_size' must be a whole number at least 1 and at most 4,096, not 0"),
+    ("per_device_eval_batch_size: -2", "at least 1"),
+    ("gradient_accumulation_steps: 100000", "at most 4,096"),
+    ("lr: -0.001", "'lr' must be a number above 0 and at most 1, not -0.001"),
+    ("learning_rate: 0", "above 0"),
+    ("epochs: 1000", "at most 100"),
+    ("max_steps: 100000000", "at most 1,000,000"),
+    ("save_total_limit: null", "'save_total_limit' must be a whole number at least 1 and at most 20"),
+    ("save_total_limit: 0", "at least 1"),
+    ("dataloader_num_workers: 512", "at most 16"),
+    ("dataset_num_proc: 0", "at least 1"),
+    ("save_steps: 0", "above 0"),
+    ("max_length: 0", "at least 1"),
+    ("report_to: wandb", "'report_to' may only be 'none'"),
+    ("report_to: [tensorboard]", "'report_to' may only be 'none'"),
+    ("deepspeed: ds_config.json", "'deepspeed' is not allowed: the runner's launch configuration decides"),
+    ("fsdp: full_shard", "'fsdp' is not allowed"),
+    ("chat_template_path: /etc/passwd", "'chat_template_path' is not allowed: it names a file on the runner"),
+    ("use_liger_kernel: true", "'use_liger_kernel' is not allowed"),
+    ("push_to_hub: true", "'push_to_hub' is not allowed: oig publishes the model itself"),
+    ("hub_model_id: evil/model", "'hub_model_id' is not allowed"),
+    ("resume_from_checkpoint: /tmp/x", "'resume_from_checkpoint' is not allowed"),
+    ("torch_compile_backend: evil", "'torch_compile_backend' is not allowed"),
+])
+def test_settings_that_burn_resources_or_crash_later_are_errors_now(line, fragment):
+    config, problems = parse(f"Training:\n  {line}\n")
+    assert config is None
+    [problem] = problems
+    assert problem.line == 2 and fragment in problem.message, problem.message
+
+
+def test_mixture_total_has_an_absolute_cap():
+    config, problems = parse("MixtureTotal: 10000001\n")
+    assert config is None and "from 1 to 10,000,000" in problems[0].message
+    config, problems = parse("MixtureTotal: 10000000\n")
+    assert problems == [] and config.mixture_total == 10_000_000
+
+
+def test_the_shipped_defaults_stay_within_the_bounds():
+    config, problems = parse("Training:\n  report_to: none\n  save_total_limit: 2\n  max_steps: -1\n  epochs: 3\n")
+    assert problems == [] and config.training["report_to"] == "none"

@@ -83,7 +83,7 @@ def test_total_scales_the_same_shares():
 
 def test_weights_are_exact_decimals():
     # 0.7 + 0.3 is exactly 1 (no float drift leaving a sliver for the unlisted slice)
-    alloc = allocate({"a": 10, "b": 10, "c": 10}, {"a": 0.7, "b": 0.3}, 1000)
+    alloc = allocate({"a": 100, "b": 100, "c": 100}, {"a": 0.7, "b": 0.3}, 1000)
     assert alloc.counts == {"a": 700, "b": 300, "c": 0}
     assert alloc.warnings == ["slice 'c' gets no share of the mixture (the listed weights already take the whole mixture)"]
 
@@ -415,3 +415,11 @@ def test_benchmark_smoke_writer():
     assert row["size"] == 20_000 and row["ratio"] == 1.0
     assert 0 < row["wall_s"] < 30 and 0 < row["peak_rss_mb"] < 500
     assert "20,000" in bench.report([row], "writer", 1)
+
+
+def test_the_total_is_bounded_by_the_data_available():
+    assert allocate({"a": 10, "b": 20}, None, 300).counts == {"a": 100, "b": 200}  # 10x: still fine
+    with pytest.raises(InvalidInput) as exc:
+        allocate({"a": 10, "b": 20}, None, 301)
+    [problem] = exc.value.problems
+    assert "more than 10x the 30 examples available (at most 300; never above 10,000,000)" in problem.message

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from oig import yamlsafe
 from oig.errors import InvalidInput, Problem
-from oig.schemas import ALIASES, OIG_KEYS, training_schema
+from oig.schemas import ALIASES, MAX_MIXTURE_TOTAL, OIG_KEYS, REFUSED_FIELDS, training_schema
 
 TOP_KEYS = ("Training", "Mixture", "MixtureTotal")
 DEFAULT_SEED = 42
@@ -66,6 +66,29 @@ def _type_name(value: object) -> str:
 def _expected(schema: dict) -> str:
     if "enum" in schema:
         return "one of " + ", ".join(repr(v) for v in schema["enum"])
+    if schema.get("type") == "object" and "properties" in schema and schema.get("additionalProperties") is False:
+        return "a mapping of " + ", ".join(schema["properties"])
+    return _expected_type(schema) + _range(schema)
+
+
+def _type_ok(schema: dict, value: object) -> bool:
+    """Whether the value has a type the schema allows (so only a bound or a choice is wrong)."""
+    import jsonschema_rs
+
+    if "type" not in schema or isinstance(value, float) and math.isnan(value):
+        return False
+    return jsonschema_rs.is_valid({"type": schema["type"]}, value)
+
+
+def _range(schema: dict) -> str:
+    low = ("above", schema["exclusiveMinimum"]) if "exclusiveMinimum" in schema else ("at least", schema.get("minimum"))
+    high = ("below", schema["exclusiveMaximum"]) if "exclusiveMaximum" in schema else ("at most", schema.get("maximum"))
+    parts = [f"{word} {value:,}" if isinstance(value, int) else f"{word} {value:g}"
+             for word, value in (low, high) if value is not None]
+    return (" " + " and ".join(parts)) if parts else ""
+
+
+def _expected_type(schema: dict) -> str:
     types = schema.get("type")
     if types is None and "anyOf" in schema:
         return " or ".join(_expected(s) for s in schema["anyOf"])
@@ -92,6 +115,23 @@ def _entries(section: object, name: str, problems: list, where) -> list[tuple[st
         return out
     problems.append(where((name,), f"{name} must be a mapping (key: value lines) or a list of one-key mappings"))
     return []
+
+
+def _remote_code_paths(value: object, ypath: tuple) -> list[tuple]:
+    """YAML paths of every ``trust_remote_code`` key nested anywhere in a Training value."""
+    found: list[tuple] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "trust_remote_code":
+                found.append(ypath + (k,))
+            else:
+                found += _remote_code_paths(v, ypath + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _remote_code_paths(v, ypath + (i,))
+    elif isinstance(value, str) and "trust_remote_code" in value:  # a JSON string form of the kwargs
+        found.append(ypath)
+    return found
 
 
 def parse_training_config(data: bytes, path: Path, display: str | None = None, slice_names=None) -> tuple[TrainingConfig | None, list[Problem]]:
@@ -123,12 +163,38 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
     oig: dict = {}
     origin: dict[str, str] = {}
     for key, value, ypath in _entries(doc.get("Training"), "Training", problems, where):
+        if key in REFUSED_FIELDS:
+            problems.append(where(ypath, f"Training key '{key}' is not allowed: {REFUSED_FIELDS[key]}"))
+            continue
+        refused = _remote_code_paths(value, ypath)
+        for path in refused:  # e.g. model_init_kwargs: {trust_remote_code: true}
+            problems.append(where(path, f"'trust_remote_code' (in {key}) is not allowed: "
+                                  f"{REFUSED_FIELDS['trust_remote_code']}"))
         if key not in props:
             problems.append(where(ypath, f"unknown Training key '{key}'{did_you_mean(key, props)}"))
             continue
+        if key == "model_init_kwargs" and isinstance(value, dict):
+            allowed = props[key]["properties"]
+            for k in value:
+                if k not in allowed and k != "trust_remote_code":
+                    refused.append(k)
+                    problems.append(where(ypath + (k,), f"model_init_kwargs key '{k}' is not allowed"
+                                          f"{did_you_mean(str(k), allowed)} (allowed: {', '.join(allowed)}); "
+                                          "the rest of loading is oig's"))
+        if refused:
+            continue
         if not validators[key].is_valid(value) or (isinstance(value, float) and math.isnan(value)):
-            problems.append(where(ypath, f"Training key '{key}' must be {_expected(props[key])}, not {_type_name(value)}"
-                                  f" ({value!r}); quote text, write numbers without quotes", key=False))
+            if key == "report_to":
+                problems.append(where(ypath, f"Training key 'report_to' may only be 'none', not {value!r}: experiment "
+                                      "trackers are the maintainers' to set up on the runner, never training.yaml's",
+                                      key=False))
+            elif _type_ok(props[key], value):  # the right kind of value, out of bounds
+                problems.append(where(ypath, f"Training key '{key}' must be {_expected(props[key])}, not {value!r}",
+                                      key=False))
+            else:
+                problems.append(where(ypath, f"Training key '{key}' must be {_expected(props[key])}, not "
+                                      f"{_type_name(value)} ({value!r}); quote text, write numbers without quotes",
+                                      key=False))
             continue
         target = ALIASES.get(key, key)
         if target in origin:
@@ -173,8 +239,9 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
                                           "warning"))
 
     total = doc.get("MixtureTotal")
-    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
-        problems.append(where(("MixtureTotal",), f"MixtureTotal must be a whole number >= 1, not {total!r}", key=False))
+    if total is not None and (isinstance(total, bool) or not isinstance(total, int) or not 1 <= total <= MAX_MIXTURE_TOTAL):
+        problems.append(where(("MixtureTotal",), f"MixtureTotal must be a whole number from 1 to {MAX_MIXTURE_TOTAL:,}, "
+                              f"not {total!r}", key=False))
         total = None
 
     seed = training.get("seed", DEFAULT_SEED)

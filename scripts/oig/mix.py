@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Protocol
 
 from oig.errors import InvalidInput, OigError, Problem
+from oig.schemas import MAX_MIXTURE_TOTAL, MIXTURE_TOTAL_FACTOR
 
 MIXTURE_FILE = "mixture.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -136,6 +137,12 @@ def allocate(
             raise InvalidInput([_problem(f"no slice has any examples, so a total of {total} cannot be drawn", where)])
         return Allocation(0, [SliceShare(n, 0, _weight(weights, n), 0.0, 0) for n in names],
                           ["no slice has any examples: the mixture is empty"])
+    # Bounded: a training.yaml (a pull request's, say) must not make the runner train for days.
+    cap = min(MIXTURE_TOTAL_FACTOR * size, MAX_MIXTURE_TOTAL)
+    if total > cap:
+        raise InvalidInput([_problem(f"a mixture total of {total:,} is more than {MIXTURE_TOTAL_FACTOR}x the {size:,} "
+                                     f"examples available (at most {cap:,}; never above {MAX_MIXTURE_TOTAL:,}): "
+                                     "lower MixtureTotal or add data", where)])
 
     # --- shares, exact ---------------------------------------------------------------------------
     shares: dict[str, Fraction]

@@ -216,7 +216,7 @@ OIG_KEYS: dict[str, dict] = {
         "description": "DPO's beta: how far the model may move from the reference model (default 0.1).",
     },
     "lora": {"type": "boolean", "description": "Train LoRA adapters with peft instead of all weights."},
-    "lora_r": {"type": "integer", "minimum": 1, "description": "LoRA rank."},
+    "lora_r": {"type": "integer", "minimum": 1, "maximum": 1024, "description": "LoRA rank."},
     "lora_alpha": {"type": "number", "exclusiveMinimum": 0, "description": "LoRA scaling alpha."},
     "lora_dropout": {"type": "number", "minimum": 0, "maximum": 1, "description": "LoRA dropout."},
     "lora_target_modules": {
@@ -236,11 +236,92 @@ OIG_KEYS: dict[str, dict] = {
 }
 
 
+# SFTConfig fields a training.yaml may not set, with why. Some belong to oig (publishing, resuming),
+# some to the runner (the distributed set-up, trackers), and some would run code or read paths on the
+# runner. They are not in the schema; validation names the reason.
+_OIG_PUBLISHES = "oig publishes the model itself: set `hub_repo` and dispatch with publish: hub"
+_RUNNER_DECIDES = "the runner's launch configuration decides the distributed set-up, not training.yaml"
+REFUSED_FIELDS: dict[str, str] = {
+    "trust_remote_code": "oig never runs code that comes with a model; a model that needs custom code is "
+    "refused. Remove it",
+    "push_to_hub": _OIG_PUBLISHES,
+    "hub_model_id": _OIG_PUBLISHES,
+    "hub_strategy": _OIG_PUBLISHES,
+    "hub_private_repo": _OIG_PUBLISHES,
+    "hub_always_push": _OIG_PUBLISHES,
+    "hub_revision": _OIG_PUBLISHES,
+    "resume_from_checkpoint": "oig resumes an interrupted run from its own checkpoints: rerun the same command",
+    "deepspeed": _RUNNER_DECIDES,
+    "fsdp": _RUNNER_DECIDES,
+    "fsdp_config": _RUNNER_DECIDES,
+    "accelerator_config": _RUNNER_DECIDES,
+    "parallelism_config": _RUNNER_DECIDES,
+    "local_rank": _RUNNER_DECIDES,
+    "ddp_backend": _RUNNER_DECIDES,
+    "chat_template_path": "it names a file on the runner; oig trains with the base model's own chat template "
+    "(ChatML when it has none)",
+    "use_liger_kernel": "kernels need packages the runner may not have; not supported yet",
+    "liger_kernel_config": "kernels need packages the runner may not have; not supported yet",
+    "trackio_space_id": "experiment trackers are the maintainers' to set up on the runner, never training.yaml's",
+    "trackio_bucket_id": "experiment trackers are the maintainers' to set up on the runner, never training.yaml's",
+    "trackio_static_space_id": "experiment trackers are the maintainers' to set up on the runner, never "
+    "training.yaml's",
+    "project": "experiment trackers are the maintainers' to set up on the runner, never training.yaml's",
+    "torch_compile_backend": "a compiler backend can load code on the runner; `torch_compile: true` uses the default",
+}
+
+# Bounds on what a training.yaml can make the runner spend, and on values that would only crash
+# training after the model has loaded. Added to the schema (editors show them) and checked by validate.
+MAX_MIXTURE_TOTAL = 10_000_000  # examples; also at most MIXTURE_TOTAL_FACTOR x the examples available
+MIXTURE_TOTAL_FACTOR = 10
+FIELD_BOUNDS: dict[str, dict] = {
+    "learning_rate": {"exclusiveMinimum": 0, "maximum": 1},
+    "num_train_epochs": {"exclusiveMinimum": 0, "maximum": 100},
+    "max_steps": {"minimum": -1, "maximum": 1_000_000},  # -1 (or 0): the epochs decide
+    "per_device_train_batch_size": {"minimum": 1, "maximum": 4096},
+    "per_device_eval_batch_size": {"minimum": 1, "maximum": 4096},
+    "gradient_accumulation_steps": {"minimum": 1, "maximum": 4096},
+    "max_length": {"minimum": 1, "maximum": 1_048_576},
+    "save_total_limit": {"type": "integer", "minimum": 1, "maximum": 20},  # always set: never unbounded
+    "save_steps": {"exclusiveMinimum": 0},
+    "logging_steps": {"exclusiveMinimum": 0},
+    "eval_steps": {"exclusiveMinimum": 0},
+    "warmup_steps": {"minimum": 0},
+    "weight_decay": {"minimum": 0},
+    "max_grad_norm": {"minimum": 0},
+    "dataloader_num_workers": {"minimum": 0, "maximum": 16},
+    "dataloader_prefetch_factor": {"minimum": 1, "maximum": 16},
+    "dataset_num_proc": {"minimum": 1, "maximum": 64},
+    "eval_accumulation_steps": {"minimum": 1},
+    "torch_empty_cache_steps": {"minimum": 1},
+    "report_to": {"enum": ["none", [], ["none"]]},  # trackers: see REFUSED_FIELDS
+    # Only these keys reach from_pretrained; anything else (a token, a cache path, code) is refused.
+    "model_init_kwargs": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "dtype": {"enum": ["auto", "bfloat16", "float16", "float32"],
+                      "description": "The dtype the base model loads in (default: bfloat16 on a GPU that has it)."},
+            "torch_dtype": {"enum": ["auto", "bfloat16", "float16", "float32"], "description": "Old name of dtype."},
+            "attn_implementation": {
+                "enum": ["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"],
+                "description": "The attention kernel; kernels from the Hub are refused (they are code).",
+            },
+            "revision": {"type": "string", "pattern": SHA1_OR_REF,
+                         "description": "The base model's commit on the Hub (a 40-character sha pins it)."},
+            "low_cpu_mem_usage": {"type": "boolean", "description": "Load the weights with less CPU memory."},
+        },
+    },
+}
+
+
 def _sft_properties() -> dict[str, dict]:
     from oig.sftfields import fields
 
     props: dict[str, dict] = {}
     for name, f in fields().items():
+        if name in REFUSED_FIELDS:
+            continue
         p: dict = {"description": f["help"] or name}
         if "type" in f:
             p["type"] = f["type"] if len(f["type"]) > 1 else f["type"][0]
@@ -248,6 +329,7 @@ def _sft_properties() -> dict[str, dict]:
             p["enum"] = f["enum"]
         if f.get("default") is not None:
             p["default"] = f["default"]
+        p.update(FIELD_BOUNDS.get(name, {}))
         props[name] = p
     return props
 
@@ -289,7 +371,9 @@ def training_schema() -> dict:
             "MixtureTotal": {
                 "type": "integer",
                 "minimum": 1,
-                "description": "Number of examples in the mixture. Default: all examples available.",
+                "maximum": MAX_MIXTURE_TOTAL,
+                "description": "Number of examples in the mixture. Default: all examples available. At "
+                f"most {MIXTURE_TOTAL_FACTOR}x the examples available and {MAX_MIXTURE_TOTAL:,} in all.",
             },
         },
     }
