@@ -194,3 +194,29 @@ def test_preference_errors_name_the_branch_meant(tmp_path):
         (5, "error", "unknown key 'sha265' at Preferences[1]"),
         (8, "error", "chosen and rejected are the same answer"),
     ]
+
+
+def test_hidden_files_folders_and_subfolders_in_data_are_errors(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    (data / ".evil").mkdir(parents=True)
+    (data / ".evil" / "config.json").write_text("{}")
+    (data / ".evil" / "modeling_evil.py").write_text("import os\n")
+    (data / ".hidden.yaml").write_text("IOPairs:\n  - input: a\n    output: b\n")
+    (data / "models").mkdir()
+    (data / "ok.yaml").write_text("IOPairs:\n  - input: a\n    output: b\n")
+    monkeypatch.chdir(tmp_path)
+    errors = {(p.file, p.message.split(":")[0]) for p in validate([Path("data")]) if p.severity == "error"}
+    assert errors == {("data/.evil", "hidden folder in data/"), ("data/.hidden.yaml", "hidden file in data/"),
+                      ("data/models", "folders are not allowed in data/")}
+    with pytest.raises(InvalidInput):  # what oig mix and oig train read refuses the same
+        load_slices(data)
+
+
+def test_slice_names_that_collide_without_case_are_errors(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("Greetings.yaml", "greetings.yaml"):
+        (data / name).write_text("IOPairs:\n  - input: a\n    output: b\n")
+    monkeypatch.chdir(tmp_path)
+    [error] = [p for p in validate([Path("data")]) if p.severity == "error"]
+    assert error.file == "data/greetings.yaml" and "collides with Greetings.yaml when case is ignored" in error.message

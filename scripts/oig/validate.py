@@ -334,18 +334,39 @@ def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) ->
 
 
 def _slice_files(data_dir: Path, display_dir: str) -> tuple[list[Path], list[Problem]]:
+    """The slice files of a data folder, and problems with what else is there.
+
+    Hidden files and folders are errors, not skipped: a pull request could hide a model folder (with
+    Python in it) where a reviewer's file listing does not show it. Slice names that differ only in
+    case are errors too: they collide on case-insensitive file systems.
+    """
     problems = []
     files = []
+    seen: dict[str, str] = {}
     for entry in sorted(data_dir.iterdir()):
-        if entry.name.startswith(".") or entry.name in IGNORED_IN_DATA:
+        where = f"{display_dir}/{entry.name}"
+        if entry.name.startswith("."):
+            kind = "folder" if entry.is_dir() and not entry.is_symlink() else "file"
+            problems.append(Problem(where, 0, 0, "error", f"hidden {kind} in {display_dir}/: only slice files "
+                                    f"({display_dir}/<name>.yaml) belong here; remove it"))
             continue
-        if entry.suffix == ".yml":
-            problems.append(Problem(f"{display_dir}/{entry.name}", 0, 0, "error", f"rename to {entry.stem}.yaml: "
+        if entry.name in IGNORED_IN_DATA:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            problems.append(Problem(where, 0, 0, "error", f"folders are not allowed in {display_dir}/: a slice is one "
+                                    f"file, {display_dir}/<name>.yaml; link large data instead"))
+        elif entry.suffix == ".yml":
+            problems.append(Problem(where, 0, 0, "error", f"rename to {entry.stem}.yaml: "
                                     "slice files end in .yaml"))
         elif entry.suffix == ".yaml" or entry.is_symlink():
+            other = seen.setdefault(entry.stem.lower(), entry.name)
+            if other != entry.name:
+                problems.append(Problem(where, 0, 0, "error", f"slice name collides with {other} when case is "
+                                        "ignored (as on macOS and Windows); rename one"))
+                continue
             files.append(entry)
         else:
-            problems.append(Problem(f"{display_dir}/{entry.name}", 0, 0, "warning",
+            problems.append(Problem(where, 0, 0, "warning",
                                     "not a slice file (data/<name>.yaml); it is ignored"))
     return files, problems
 
