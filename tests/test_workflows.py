@@ -274,12 +274,12 @@ def test_train_never_checks_out_or_runs_pull_request_code():
     for s in steps(doc):
         if str(s.get("uses", "")).startswith("actions/checkout@"):
             assert "ref" not in (s.get("with") or {})
-    fetch = step(doc, "Take data/ and training.yaml from the pull request")["run"]
+    fetch = step(doc, "Take data/ and the mixture from the pull request")["run"]
     assert "archive" in fetch and "-- \"${paths[@]}\"" in fetch and "pip install" not in fetch
     # Everything is installed from this branch before any file of the pull request arrives.
     names = [s.get("name") for s in steps(doc)]
     installs = [i for i, s in enumerate(steps(doc)) if "pip install" in (s.get("run") or "")]
-    assert installs and max(installs) < names.index("Take data/ and training.yaml from the pull request")
+    assert installs and max(installs) < names.index("Take data/ and the mixture from the pull request")
 
 
 def test_train_secrets_reach_only_the_training_step():
@@ -342,7 +342,8 @@ def pr_server(tmp_path, monkeypatch):
     git(tmp_path, "init", "-q", "-b", "pr", str(pr))
     (pr / "data").mkdir()
     (pr / "data" / "new.yaml").write_text("IOPairs:\n  - input: a\n    output: b\n")
-    (pr / "training.yaml").write_text("Training:\n  - seed: 7\n")
+    training = (ROOT / "training.yaml").read_text()
+    (pr / "training.yaml").write_text(training.split("Mixture:")[0] + "Mixture:\n  - new: 0.5\nMixtureTotal: 40\n")
     (pr / "setup.py").write_text("raise SystemExit('pull request code ran')\n")
     git(pr, "add", ".")
     git(pr, "commit", "-q", "-m", "pr")
@@ -362,10 +363,12 @@ def test_train_takes_only_data_from_the_pull_request(tmp_path, pr_server):
     ws = checkout(tmp_path)
     env = {**workflow_env(tmp_path), "PR": "7", "GH_TOKEN": "ghs_secret_value", "GITHUB_SERVER_URL": server.as_uri(),
            "GITHUB_REPOSITORY": "org/repo"}
-    out = run_step(load(WORKFLOW_DIR / "train.yml"), "Take data/ and training.yaml from the pull request", ws, env)
+    out = run_step(load(WORKFLOW_DIR / "train.yml"), "Take data/ and the mixture from the pull request", ws, env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert sorted(p.name for p in (ws / "data").iterdir()) == ["new.yaml"]
-    assert (ws / "training.yaml").read_text() == "Training:\n  - seed: 7\n"
+    merged = yaml.safe_load((ws / "training.yaml").read_text())
+    assert merged["Training"] == yaml.safe_load((ROOT / "training.yaml").read_text())["Training"]
+    assert merged["Mixture"] == [{"new": 0.5}] and merged["MixtureTotal"] == 40
     assert not (ws / "setup.py").exists()
     assert "ghs_secret_value" not in out.stdout + out.stderr
     assert "pull request #7 at `" in (tmp_path / "summary.md").read_text()
@@ -380,7 +383,7 @@ def test_train_refuses_links_in_pull_request_data(tmp_path, pr_server):
     ws = checkout(tmp_path)
     env = {**workflow_env(tmp_path), "PR": "7", "GH_TOKEN": "x", "GITHUB_SERVER_URL": server.as_uri(),
            "GITHUB_REPOSITORY": "org/repo"}
-    step_name = "Take data/ and training.yaml from the pull request"
+    step_name = "Take data/ and the mixture from the pull request"
     out = run_step(load(WORKFLOW_DIR / "train.yml"), step_name, ws, env)
     assert out.returncode == 1 and "links or submodules under data/: data/secrets.yaml" in out.stdout
     assert (ws / "data" / "greetings.yaml").exists()  # main's data untouched

@@ -22,6 +22,7 @@ COMMANDS = [
     "query",
     "serve",
     "commit",
+    "pr-data",
     "bugs",
     "generate",
 ]
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
-        module = importlib.import_module(f"oig.cli.{name}")
+        module = importlib.import_module(f"oig.cli.{name.replace('-', '_')}")
         module.register(sub)
     return parser
 

@@ -1,0 +1,167 @@
+"""What a pull request may change for a training run on its data (the `train` workflow's `pr` input).
+
+The GPU runner holds the maintainers' secrets, so a pull request run takes from the pull request only
+what a data contributor may change:
+
+- its slices: regular ``*.yaml`` files at the top of ``data/`` (``README.md`` and ``LICENSE`` are
+  ignored; nothing hidden, no folders, no links, nothing else);
+- the ``Mixture`` and ``MixtureTotal`` sections of its training.yaml.
+
+Everything else in training.yaml (base_model, hub_repo, backend, method, model_init_kwargs, every
+SFTConfig field) comes from the branch being trained. A pull request that changes any of it is refused
+with one error listing the keys; a maintainer who wants them merges it and trains the branch.
+
+``apply_pull_request`` checks a folder holding the pull request's ``data/`` and (optionally)
+``training.yaml``, fetched as files, and on success replaces this checkout's ``data/`` and writes a
+training.yaml made of the branch's Training section and the pull request's mixture.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from oig import yamlsafe
+from oig.config import parse_training_config
+from oig.errors import InvalidInput, Problem
+from oig.validate import IGNORED_IN_DATA, SLICE_NAME, TRAINING_FILE
+
+PR_SECTIONS = ("Mixture", "MixtureTotal")  # what a pull request may change in training.yaml
+HEADER = (
+    "# training.yaml for a run on a pull request's data: the Training section is the branch's own, the\n"
+    "# Mixture and MixtureTotal are the pull request's (oig pr-data).\n"
+)
+
+
+def _lstat_regular(path: Path, display: str) -> Problem | None:
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return Problem(display, 0, 0, "error", f"cannot read: {exc.strerror}")
+    if stat.S_ISLNK(st.st_mode):
+        return Problem(display, 0, 0, "error", "symbolic links are not allowed in a pull request's data")
+    if stat.S_ISDIR(st.st_mode):
+        return Problem(display, 0, 0, "error", "folders are not allowed in data/: a slice is one file, data/<name>.yaml")
+    if not stat.S_ISREG(st.st_mode):
+        return Problem(display, 0, 0, "error", "not a regular file")
+    if st.st_size > yamlsafe.MAX_BYTES:
+        return Problem(display, 0, 0, "error", f"file is {st.st_size:,} bytes; the limit is {yamlsafe.MAX_BYTES:,}")
+    return None
+
+
+def pr_slice_files(pr_dir: Path) -> tuple[list[Path], list[Problem]]:
+    """The pull request's slice files, and a problem for anything else under its data/."""
+    data = Path(pr_dir) / "data"
+    if not data.is_dir() or data.is_symlink():
+        return [], [Problem("data", 0, 0, "error", "the pull request has no data/ folder")]
+    files, problems = [], []
+    for entry in sorted(data.iterdir()):
+        display = f"data/{entry.name}"
+        if entry.name in IGNORED_IN_DATA and not entry.is_symlink() and entry.is_file():
+            continue
+        if entry.name.startswith("."):
+            problems.append(Problem(display, 0, 0, "error", "hidden files and folders are not allowed in data/"))
+            continue
+        found = _lstat_regular(entry, display)
+        if found:
+            problems.append(found)
+        elif entry.suffix != ".yaml" or not SLICE_NAME.fullmatch(entry.stem):
+            problems.append(Problem(display, 0, 0, "error", "only slice files (data/<name>.yaml) are taken from a "
+                                    "pull request"))
+        else:
+            files.append(entry)
+    return files, problems
+
+
+def _config_view(config) -> dict[str, object]:
+    """Every setting a training.yaml makes other than the mixture, by its resolved name."""
+    view: dict[str, object] = {f"Training.{k}": v for k, v in config.training.items()}
+    view |= {f"Training.{k}": v for k, v in config.oig.items()}
+    if config.base_model is not None:
+        view["Training.base_model"] = config.base_model
+    return view
+
+
+def changed_settings(base_bytes: bytes | None, pr_bytes: bytes, pr_display: str) -> tuple[list[str], list[Problem]]:
+    """The settings (other than the mixture) that the pull request's training.yaml changes."""
+    pr_config, problems = parse_training_config(pr_bytes, Path(TRAINING_FILE), pr_display)
+    if pr_config is None:
+        return [], problems
+    base_view: dict[str, object] = {}
+    if base_bytes is not None:
+        base_config, base_problems = parse_training_config(base_bytes, Path(TRAINING_FILE), TRAINING_FILE)
+        if base_config is None:
+            return [], base_problems
+        base_view = _config_view(base_config)
+    pr_view = _config_view(pr_config)
+    changed = sorted(k.split(".", 1)[1] for k in base_view.keys() | pr_view.keys()
+                     if base_view.get(k, _MISSING) != pr_view.get(k, _MISSING))
+    return changed, problems
+
+
+_MISSING = object()
+
+
+def _merged_training_yaml(base_doc: dict, pr_doc: dict) -> str:
+    import yaml
+
+    doc: dict = {}
+    if base_doc.get("Training") is not None:
+        doc["Training"] = base_doc["Training"]
+    for section in PR_SECTIONS:
+        if pr_doc.get(section) is not None:
+            doc[section] = pr_doc[section]
+    return HEADER + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def apply_pull_request(pr_dir: Path, root: Path = Path(".")) -> list[Problem]:
+    """Check the pull request's files in ``pr_dir`` and take them into ``root``.
+
+    Raises InvalidInput listing every problem (nothing in ``root`` changes then); returns warnings.
+    """
+    pr_dir, root = Path(pr_dir), Path(root)
+    files, problems = pr_slice_files(pr_dir)
+    base_path, pr_path = root / TRAINING_FILE, pr_dir / TRAINING_FILE
+    base_bytes = base_path.read_bytes() if base_path.is_file() else None
+    pr_bytes = None
+    if os.path.lexists(pr_path):
+        found = _lstat_regular(pr_path, f"{TRAINING_FILE} (pull request)")
+        if found:
+            problems.append(found)
+        else:
+            pr_bytes = pr_path.read_bytes()
+    if pr_bytes is not None:
+        changed, found = changed_settings(base_bytes, pr_bytes, f"{TRAINING_FILE} (pull request)")
+        problems += found
+        if changed:
+            problems.append(Problem(f"{TRAINING_FILE} (pull request)", 1, 1, "error",
+                                    "a pull request run takes only Mixture and MixtureTotal from the pull request's "
+                                    f"training.yaml, and this one changes: {', '.join(changed)}. Those settings come "
+                                    "from the branch being trained: revert them here, or merge the pull request "
+                                    "and train its branch"))
+    if any(p.severity == "error" for p in problems):
+        raise InvalidInput(problems)
+
+    # --- take the files: data/ replaced as a whole, training.yaml written atomically ------------------
+    from oig.runlog import write_atomic
+
+    staging = root / ".data.pr-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for path in files:
+        with open(path, "rb") as src:
+            data = src.read(yamlsafe.MAX_BYTES + 1)
+        (staging / path.name).write_bytes(data)
+    if pr_bytes is not None:
+        base_doc = yamlsafe.load(yamlsafe.decode(base_bytes)) if base_bytes is not None else {}
+        pr_doc = yamlsafe.load(yamlsafe.decode(pr_bytes)) or {}
+        write_atomic(base_path, _merged_training_yaml(base_doc or {}, pr_doc))
+    old = root / ".data.branch"
+    shutil.rmtree(old, ignore_errors=True)
+    if (root / "data").exists():
+        os.replace(root / "data", old)
+    os.replace(staging, root / "data")
+    shutil.rmtree(old, ignore_errors=True)
+    return problems
