@@ -28,6 +28,10 @@ HF_HOST = "huggingface.co"
 HF_REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 TRAINING_FILE = "training.yaml"
 IGNORED_IN_DATA = {"README.md", "LICENSE"}
+# Text that chat templates turn into control tokens (ChatML, Llama 3, Mistral, Gemma, Phi, GPT-2...): in
+# a slice it would forge turns (a fake system message) or end the answer early. `oig train` checks the
+# base model's own special tokens too; this catches the common ones in inline slices at review time.
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,12 @@ def _items(doc: dict, section: str) -> list:
     return value if isinstance(value, list) else []
 
 
+def _control_token_message(token: str) -> str:
+    return (f"the text contains {token!r}, which chat templates read as a control token (it could forge a turn "
+            "or end the answer); remove it, or write it with spaces (for example '< |im_start| >') if the text "
+            "is about such tokens")
+
+
 def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, str, str]]:
     """(path, at key?, severity, message) for what the schema cannot say.
 
@@ -260,6 +270,9 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
             found.append((("IOPairs", i, "input"), False, "error", "input is only whitespace; write the text"))
         if out.isspace():
             found.append((("IOPairs", i, "output"), False, "error", "output is only whitespace; write the text"))
+        for key, text in (("input", inp), ("output", out)):
+            if m := CONTROL_TOKEN.search(text):
+                found.append((("IOPairs", i, key), False, "error", _control_token_message(m.group())))
         first = seen.setdefault((inp, out), i)
         if first != i:
             found.append((("IOPairs", i), False, "warning", f"IOPairs[{i}] repeats IOPairs[{first}] exactly; remove one"))
@@ -268,6 +281,8 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
             for key in ("prompt", "chosen", "rejected"):
                 if isinstance(entry.get(key), str) and entry[key].isspace():
                     found.append((("Preferences", i, key), False, "error", f"{key} is only whitespace; write the text"))
+                if isinstance(entry.get(key), str) and (m := CONTROL_TOKEN.search(entry[key])):
+                    found.append((("Preferences", i, key), False, "error", _control_token_message(m.group())))
             if isinstance(entry.get("chosen"), str) and entry.get("chosen") == entry.get("rejected"):
                 found.append((("Preferences", i, "rejected"), False, "error",
                               "chosen and rejected are the same answer; a preference needs two different ones"))
