@@ -25,6 +25,7 @@ from pathlib import Path
 
 from oig import yamlsafe
 from oig.config import parse_training_config
+from oig.schemas import ALIASES
 from oig.errors import InvalidInput, Problem
 from oig.validate import IGNORED_IN_DATA, SLICE_NAME, TRAINING_FILE
 
@@ -75,29 +76,33 @@ def pr_slice_files(pr_dir: Path) -> tuple[list[Path], list[Problem]]:
     return files, problems
 
 
-def _config_view(config) -> dict[str, object]:
-    """Every setting a training.yaml makes other than the mixture, by its resolved name."""
-    view: dict[str, object] = {f"Training.{k}": v for k, v in config.training.items()}
-    view |= {f"Training.{k}": v for k, v in config.oig.items()}
-    if config.base_model is not None:
-        view["Training.base_model"] = config.base_model
-    return view
+def _training_view(data: bytes | None) -> dict[str, object]:
+    """The Training section's settings by their full names (aliases resolved), as written.
+
+    Read from the YAML itself, not from a checked config, so that a pull request whose training.yaml
+    also has errors still gets the list of what it changes.
+    """
+    if data is None:
+        return {}
+    try:
+        doc = yamlsafe.load(yamlsafe.decode(data))
+    except yamlsafe.YamlError:
+        return {}  # parse_training_config reports it, with its line
+    section = doc.get("Training") if isinstance(doc, dict) else None
+    if isinstance(section, dict):
+        items = list(section.items())
+    elif isinstance(section, list):
+        items = [next(iter(item.items())) for item in section if isinstance(item, dict) and len(item) == 1]
+    else:
+        items = []
+    return {ALIASES.get(str(k), str(k)): v for k, v in items}
 
 
 def changed_settings(base_bytes: bytes | None, pr_bytes: bytes, pr_display: str) -> tuple[list[str], list[Problem]]:
-    """The settings (other than the mixture) that the pull request's training.yaml changes."""
-    pr_config, problems = parse_training_config(pr_bytes, Path(TRAINING_FILE), pr_display)
-    if pr_config is None:
-        return [], problems
-    base_view: dict[str, object] = {}
-    if base_bytes is not None:
-        base_config, base_problems = parse_training_config(base_bytes, Path(TRAINING_FILE), TRAINING_FILE)
-        if base_config is None:
-            return [], base_problems
-        base_view = _config_view(base_config)
-    pr_view = _config_view(pr_config)
-    changed = sorted(k.split(".", 1)[1] for k in base_view.keys() | pr_view.keys()
-                     if base_view.get(k, _MISSING) != pr_view.get(k, _MISSING))
+    """The Training settings the pull request's training.yaml changes, and the problems it has."""
+    _, problems = parse_training_config(pr_bytes, Path(TRAINING_FILE), pr_display)
+    base, pr = _training_view(base_bytes), _training_view(pr_bytes)
+    changed = sorted(k for k in base.keys() | pr.keys() if base.get(k, _MISSING) != pr.get(k, _MISSING))
     return changed, problems
 
 
