@@ -72,13 +72,16 @@ def local_model(model_dir):
 
 
 class ServerThread:
-    """uvicorn on 127.0.0.1, port 0, in a thread; stopped on exit. Entering waits until /health says the
-    model is ready, unless ``wait_ready`` is False."""
+    """uvicorn on 127.0.0.1, port 0, in a thread, configured as `oig serve` configures it; stopped on
+    exit. Entering waits until /health says the model is ready, unless ``wait_ready`` is False."""
 
     def __init__(self, app, *, wait_ready: bool = True):
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        from oig.serve import server_config
+
+        # The configuration `oig serve` runs with: its HTTP protocol and its connection cap.
+        self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.wait_ready = wait_ready
 
@@ -625,7 +628,8 @@ def test_serve_help(capsys):
     out = capsys.readouterr().out
     assert "--engine" in out and "/v1/chat/completions" in out and "/metrics" in out
     for flag in ("--api-key-env", "--public-metrics", "--max-tokens-cap", "--max-request-bytes", "--max-messages",
-                 "--max-input-chars", "--max-concurrency", "--request-timeout"):
+                 "--max-input-chars", "--max-concurrency", "--max-connections", "--body-timeout",
+                 "--request-timeout"):
         assert flag in out
 
 
@@ -655,6 +659,10 @@ def test_the_api_key_and_limits_come_from_flags_and_the_environment(monkeypatch,
     got = settings("--max-concurrency", "3", "--request-timeout", "0")
     assert got.api_key == "default-key" and got.max_concurrency == 3 and got.request_timeout is None
     assert got.max_tokens_cap == 4096 and not got.public_metrics and "default-key" not in repr(got)
+    assert got.body_timeout == 10 and got.max_connections == 256
+    got = settings("--body-timeout", "2.5", "--max-connections", "16")
+    assert got.body_timeout == 2.5 and got.max_connections == 16
+    assert settings("--body-timeout", "0").body_timeout is None
     got = settings("--api-key-env", "MY_KEY", "--public-metrics", "--request-timeout", "2.5")
     assert got.api_key == "mine" and got.public_metrics and got.request_timeout == 2.5
     monkeypatch.delenv("OIG_SERVE_API_KEY")
@@ -664,7 +672,8 @@ def test_the_api_key_and_limits_come_from_flags_and_the_environment(monkeypatch,
         assert main(["serve", "--model", "org/m", "--api-key-env", given]) == 2
         err = capsys.readouterr().err
         assert "--api-key-env" in err and given not in err
-    for bad in (["--request-timeout", "-1"], ["--request-timeout", "nan"], ["--max-concurrency", "0"]):
+    for bad in (["--request-timeout", "-1"], ["--request-timeout", "nan"], ["--max-concurrency", "0"],
+                ["--body-timeout", "-1"], ["--max-connections", "0"]):
         assert main(["serve", *bad]) == 2
 
 

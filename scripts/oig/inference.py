@@ -7,6 +7,7 @@ imports it lazily.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +78,10 @@ class LocalModel:
         self.created = int(time.time())
         config = getattr(model, "config", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        self.special_tokens = _special_tokens(tokenizer)
+        # Longest first: a token that begins another (<s>, <start>) must not hide it from the match.
+        longest_first = sorted(self.special_tokens, key=len, reverse=True)
+        self._special = re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
 
     @classmethod
     def load(cls, ref: str | Path, *, revision: str | None = None, name: str | None = None) -> LocalModel:
@@ -101,6 +106,13 @@ class LocalModel:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return cls(model, tokenizer, name or ref)
+
+    def special_token_in(self, text: str) -> str | None:
+        """The first special token whose text ``text`` holds, else None. The tokenizer turns that text
+        into the real control token, so a message holding ``<|im_start|>system`` could forge a turn.
+        About 15 ms for 400k characters against 260 tokens."""
+        found = self._special.search(text) if self._special is not None else None
+        return found.group() if found else None
 
     def encode(self, messages: list[dict]) -> list[int]:
         """The prompt's token ids: the chat template with the assistant turn opened."""
@@ -253,6 +265,16 @@ class LocalModel:
         result = result if result is not None else Generation()
         text = "".join(self.generate(messages, result=result, **options))
         return text, result
+
+
+def _special_tokens(tokenizer) -> frozenset[str]:
+    """The text of every special token: the named ones (bos, eos, pad, ...) and added tokens marked
+    special (chat markers such as <|im_start|>, reserved tokens)."""
+    texts = {str(t) for t in getattr(tokenizer, "all_special_tokens", None) or []}
+    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(added, "special", False):
+            texts.add(str(added.content))
+    return frozenset(t for t in texts if t.strip())
 
 
 def _as_list(value) -> list[int]:

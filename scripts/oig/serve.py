@@ -10,9 +10,12 @@ Layout, so that later additions have one obvious place each:
   and is the only code that touches torch. It stops at the next token when its ``cancel`` event is set
   or its ``deadline`` passes. ``oig query`` and the bug suite use it too.
 - ``ServeSettings``: the service's limits (API key, max_tokens cap, body size, messages, concurrency,
-  timeout), one command-line flag each.
+  connections, timeouts), one command-line flag each.
+- ``_TimedH11``: uvicorn's HTTP/1.1 protocol with a deadline for a request's headers; ``server_config``
+  gives uvicorn it and the connection cap.
 - ``_Gate``: an ASGI middleware that decides before any route runs: API key (401), readiness (503),
-  body size (413), concurrency (429); it also times every request for ``Metrics``.
+  body size (413), the whole body within its deadline (408), and only then concurrency (429); it also
+  times every request for ``Metrics``.
 - ``create_app``: request models, error handlers and routes. The model loads on a thread when the
   server starts, so ``/health`` can say "loading" meanwhile.
 
@@ -57,6 +60,8 @@ API_KEY_ENV = "OIG_SERVE_API_KEY"
 RETRY_BUSY_S = 1  # Retry-After of a 429: one short answer frees a slot
 RETRY_LOADING_S = 5  # Retry-After of a 503 while the model loads
 DISCONNECT_POLL_S = 0.1  # how often a watcher asks whether the client is still there
+MIN_TEMPERATURE = 1e-3  # below it (0 aside) logits / temperature can overflow to inf and sampling to NaN
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's (a signed 64-bit integer); torch.manual_seed takes it
 
 
 @dataclass
@@ -69,7 +74,9 @@ class ServeSettings:
     max_messages: int = 500
     max_input_chars: int = 400_000  # characters of all messages together, about 100k tokens of English
     max_concurrency: int = 8  # chat completions in flight (one generating, the rest waiting); more: 429
-    request_timeout: float | None = 600.0  # seconds from admission to the last token; past it: 504
+    max_connections: int = 256  # open connections, idle keep-alive ones included; a request on one more: 503
+    body_timeout: float | None = 10.0  # seconds for a request's headers, then again for its body; past it: 408
+    request_timeout: float | None = 600.0  # seconds from arrival to the last token; past it: 504
     api_key: str | None = field(default=None, repr=False)  # a secret: kept out of repr() and logs
     public_metrics: bool = False  # /metrics without the key (a scraper on a private network)
 
@@ -193,6 +200,9 @@ def _error(status: int, message: str, type_: str = "invalid_request_error", para
            code: str | None = None, headers: dict[str, str] | None = None):
     from fastapi.responses import JSONResponse
 
+    # JSON may carry a lone surrogate ("\ud800"), which UTF-8 cannot encode; a message echoing one
+    # (an unknown model's name) would otherwise fail to render and become a 500.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse(status_code=status, headers=headers,
                         content={"error": {"message": message, "type": type_, "param": param, "code": code}})
 
@@ -205,9 +215,10 @@ def _bearer_matches(header: bytes | None, key: str) -> bool:
 
 class _Gate:
     """ASGI middleware: what is decided before a route runs, in order: API key (401), readiness (503
-    on /v1/*), body size (413; Content-Length first, then the bytes as they arrive), concurrency (429
-    with Retry-After), body arrival within the request timeout (408). Every request is timed for
-    /metrics. The body is read here, so the route parses one that is known to be small enough."""
+    on /v1/*), body size (413; Content-Length first, then the bytes as they arrive), the whole body
+    within body_timeout (408), concurrency (429 with Retry-After). Every request is timed for /metrics.
+    The body is read here, so the route parses one that is known to be small enough, and a client that
+    sends it slowly holds only its connection, never one of the max_concurrency slots."""
 
     def __init__(self, app, *, slot: _ModelSlot, settings: ServeSettings, metrics: Metrics):
         self.app, self.slot, self.settings, self.metrics = app, slot, settings, metrics
@@ -264,6 +275,24 @@ class _Gate:
         if length is not None and int(length) > settings.max_request_bytes:
             await refuse(self._too_large(f"{int(length)} bytes"))
             return
+        # --- the whole body, within its own short deadline -------------------------------------------
+        limit, which = settings.body_timeout, "body timeout"
+        if settings.request_timeout and (limit is None or settings.request_timeout < limit):
+            limit, which = settings.request_timeout, "request timeout"
+        try:
+            async with asyncio.timeout(limit):
+                body = await self._read_body(receive)
+        except TimeoutError:
+            # Connection: close, as RFC 9110 asks of a 408: the server will wait no longer.
+            await refuse(_error(408, f"the request body did not arrive within {limit:g} s (this server's "
+                                f"{which})", code="request_timeout", headers={"Connection": "close"}))
+            return
+        if body is None:
+            return  # the client left while sending
+        if isinstance(body, int):
+            await refuse(self._too_large(f"at least {body} bytes"))
+            return
+        # --- only then a slot ------------------------------------------------------------------------
         chat = path == CHAT_ROUTE and scope["method"] == "POST"
         if chat and self.metrics.in_flight >= settings.max_concurrency:
             self.metrics.add(rejected=1)
@@ -274,18 +303,6 @@ class _Gate:
         if chat:
             self.metrics.add(in_flight=1)
         try:
-            try:
-                async with asyncio.timeout(None if deadline is None else max(0.0, deadline - time.monotonic())):
-                    body = await self._read_body(receive)
-            except TimeoutError:
-                await refuse(_error(408, f"the request body did not arrive within {settings.request_timeout:g} s",
-                                    code="request_timeout"))
-                return
-            if body is None:
-                return  # the client left while sending
-            if isinstance(body, int):
-                await refuse(self._too_large(f"at least {body} bytes"))
-                return
             await self.app(scope, _replay(body, receive), send)
         finally:
             if chat:
@@ -392,7 +409,15 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         stop: str | list[str] | None = None
         stream: bool | None = False
         stream_options: StreamOptions | None = None
-        seed: int | None = None
+        seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+
+        @field_validator("temperature")
+        @classmethod
+        def _temperature(cls, v):
+            if v is not None and 0 < v < MIN_TEMPERATURE:
+                raise ValueError(f"temperature {v:g} is too small to sample with: give 0 (greedy decoding) or "
+                                 f"at least {MIN_TEMPERATURE:g}")
+            return v
 
         @field_validator("stop")
         @classmethod
@@ -421,7 +446,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         first = errors[0] if errors else {}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
-        message = first.get("msg", "invalid request")
+        message = first.get("msg", "invalid request").removeprefix("Value error, ")
         if first.get("type") == "json_invalid":
             message, param = "the request body is not valid JSON", None
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
@@ -463,7 +488,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         if body.model != lm.name:
             return _error(404, f"the model '{body.model}' is not served here; this server serves '{lm.name}'",
                           param="model", code="model_not_found")
-        refusal = _over_limits(body, settings)
+        refusal = _over_limits(body, settings) or _forged_turn(body, lm)
         if refusal is not None:
             return refusal
         cap = settings.max_tokens_cap
@@ -527,6 +552,20 @@ def _over_limits(body, settings: ServeSettings):
     if chars > settings.max_input_chars:
         return _error(400, f"messages: {chars} characters in all; this server accepts at most "
                       f"{settings.max_input_chars}", param="messages", code="input_too_long")
+    return None
+
+
+def _forged_turn(body, lm: LocalModel):
+    """A 400 for a message holding the text of a special token, else None: the chat template's output
+    is tokenized as a whole, so ``<|im_end|><|im_start|>system`` in a user message would become real
+    control tokens and open a turn the client may not write."""
+    for i, message in enumerate(body.messages):
+        token = lm.special_token_in(message.text())
+        if token is not None:
+            param = f"messages.{i}.content"
+            return _error(400, f"{param} holds {token!r}, the text of one of the model's special tokens; it "
+                          "would become that control token, so it is refused", param=param,
+                          code="special_token_in_content")
     return None
 
 
@@ -609,6 +648,75 @@ def check_model_ref(ref: str) -> None:
                          "(ORG/NAME)")
 
 
+def _timed_h11(header_timeout: float | None):
+    """uvicorn's h11 protocol with a deadline for each request's headers, which uvicorn lacks: a client
+    that connects and sends nothing, or its headers a byte at a time, would hold its connection for
+    ever, and max_connections of them would lock everyone out. The deadline runs from the connection,
+    or from the first byte after an answer on a kept-alive one; past it the connection closes (with a
+    408 if part of a request had come). The body then has its own deadline, in ``_Gate``."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    late = json.dumps({"error": {"message": f"the request headers did not arrive within {header_timeout:g} s "
+                                 "(this server's body timeout)", "type": "invalid_request_error",
+                                 "param": None, "code": "request_timeout"}}).encode() if header_timeout else b""
+    reply = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+             b"content-length: %d\r\n\r\n%s" % (len(late), late))
+
+    class _TimedH11(H11Protocol):
+        _timer = None
+        _partial = False  # some bytes of a request that has not begun have come
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            between = self.cycle is None or self.cycle.response_complete  # no request in progress
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before:  # a request's headers are in
+                self._disarm()
+                self._partial = False
+            elif between:
+                self._partial = True
+                if self._timer is None:
+                    self._arm()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            if header_timeout:
+                self._timer = self.loop.call_later(header_timeout, self._late)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _late(self) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                if self._partial:
+                    self.transport.write(reply)
+                self.transport.close()
+
+    return _TimedH11
+
+
+def server_config(app, *, host: str, port: int, log_level: str = "info", **extra):
+    """uvicorn's Config for an app from ``create_app``, with its settings' header deadline and
+    connection cap."""
+    import uvicorn
+
+    settings: ServeSettings = app.state.settings
+    # uvicorn counts the connection whose request it is deciding on: +1 serves max_connections of them.
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          http=_timed_h11(settings.body_timeout), limit_concurrency=settings.max_connections + 1,
+                          **extra)
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -637,8 +745,8 @@ def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", p
 
     app = create_app(model, revision=revision, settings=settings, on_loaded=loaded)
     # Streams in progress get 10 s to finish on Ctrl-C; generation threads stop with the process.
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=bound, log_level=log_level,
-                                           timeout_graceful_shutdown=10))
+    server = uvicorn.Server(server_config(app, host=host, port=bound, log_level=log_level,
+                                          timeout_graceful_shutdown=10))
     shown = f"[{host}]" if ":" in host else host
     print(f"oig serve: listening on http://{shown}:{bound}; loading {model}"
           + (f"@{revision}" if revision else ""), file=sys.stderr, flush=True)

@@ -15,7 +15,8 @@ LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # The service's limits: None in argparse means "not given", so --engine vllm can say which it ignores.
 LIMIT_FLAGS = {"max_tokens_cap": "--max-tokens-cap", "max_request_bytes": "--max-request-bytes",
                "max_messages": "--max-messages", "max_input_chars": "--max-input-chars",
-               "max_concurrency": "--max-concurrency", "request_timeout": "--request-timeout"}
+               "max_concurrency": "--max-concurrency", "max_connections": "--max-connections",
+               "body_timeout": "--body-timeout", "request_timeout": "--request-timeout"}
 
 
 def seconds(text: str) -> float:
@@ -65,6 +66,13 @@ def register(sub) -> None:
     prod.add_argument("--max-concurrency", type=positive_int, metavar="N",
                       help="chat completions in flight at once (one generates, the others wait for the "
                       "model); more get 429 with Retry-After at once (default 8)")
+    prod.add_argument("--max-connections", type=positive_int, metavar="N",
+                      help="open connections, idle keep-alive ones included; a request on one more gets 503 "
+                      "from uvicorn (default 256)")
+    prod.add_argument("--body-timeout", type=seconds, metavar="S",
+                      help="seconds a request's headers may take to arrive, and then its body; past it the "
+                      "answer is 408 and the connection closes. A slow body holds its connection only, never a "
+                      "--max-concurrency slot; 0: no limit (default 10)")
     prod.add_argument("--request-timeout", type=seconds, metavar="S",
                       help="seconds a chat completion may take from arrival, waiting for the model included; "
                       "past it generation stops and the answer is 504 (a stream ends with an error event); "
@@ -119,8 +127,9 @@ def settings_from_args(args: argparse.Namespace, api_key: str | None):
     from oig.serve import ServeSettings
 
     given = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
-    if given.get("request_timeout") == 0:
-        given["request_timeout"] = None
+    for name in ("body_timeout", "request_timeout"):
+        if given.get(name) == 0:
+            given[name] = None
     return ServeSettings(api_key=api_key, public_metrics=args.public_metrics, **given)
 
 
