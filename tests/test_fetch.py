@@ -323,3 +323,31 @@ def test_no_temp_files_left_behind(tmp_path, local_server):
     srv = local_server({"/a": DATA})
     fetch_to_cache(srv.url + "/a", opts(tmp_path))
     assert os.listdir(tmp_path / "cache" / "tmp") == []
+
+
+def test_a_dripping_server_meets_the_deadline_of_the_whole_download(tmp_path, local_server):
+    """Every read gets its byte well within the read timeout; only the deadline for the whole stops it."""
+    def drip(req):
+        def chunks():
+            for _ in range(600):  # a minute at 10 bytes/s if nobody stopped reading
+                yield b"x"
+                time.sleep(0.1)
+        return Response(200, chunks())
+
+    srv = local_server({"/drip": drip})
+    start = time.monotonic()
+    with pytest.raises(FetchError, match=r"/drip: the download did not finish within its deadline of 1 s"):
+        fetch_to_cache(srv.url + "/drip", opts(tmp_path, timeout_s=5), deadline_s=1.0)
+    assert time.monotonic() - start < 2.5
+    assert cached_files(tmp_path / "cache") == []
+    # A download that is merely slow but within its deadline still arrives whole.
+    srv.routes["/slow-ok"] = lambda req: Response(200, iter([b"{", b'"a": 1', b"}\n"]))
+    assert fetch_to_cache(srv.url + "/slow-ok", opts(tmp_path), deadline_s=1.0).read_bytes() == b'{"a": 1}\n'
+
+
+def test_download_deadline_grows_with_the_size():
+    from oig import fetch
+
+    assert fetch.download_deadline(0) == fetch.DEADLINE_BASE_S
+    assert fetch.download_deadline(10 * 1024**2) == fetch.DEADLINE_BASE_S + 10
+    assert 35 * 60 < fetch.download_deadline(SourceOptions().max_bytes) < 45 * 60  # the 2 GiB default cap

@@ -7,6 +7,10 @@ connection then goes to the very address that was checked (the name only travels
 and TLS SNI), so a DNS answer that changes between check and connect cannot slip in a private
 address. Redirects are followed by hand, at most 5, and every hop is checked again.
 
+Time: each read times out after ``timeout_s``, and the whole download (redirects included) has a
+deadline, ``download_deadline``: a server that drips a byte a second never lets one read time out,
+but it cannot hold a run for hours.
+
 ``allow_local`` (tests, private mirrors) lifts part of this: local paths (relative to the base
 folder), ``file:`` URLs, plain http, and loopback/private/CGNAT addresses are accepted. Link-local and
 metadata addresses, multicast and reserved ranges stay refused: no data source lives there.
@@ -29,6 +33,7 @@ import re
 import socket
 import ssl
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +47,10 @@ if TYPE_CHECKING:
 
 MAX_REDIRECTS = 5
 CHUNK = 1024 * 1024  # 1 MiB per read and hash update
+# The deadline of a whole download: DEADLINE_BASE_S, plus its size (the declared length, else the size
+# cap) at MIN_BYTES_PER_S. The 2 GiB default cap gives about 39 minutes; a 10 MiB file, 5 minutes 10 s.
+DEADLINE_BASE_S = 300.0  # connecting, redirects and a slow start
+MIN_BYTES_PER_S = 1024 * 1024  # 1 MiB/s: the slowest average rate a large download may have
 SHA256 = re.compile(r"[0-9a-f]{64}")
 HF_HOST = "huggingface.co"
 
@@ -273,9 +282,14 @@ class _BlobWriter:
             os.unlink(self.tmp)
 
 
+def download_deadline(size: int) -> float:
+    """Seconds a whole download of ``size`` bytes may take: DEADLINE_BASE_S plus 1 s per MiB."""
+    return DEADLINE_BASE_S + max(0, size) / MIN_BYTES_PER_S
+
+
 def fetch_to_cache(url: str, opts: SourceOptions, expected_sha256: str | None = None, *,
                    max_bytes: int | None = None, immutable: bool = False,
-                   redirect_allow_local: bool | None = None) -> Path:
+                   redirect_allow_local: bool | None = None, deadline_s: float | None = None) -> Path:
     """The cached blob holding ``url``'s content (its file name is the sha256), fetching it if needed.
 
     With ``expected_sha256`` a blob already cached is used with no fetch, and a download that does
@@ -283,6 +297,7 @@ def fetch_to_cache(url: str, opts: SourceOptions, expected_sha256: str | None = 
     ``opts.refresh``; ``immutable`` URLs (a Hub file at a commit) always trust the index. Local
     links (under ``opts.allow_local``) are hashed each time, never indexed: files change in place.
     ``redirect_allow_local`` applies to redirect targets instead of ``opts.allow_local`` (None: same).
+    ``deadline_s`` bounds the whole download (None: ``download_deadline`` of the size).
     """
     cache = cache_root(opts)
     limit = opts.max_bytes if max_bytes is None else max_bytes
@@ -305,7 +320,8 @@ def fetch_to_cache(url: str, opts: SourceOptions, expected_sha256: str | None = 
         writer = _BlobWriter(cache, limit, url)
         try:
             # closing(): an aborted download drops its connection now, not when the traceback is freed.
-            with contextlib.closing(_stream(url, opts.allow_local, redirects_local, opts.timeout_s, limit)) as body:
+            with contextlib.closing(_stream(url, opts.allow_local, redirects_local, opts.timeout_s, limit,
+                                            deadline_s)) as body:
                 for chunk in body:
                     writer.write(chunk)
             blob = writer.commit(expected_sha256)
@@ -319,13 +335,14 @@ def fetch_to_cache(url: str, opts: SourceOptions, expected_sha256: str | None = 
 
 
 def fetch_bytes(url: str, opts: SourceOptions, *, max_bytes: int,
-                redirect_allow_local: bool | None = None) -> bytes:
+                redirect_allow_local: bool | None = None, deadline_s: float | None = None) -> bytes:
     """A small network resource (an API answer), in memory and not cached: callers check it first."""
     if is_local_link(url):
         raise FetchError(f"{url}: expected a network link")
     data = bytearray()
     redirects_local = opts.allow_local if redirect_allow_local is None else redirect_allow_local
-    with contextlib.closing(_stream(url, opts.allow_local, redirects_local, opts.timeout_s, max_bytes)) as body:
+    with contextlib.closing(_stream(url, opts.allow_local, redirects_local, opts.timeout_s, max_bytes,
+                                    deadline_s)) as body:
         for chunk in body:
             data += chunk
             if len(data) > max_bytes:
@@ -381,19 +398,32 @@ def _copy_local(path: Path, link: str, cache: Path, limit: int, expected_sha256:
 
 
 def _stream(url: str, allow_local: bool, redirect_allow_local: bool, timeout_s: float,
-            max_bytes: int) -> Iterator[bytes]:
-    """The body of ``url``, in chunks, after following (and checking) redirects by hand."""
+            max_bytes: int, deadline_s: float | None = None) -> Iterator[bytes]:
+    """The body of ``url``, in chunks, after following (and checking) redirects by hand.
+
+    The whole of it within ``deadline_s`` (None: ``download_deadline(max_bytes)``, tightened to the
+    declared length when the server gives one); checked after every read, so a deadline is passed by
+    at most one read timeout."""
     import httpx
 
     # One connection per hop, no keep-alive: a pooled connection to one checked address must never
     # carry a request for another host name.
     limits = httpx.Limits(max_keepalive_connections=0)
     timeout = httpx.Timeout(timeout_s)
+    started = time.monotonic()
+    allowed = download_deadline(max_bytes) if deadline_s is None else deadline_s
+
+    def check_deadline() -> None:
+        if time.monotonic() - started > allowed:
+            raise FetchError(f"{url}: the download did not finish within its deadline of {allowed:g} s "
+                             f"({DEADLINE_BASE_S:g} s plus 1 s per MiB); the server is too slow")
+
     current = url
     # trust_env=False: a proxy from the environment would connect by name, around the address check.
     with httpx.Client(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False,
                       verify=_tls_context()) as client:
         for hop in range(MAX_REDIRECTS + 1):
+            check_deadline()
             try:
                 target = _check_network_url(current, allow_local if hop == 0 else redirect_allow_local)
             except FetchError as exc:
@@ -413,9 +443,21 @@ def _stream(url: str, allow_local: bool, redirect_allow_local: bool, timeout_s: 
                     if declared.isdigit() and int(declared) > max_bytes:
                         raise FetchError(f"{url} is larger than the limit of {max_bytes:,} bytes "
                                          f"({int(declared):,} bytes)")
-                    yield from r.iter_bytes(CHUNK)
+                    if declared.isdigit() and deadline_s is None:
+                        allowed = min(allowed, download_deadline(int(declared)))
+                    # Pieces as they arrive, joined into CHUNKs: the deadline is checked after every read.
+                    buffer = bytearray()
+                    for piece in r.iter_bytes():
+                        check_deadline()
+                        buffer += piece
+                        if len(buffer) >= CHUNK:
+                            yield bytes(buffer)
+                            buffer.clear()
+                    if buffer:
+                        yield bytes(buffer)
                     return
             except httpx.TimeoutException:
+                check_deadline()
                 raise FetchError(f"{url}: timed out after {timeout_s:g} s") from None
             except httpx.HTTPError as exc:
                 raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from None
