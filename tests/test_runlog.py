@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -152,10 +154,49 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(runlog.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(RunLogError, match=r"^cannot write .*training_log: disk full$"):
         runlog.write_training_log(tmp_path, {**RUN, "run_id": "run-other"})
     assert (tmp_path / "training_log").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["training_log"]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_a_full_or_read_only_root_is_a_clear_error(tmp_path, monkeypatch, code):
+    runlog.write_training_log(tmp_path, RUN)
+    before = (tmp_path / "training_log").read_bytes()
+
+    def refuse(*_args, **_kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(runlog.tempfile, "mkstemp", refuse)
+    with pytest.raises(RunLogError, match=rf"^cannot write .*training_log: {os.strerror(code)}$"):
+        runlog.write_training_log(tmp_path, {**RUN, "run_id": "run-other"})
+    assert (tmp_path / "training_log").read_bytes() == before
+
+
+def test_write_run_files_is_all_or_nothing(tmp_path, monkeypatch):
+    (tmp_path / "training_log").write_text("previous training_log\n")
+    (tmp_path / "model.yaml").write_text("previous model.yaml\n")
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == "model.yaml":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_replace(src, dst)
+
+    doc = runlog.model_document({"local_path": "runs/r/model"}, RUN)
+    monkeypatch.setattr(runlog.os, "replace", replace)
+    with pytest.raises(RunLogError, match=r"cannot write .*model.yaml: No space left on device"):
+        runlog.write_run_files(tmp_path, RUN, doc)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert (tmp_path / "model.yaml").read_text() == "previous model.yaml\n"
+    # A model.yaml that would not pass its schema writes neither file.
+    with pytest.raises(RunLogError, match="refusing to write model.yaml"):
+        runlog.write_run_files(tmp_path, {**RUN, "run_id": "run-x"}, {"model": {}})
+    monkeypatch.setattr(runlog.os, "replace", real_replace)
+    runlog.write_run_files(tmp_path, RUN, doc)
+    assert runlog.read_model_yaml(tmp_path / "model.yaml")["model"] == {"local_path": "runs/r/model"}
+    assert runlog.read_training_log(tmp_path / "training_log")["run_id"] == RUN["run_id"]
 
 
 def test_schema_command_writes_the_file(tmp_path, monkeypatch, capsys):

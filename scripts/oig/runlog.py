@@ -10,7 +10,9 @@ and branch, plus the Together model, endpoint and base URL when it is deployed. 
 ``MODEL_SCHEMA`` (shipped as ``schemas/model.schema.json``; ``python -m oig.runlog`` rewrites it). It
 is written only after publishing succeeded, so it never names a model that does not exist.
 
-Both are written atomically: a temp file beside the target, then ``os.replace``.
+Both are written atomically: a temp file beside the target, then ``os.replace``; when both are
+written, both temp files are complete before either is renamed. A full disk or a read-only folder is
+a RunLogError naming the path and the cause, and leaves the files as they were.
 """
 
 from __future__ import annotations
@@ -142,24 +144,52 @@ def dump_yaml(data: dict, header: str = "") -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    write_all_atomic([(Path(path), text)])
+
+
+def write_all_atomic(files: list[tuple[Path, str]]) -> None:
+    """Write each ``(path, text)`` via a temp file beside it; every temp file is complete (and synced)
+    before the first is renamed into place, so a full disk or a read-only folder leaves all of them as
+    they were. Raises RunLogError naming the path and the cause; no temp file is left behind."""
+    pending: list[tuple[Path, str]] = []  # (target, temp file) not yet renamed
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, text in files:
+            path = Path(path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                pending.append((path, tmp))
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                raise RunLogError(f"cannot write {path}: {exc.strerror or exc}") from None
+        while pending:
+            path, tmp = pending[0]
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise RunLogError(f"cannot write {path}: {exc.strerror or exc}") from None
+            pending.pop(0)
+    finally:
+        for _, tmp in pending:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def write_training_log(root: Path, run: dict) -> Path:
     path = Path(root) / TRAINING_LOG
     write_atomic(path, dump_yaml(run, TRAINING_LOG_HEADER))
     return path
+
+
+def write_run_files(root: Path, run: dict, model_doc: dict | None = None) -> None:
+    """training_log, and model.yaml when ``model_doc`` is given (checked against MODEL_SCHEMA first),
+    both or neither: the two temp files are written in full before either replaces its file."""
+    files = [(Path(root) / TRAINING_LOG, dump_yaml(run, TRAINING_LOG_HEADER))]
+    if model_doc is not None:
+        files.append((Path(root) / MODEL_YAML, dump_yaml(_checked_model_doc(model_doc), MODEL_YAML_HEADER)))
+    write_all_atomic(files)
 
 
 def model_document(model: dict, run: dict) -> dict:
@@ -182,13 +212,17 @@ def model_document(model: dict, run: dict) -> dict:
 
 def write_model_yaml(root: Path, doc: dict) -> Path:
     """Check ``doc`` against MODEL_SCHEMA, then write model.yaml atomically."""
+    path = Path(root) / MODEL_YAML
+    write_atomic(path, dump_yaml(_checked_model_doc(doc), MODEL_YAML_HEADER))
+    return path
+
+
+def _checked_model_doc(doc: dict) -> object:
     doc = _plain(doc)
     problem = model_yaml_problem(doc)
     if problem:
         raise RunLogError(f"refusing to write {MODEL_YAML}: {problem}")
-    path = Path(root) / MODEL_YAML
-    write_atomic(path, dump_yaml(doc, MODEL_YAML_HEADER))
-    return path
+    return doc
 
 
 # --- reading ----------------------------------------------------------------------------------------
