@@ -40,8 +40,9 @@ def test_read_preferences_and_conversations(tmp_path):
     pair = {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
             "rejected": [{"role": "assistant", "content": "b"}]}
     (tmp_path / dpo.PREFERENCES_FILE).write_text(json.dumps({"slice": "s", **pair}) + "\n")
-    assert dpo.read_preferences(tmp_path) == [pair]
+    assert dpo.read_preferences(tmp_path) == [{**pair, "slice": "s"}]  # the slice, for messages about it
     assert [c["messages"][-1]["content"] for c in dpo.as_conversations([pair])] == ["a", "b"]
+    assert [c.get("slice") for c in dpo.as_conversations([{**pair, "slice": "s"}])] == ["s", "s"]
     (tmp_path / dpo.PREFERENCES_FILE).write_text('{"prompt": 1}\n')
     with pytest.raises(dpo.DPOError, match="not a preference pair"):
         dpo.read_preferences(tmp_path)

@@ -297,7 +297,8 @@ def offline(monkeypatch):
 def test_help(capsys):
     assert main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--config", "--base-model", "--publish", "--output", "--mixture", "--together"):
+    for flag in ("--config", "--base-model", "--allow-local-base-model", "--publish", "--output", "--mixture",
+                 "--together"):
         assert flag in out
 
 
@@ -345,7 +346,8 @@ def test_invalid_slices_stop_before_training(tmp_path, monkeypatch, capsys):
 
 def test_a_base_model_that_cannot_load_is_a_clear_error(tmp_path, monkeypatch, capsys, offline):
     monkeypatch.chdir(make_repo(tmp_path, "Training:\n  seed: 1\n"))
-    assert main(["train", "--base-model", str(tmp_path / "no-such-model"), "--publish", "none"]) == 1
+    assert main(["train", "--base-model", str(tmp_path / "no-such-model"), "--allow-local-base-model",
+                 "--publish", "none"]) == 1
     err = capsys.readouterr().err
     assert "cannot load the base model" in err and "Traceback" not in err
 

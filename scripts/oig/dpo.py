@@ -41,7 +41,8 @@ class DPOError(OigError):
 
 
 def read_preferences(mixture_dir: Path) -> list[dict]:
-    """The pairs of ``preferences.jsonl`` in a mixture folder (empty when there is none)."""
+    """The pairs of ``preferences.jsonl`` in a mixture folder (empty when there is none), each with the
+    name of its ``slice`` when the file gives it."""
     path = Path(mixture_dir) / PREFERENCES_FILE
     if not path.exists():
         return []
@@ -50,7 +51,10 @@ def read_preferences(mixture_dir: Path) -> list[dict]:
         for n, line in enumerate(f, 1):
             try:
                 row = json.loads(line)
-                pairs.append({"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]})
+                pair = {"prompt": row["prompt"], "chosen": row["chosen"], "rejected": row["rejected"]}
+                if isinstance(row.get("slice"), str):
+                    pair["slice"] = row["slice"]
+                pairs.append(pair)
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise DPOError(f"{path}:{n}: not a preference pair ({exc})") from None
     return pairs
@@ -58,7 +62,8 @@ def read_preferences(mixture_dir: Path) -> list[dict]:
 
 def as_conversations(pairs: list[dict]) -> list[dict]:
     """Both sides of every pair as plain conversations (what the tiny tokenizer is trained on)."""
-    return [{"messages": p["prompt"] + p[side]} for p in pairs for side in ("chosen", "rejected")]
+    return [{"messages": p["prompt"] + p[side], **({"slice": p["slice"]} if "slice" in p else {})}
+            for p in pairs for side in ("chosen", "rejected")]
 
 
 def dpo_config(config, output_dir: Path, *, on_gpu: bool, tiny_model: bool, bf16: bool):
@@ -69,6 +74,9 @@ def dpo_config(config, output_dir: Path, *, on_gpu: bool, tiny_model: bool, bf16
 
     fields = {f.name for f in dataclasses.fields(DPOConfig)}
     kw = {k: v for k, v in config.training.items() if k in fields and k not in OWNED}
+    # The policy and reference are built in memory: never let DPOTrainer load (or run the code of) a model.
+    kw.pop("model_init_kwargs", None)
+    kw["trust_remote_code"] = False
     overrides = {}
     if tiny_model:
         for key, value in TINY_DPO_HYPERPARAMETERS.items():
@@ -112,7 +120,7 @@ def make_trainer(model, tokenizer, pairs: list[dict], args, config):
         ref_model = copy.deepcopy(model).eval()
         for p in ref_model.parameters():
             p.requires_grad_(False)
-    dataset = datasets.Dataset.from_list(pairs)
+    dataset = datasets.Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     try:
         return DPOTrainer(model=model, ref_model=ref_model, args=args, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=peft_config)

@@ -91,10 +91,11 @@ class LocalModel:
 
         ref = str(ref)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision)
+            tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
             cuda = torch.cuda.is_available()
             dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-            model = AutoModelForCausalLM.from_pretrained(ref, revision=revision, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(ref, revision=revision, dtype=dtype,
+                                                         trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ServeError(f"cannot load model {ref}" + (f"@{revision}" if revision else "") + f": {first}") from None

@@ -4,9 +4,14 @@ Loss goes on assistant turns only (or, with ``assistant_only=False``, on everyth
 assistant turn with ``weight: 0`` (the OpenAI fine-tuning format's per-message weight). Assistant turns
 are found from the chat template's ``{% generation %}`` markers when it has them, else by rendering the
 conversation up to each turn and comparing prefixes.
+
+Message text is tokenised as it is, so text that spells a special token (``<|im_start|>``) would
+become that token: ``special_token_text`` finds it, and ``oig train`` refuses such data.
 """
 
 from __future__ import annotations
+
+import re
 
 from oig.errors import OigError
 
@@ -30,6 +35,38 @@ def training_template(tokenizer) -> str:
         return get_training_chat_template(tokenizer) or template
     except (ValueError, TypeError):
         return template
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """The tokenizer's special tokens, and the added tokens marked special (ChatML's ``<|im_start|>``
+    is often only the latter)."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            found.add(getattr(token, "content", str(token)))
+    return sorted((t for t in found if t.strip()), key=lambda t: (-len(t), t))
+
+
+def special_token_text(records: list[dict], tokenizer) -> tuple[int, list[str], str] | None:
+    """(messages whose content spells a special token, their slices in order, the first token found),
+    or None when no message does. ``records`` are ``{"slice", "messages"}`` dicts."""
+    tokens = special_tokens(tokenizer)
+    if not tokens:
+        return None
+    pattern = re.compile("|".join(map(re.escape, tokens)))
+    count, slices, first = 0, [], None
+    for record in records:
+        for message in record["messages"]:
+            content = message.get("content")
+            m = pattern.search(content) if isinstance(content, str) else None
+            if m is None:
+                continue
+            count += 1
+            first = first or m.group(0)
+            name = str(record.get("slice") or "?")
+            if name not in slices:
+                slices.append(name)
+    return (count, slices, first) if count else None
 
 
 def has_markers(template: str) -> bool:

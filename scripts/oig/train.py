@@ -3,11 +3,13 @@
 The run, top to bottom (``train``):
 
 1. configuration: training.yaml, the base model (``--base-model`` or ``base_model``), git commit;
+   then the run folder is locked for the whole run (a second ``oig train`` there stops at once);
 2. the mixture: ``oig mix`` into the run folder (or an existing mixture folder), split into train
    and eval by distinct conversation;
 3. the base model and tokenizer: ``tiny`` is built offline (``oig.tiny``), anything else loads with
    ``from_pretrained``; a model without a chat template gets ChatML;
-4. tokenising: loss on assistant turns only, and never on an assistant turn with ``weight: 0``;
+4. tokenising: loss on assistant turns only, and never on an assistant turn with ``weight: 0``; text
+   in the data that spells one of the tokenizer's special tokens is refused first;
 5. training: ``SFTTrainer`` with checkpoints every ``save_steps``, resuming from the last complete
    checkpoint in the run folder when there is one (an interrupted run, rerun, carries on);
 6. evaluation, saving, publishing (``oig.publish``), then ``training_log`` and ``model.yaml``.
@@ -19,12 +21,26 @@ SGD's and RMSprop's momentum, or beta1 of Adam-style optimizers (Lion and LAMB t
 without momentum, such as Adafactor, it is an error. ``train_loss`` in training_log is the mean loss of
 the steps this process trained (after a resume, the steps since the checkpoint).
 
-Under ``accelerate launch`` every process trains; only the main one builds shared files first,
-publishes and writes the logs. torch, transformers and TRL are imported inside functions only.
+Under ``accelerate launch`` every process trains; only the main one locks the run folder, builds
+shared files first, publishes and writes the logs. torch, transformers and TRL are imported inside
+functions only.
+
+Model code never runs: training.yaml comes from pull requests, and a model folder or Hub repo can ship
+Python (``auto_map``) that ``trust_remote_code`` would import on the training machine, where the
+secrets are. Every ``from_pretrained`` passes ``trust_remote_code=False``; a base model whose config
+or tokenizer config asks for its own code, or whose ``model_type`` transformers does not know, is
+refused before it loads; ``model_init_kwargs`` may not set ``trust_remote_code`` or the other switches
+that load code or pickles; and a local folder as the base model needs ``--allow-local-base-model``.
+
+A full disk or a read-only folder ends the run with one line naming the path and the cause; the
+model folder, training_log and model.yaml are replaced whole (temp file or folder, then rename), so
+the previous ones stay as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -43,7 +59,7 @@ from pathlib import Path
 
 from oig import dpo, runlog, tiny
 from oig.errors import OigError
-from oig.masking import to_dataset, training_template
+from oig.masking import special_token_text, to_dataset, training_template
 
 PUBLISH_MODES = ("none", "local", "hub")
 RUNS_DIR = "runs"
@@ -86,6 +102,15 @@ RECORDED = (
 )
 
 
+LOCK_FILE = ".lock"  # in the run folder: held by the `oig train` running there (its pid inside)
+# from_pretrained keywords that load code or pickles: model_init_kwargs in training.yaml may not set them.
+UNSAFE_INIT_KWARGS = ("trust_remote_code", "code_revision", "weights_only", "use_kernels", "kernel_config",
+                      "allow_all_kernels")
+# What a failed write the user can fix looks like: a full disk or quota, a read-only or foreign folder.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+LOW_DISK_BYTES = 64 * 1024**2  # below this much free space a failed torch.save is a full disk
+
+
 class TrainError(OigError):
     """Training cannot start or failed for a reason the user can fix."""
 
@@ -101,6 +126,7 @@ class TrainOptions:
     mixture: Path | None = None  # a folder `oig mix` wrote; default: mix into the run folder
     root: Path = Path(".")  # where training_log and model.yaml go
     allow_local_sources: bool = False
+    allow_local_base_model: bool = False  # a folder as the base model (it may carry code and pickles)
     bugs: Path | None = None  # a bug list file for the regression suite (offline)
     bugs_repo: str | None = None  # or OWNER/NAME: its open issues labelled `bug`
 
@@ -122,6 +148,7 @@ def train(opts: TrainOptions) -> dict:
         raise TrainError("--publish hub needs `hub_repo: ORG/NAME` under Training in training.yaml")
     if opts.together and opts.publish != "hub":
         raise TrainError("--together deploys the model from the Hugging Face Hub: use it with --publish hub")
+    check_base_model(base_model, config, opts)  # a folder needs a flag; nothing may run the model's code
     bugs = load_bugs(opts)  # before training: a bad bug list fails in seconds, not after hours
     commit, branch = git_commit(opts.root), git_branch(opts.root)
     run_id = make_run_id(commit, base_model, opts)
@@ -132,14 +159,25 @@ def train(opts: TrainOptions) -> dict:
         "config": _display(opts.config, opts.root), "output_dir": _display(run_dir, opts.root),
     }
 
+    # --- the run folder, locked: a second run there would resume from this one's checkpoints ----------
+    if run["backend"] == "together":  # hosted fine-tuning: nothing trains here, torch is not needed
+        with lock_run_dir(run_dir), disk_errors():
+            mixture_dir = Path(opts.mixture) if opts.mixture else run_dir / "mixture"
+            if not opts.mixture:
+                build_mixture(opts, mixture_dir)
+            run["mixture"] = read_mixture(mixture_dir)[0]
+            return _train_on_together(mixture_dir, config, run, opts, started)
+    state = _distributed_state()  # one process, or one per GPU under `accelerate launch`
+    with lock_run_dir(run_dir) if state.is_main_process else contextlib.nullcontext(), disk_errors():
+        return _train_here(opts, config, run, run_dir, base_model, state, bugs, started)
+
+
+def _train_here(opts: TrainOptions, config, run: dict, run_dir: Path, base_model: str, state, bugs,
+                started: float) -> dict:
+    """The mixture, the model, tokenising, training, saving and the logs, in this process (``train``)."""
+    run_id = run["run_id"]
     # --- the mixture -----------------------------------------------------------------------------------
     mixture_dir = Path(opts.mixture) if opts.mixture else run_dir / "mixture"
-    if run["backend"] == "together":  # hosted fine-tuning: nothing trains here, torch is not needed
-        if not opts.mixture:
-            build_mixture(opts, mixture_dir)
-        run["mixture"] = read_mixture(mixture_dir)[0]
-        return _train_on_together(mixture_dir, config, run, opts, started)
-    state = _distributed_state()  # one process, or one per GPU under `accelerate launch`
     with state.main_process_first():  # the others wait, then read what the main process wrote
         if not opts.mixture and state.is_main_process:
             build_mixture(opts, mixture_dir)
@@ -164,6 +202,8 @@ def train(opts: TrainOptions) -> dict:
     with state.main_process_first():
         model, tokenizer, template = load_base(base_model, run_dir / "base", records + dpo.as_conversations(pairs),
                                                config, on_gpu)
+    # Text in a slice that spells a special token would become a real one: a contributor forging turns.
+    check_special_tokens(records, pairs, tokenizer)
     if not records:  # DPO only: no SFT stage
         return _dpo_only(run, model, tokenizer, pairs, config, run_dir, opts, state, on_gpu, base_model, started, bugs)
 
@@ -185,7 +225,7 @@ def train(opts: TrainOptions) -> dict:
         resume = last_checkpoint(run_dir / "checkpoints", run_id if state.is_main_process else None)
     trainer = make_trainer(model, tokenizer, args, train_ds, eval_ds, config)
     try:
-        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)):
+        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)), checkpoint_errors(run_dir / "checkpoints"):
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
             eval_metrics = trainer.evaluate() if eval_ds is not None else {}
     except torch.OutOfMemoryError:
@@ -252,7 +292,7 @@ def run_dpo(model, tokenizer, pairs: list[dict], config, run_dir: Path, *, on_gp
         resume = last_checkpoint(run_dir / "dpo-checkpoints", run_id if state.is_main_process else None)
     trainer = dpo.make_trainer(model, tokenizer, pairs, args, config)
     try:
-        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)):
+        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)), checkpoint_errors(run_dir / "dpo-checkpoints"):
             result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except torch.OutOfMemoryError:
         raise TrainError("out of GPU memory in DPO (it holds a reference model too): lower "
@@ -317,6 +357,95 @@ def make_run_id(commit: str | None, base_model: str, opts: TrainOptions) -> str:
 
 def _slice_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in data_dir.glob("*.y*ml") if p.is_file()) if data_dir.is_dir() else []
+
+
+# --- the run folder: one run at a time, and disk errors in words ------------------------------------------
+
+
+@contextmanager
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on the run folder for the block, or fail at once: a second ``oig train``
+    in the same folder would resume from the first one's checkpoints while they are being written.
+
+    ``flock`` on ``LOCK_FILE`` (its pid written inside, for the message); the kernel releases it when
+    the process ends, however it ends, so a killed run never leaves the folder locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        yield
+        return
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise TrainError(f"cannot create the run folder {run_dir}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise TrainError(f"another `oig train` is running in {run_dir}" + (f" (pid {pid})" if pid.isdigit() else "")
+                             + "; wait for it to finish, or pass --output DIR for a separate run folder") from None
+        with contextlib.suppress(OSError):  # only for the message above: a full disk must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def write_problem(exc: BaseException, where: Path | None = None) -> str | None:
+    """The cause in words when ``exc`` is a write the user can fix (a full disk, a read-only folder, no
+    permission), else None. safetensors and torch.save wrap the OS error in their own exceptions."""
+    if isinstance(exc, OSError):
+        return (exc.strerror or os.strerror(exc.errno)) if exc.errno in DISK_ERRNOS else None
+    text = str(exc)
+    for code in DISK_ERRNOS:
+        if os.strerror(code) in text:
+            return os.strerror(code)
+    # torch.save says only "unexpected pos" or "iostream error"; the partial file it leaves fills the disk.
+    if isinstance(exc, RuntimeError) and where is not None and "out of memory" not in text.lower():
+        try:
+            if shutil.disk_usage(_existing(where)).free < LOW_DISK_BYTES:
+                return os.strerror(errno.ENOSPC)
+        except OSError:
+            pass
+    return None
+
+
+def _existing(path: Path) -> Path:
+    path = Path(path)
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+@contextmanager
+def disk_errors():
+    """A full disk or a read-only folder anywhere in the run becomes a TrainError naming the path."""
+    try:
+        yield
+    except OSError as exc:
+        why = write_problem(exc)
+        if why is None:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        raise TrainError(f"cannot write{where}: {why}") from None
+
+
+@contextmanager
+def checkpoint_errors(checkpoint_dir: Path):
+    """A checkpoint that cannot be written (full disk, read-only folder) becomes a TrainError."""
+    try:
+        yield
+    except Exception as exc:  # safetensors and torch raise their own types
+        why = write_problem(exc, checkpoint_dir)
+        if why is None:
+            raise
+        raise TrainError(f"cannot write a checkpoint in {checkpoint_dir}: {why}; free some space (or make it "
+                         "writable) and rerun: it resumes from the last complete checkpoint") from None
 
 
 # --- the mixture ------------------------------------------------------------------------------------------
@@ -397,6 +526,76 @@ def split_eval(records: list[dict], eval_size: float | None, seed: int) -> tuple
 # --- the base model and tokenizer -------------------------------------------------------------------------
 
 
+def looks_local(name: str, root: Path = Path(".")) -> bool:
+    """Whether ``from_pretrained(name)`` would read a folder on this machine rather than a Hub repo:
+    the path exists (here or under the repository root), or it is spelled as a path (``./x``, ``/x``,
+    ``~/x``, a backslash or drive, more than the one slash of ORG/NAME)."""
+    if name.startswith((".", "/", "~")) or "\\" in name or ":" in name or name.count("/") > 1:
+        return True
+    return any(p.exists() for p in (Path(name).expanduser(), Path(root) / name))
+
+
+def _init_kwargs(config) -> dict:
+    """training.yaml's model_init_kwargs as a dict (SFTConfig also takes it as a JSON string)."""
+    value = config.training.get("model_init_kwargs") or {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise TrainError(f"training.yaml: model_init_kwargs is not a JSON object: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise TrainError("training.yaml: model_init_kwargs must be a mapping of from_pretrained keywords")
+    return dict(value)
+
+
+def check_base_model(name: str, config, opts: TrainOptions) -> None:
+    """Refuse, before anything runs, a base model that could bring code to this machine: a local
+    folder without --allow-local-base-model, or training.yaml keywords that let transformers import
+    the model's Python or unpickle its weights."""
+    if name != tiny.NAME and not opts.allow_local_base_model and looks_local(name, opts.root):
+        raise TrainError(f"the base model {name!r} is a local path; a folder can carry code and pickles, so "
+                         "training on one needs --allow-local-base-model (or use a Hub id ORG/NAME, or `tiny`)")
+    init = _init_kwargs(config)
+    for key in UNSAFE_INIT_KWARGS:
+        if key in init:
+            raise TrainError(f"training.yaml: model_init_kwargs must not set {key}: oig never runs a model's own "
+                             "code or unpickles its weights; remove it")
+    attention = init.get("attn_implementation")
+    if isinstance(attention, str) and "/" in attention:
+        raise TrainError(f"training.yaml: model_init_kwargs attn_implementation {attention!r} names a Hub kernel, "
+                         "which is code from the Hub; use eager, sdpa or flash_attention_2")
+    if config.training.get("trust_remote_code"):
+        raise TrainError("training.yaml: trust_remote_code must not be set: oig never runs a model's own code; "
+                         "remove it")
+
+
+def refuse_model_code(name: str, revision: str | None = None) -> None:
+    """Read the model's config.json and tokenizer_config.json (no code runs) and refuse a model that
+    needs its own Python: an ``auto_map`` entry, or a ``model_type`` transformers does not know."""
+    from transformers import CONFIG_MAPPING, PreTrainedConfig
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    try:
+        model_config, _ = PreTrainedConfig.get_config_dict(name, revision=revision)
+        tokenizer_config = get_tokenizer_config(name, revision=revision)
+    except (OSError, ValueError, KeyError) as exc:  # not found, offline, not JSON
+        raise TrainError(f"cannot load the base model {name!r}: {_first_line(exc)}") from None
+    for file, doc in (("config.json", model_config), ("tokenizer_config.json", tokenizer_config)):
+        auto_map = doc.get("auto_map") if isinstance(doc, dict) else None
+        if auto_map:
+            shown = ", ".join(f"{k}: {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else auto_map
+            raise TrainError(f"the base model {name!r} needs its own Python code ({file} auto_map: {shown}); oig "
+                             "never runs model code: use a model transformers supports without it")
+    model_type = model_config.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise TrainError(f"the base model {name!r} has model_type {model_type!r}, which transformers does not know: "
+                         "it would need the model's own code, which oig never runs")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
+
+
 def load_base(name: str, base_dir: Path, records: list[dict], config, on_gpu: bool):
     """(model, tokenizer, training chat template) for ``name``: ``tiny``, a Hub id or a folder."""
     import torch
@@ -405,25 +604,42 @@ def load_base(name: str, base_dir: Path, records: list[dict], config, on_gpu: bo
     if name == tiny.NAME:
         if (base_dir / "config.json").is_file():
             # A resumed run reuses the tokenizer it started with: its checkpoints use those ids.
-            tokenizer = AutoTokenizer.from_pretrained(base_dir)
-            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            refuse_model_code(str(base_dir))
+            tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
         else:
             model, tokenizer = tiny.build_tiny(tiny.texts_of(records), base_dir, seed=config.seed)
         return model, tokenizer, tokenizer.chat_template
 
-    kwargs = dict(config.training.get("model_init_kwargs") or {})
+    kwargs = _init_kwargs(config)
     if "dtype" not in kwargs:
         kwargs["dtype"] = torch.bfloat16 if on_gpu and _bf16(config, on_gpu) else torch.float32
     if config.oig.get("load_in_4bit"):
         kwargs["quantization_config"] = _quantization(on_gpu)
+    revision = kwargs.get("revision")
+    refuse_model_code(name, revision)
+    for key in UNSAFE_INIT_KWARGS:  # refused by check_base_model already; never passed on in any case
+        kwargs.pop(key, None)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs, trust_remote_code=False, weights_only=True)
     except (OSError, ValueError, KeyError) as exc:  # not found, offline, refused, an unknown architecture
-        raise TrainError(f"cannot load the base model {name!r}: {(str(exc).strip() or type(exc).__name__).splitlines()[0]}") from None
+        raise TrainError(f"cannot load the base model {name!r}: {_first_line(exc)}") from None
     if not tokenizer.chat_template:
         _add_chatml(model, tokenizer)
     return model, tokenizer, training_template(tokenizer)
+
+
+def check_special_tokens(records: list[dict], pairs: list[dict], tokenizer) -> None:
+    """Refuse data whose text spells one of the tokenizer's special tokens (``<|im_start|>`` and the
+    like): the chat template would turn it into the real token, letting a slice forge turns."""
+    found = special_token_text(records + dpo.as_conversations(pairs), tokenizer)
+    if found is None:
+        return
+    count, slices, first = found
+    raise TrainError(f"{count} message(s) in slice(s) {', '.join(slices)} contain the text of the special token "
+                     f"{first!r}, which the chat template would turn into a real control token; remove it from "
+                     "the data (or reword it)")
 
 
 def _quantization(on_gpu: bool):
@@ -475,6 +691,7 @@ def sft_config(config, output_dir: Path, *, on_gpu: bool, has_eval: bool, tiny_m
     kw = {k: v for k, v in config.training.items() if k not in OWNED}
     kw.pop("assistant_only_loss", None)  # applied when tokenising (the dataset arrives with labels)
     kw.pop("model_init_kwargs", None)  # used when loading the model, which happens before the trainer
+    kw["trust_remote_code"] = False  # the trainer loads nothing itself, and must never run model code
     overrides = {}
     if tiny_model:
         for key, value in TINY_HYPERPARAMETERS.items():
@@ -614,14 +831,32 @@ def save_model(trainer, tokenizer, model_dir: Path, config) -> None:
     if hasattr(model, "merge_and_unload") and not config.oig.get("load_in_4bit"):
         model = model.merge_and_unload()
     if trainer.accelerator.is_main_process:
-        tmp = model_dir.with_name(model_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        # Replace the folder as a whole: a crash never leaves half a model where model.yaml may point.
-        shutil.rmtree(model_dir, ignore_errors=True)
-        os.replace(tmp, model_dir)
+        _replace_folder(model_dir, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
     trainer.accelerator.wait_for_everyone()
+
+
+def _replace_folder(target: Path, write) -> None:
+    """``write(tmp)`` into a folder beside ``target``, then swap it in whole: a crash or a full disk
+    never leaves half a model where model.yaml may point, and a failed save keeps the previous one."""
+    tmp = target.with_name(target.name + ".tmp")
+    old = target.with_name(target.name + ".old")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except Exception as exc:  # safetensors and torch raise their own types
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+        why = write_problem(exc, target.parent)
+        if why is None:
+            raise
+        raise TrainError(f"cannot save the model to {target}: {why}; the folder is as it was before") from None
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- what goes into training_log ----------------------------------------------------------------------------
@@ -753,16 +988,18 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
                           data_dir=Path(opts.data))
     except OigError as exc:
         run["published"] = {"mode": opts.publish, "error": str(exc)}
-        runlog.write_training_log(opts.root, run)
+        try:
+            runlog.write_training_log(opts.root, run)
+        except runlog.RunLogError as log_exc:
+            raise TrainError(f"{exc}; and {log_exc}") from None
         raise
     run["published"] = {"mode": opts.publish}
     if section is not None:
         if "local_path" in section:  # relative to the repository root, wherever the command runs
             section = {**section, "local_path": _display(model_dir, opts.root)}
         run["model"] = section
-    runlog.write_training_log(opts.root, run)
-    if section is not None:
-        runlog.write_model_yaml(opts.root, runlog.model_document(section, run))
+    # Both files or neither: a full disk leaves the previous training_log and model.yaml as they were.
+    runlog.write_run_files(opts.root, run, runlog.model_document(section, run) if section is not None else None)
     return run
 
 
@@ -776,6 +1013,5 @@ def _train_on_together(mixture_dir: Path, config, run: dict, opts: TrainOptions,
     run.update({"finished_at": _iso(finished), "duration_s": round(finished - started, 2),
                 "together_job": result.get("job"), "model": result["model"],
                 "published": {"mode": "together"}})
-    runlog.write_training_log(opts.root, run)
-    runlog.write_model_yaml(opts.root, runlog.model_document(result["model"], run))
+    runlog.write_run_files(opts.root, run, runlog.model_document(result["model"], run))
     return run

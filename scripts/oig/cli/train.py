@@ -24,9 +24,12 @@ def register(sub) -> None:
                    help="training configuration (default: training.yaml)")
     add_data_dir(p)
     p.add_argument("--base-model", default=None, metavar="MODEL",
-                   help="model to fine-tune: a Hub id, a folder, or `tiny` (a small random model built offline "
-                   "from the mixture, with its own learning rate, epochs and batch size; default: base_model "
-                   "in training.yaml)")
+                   help="model to fine-tune: a Hub id, a folder (with --allow-local-base-model), or `tiny` (a "
+                   "small random model built offline from the mixture, with its own learning rate, epochs and batch "
+                   "size; default: base_model in training.yaml). A model that needs its own Python code is refused")
+    p.add_argument("--allow-local-base-model", action="store_true",
+                   help="accept a local folder as the base model (a folder from a pull request could carry code "
+                   "and pickles: only for folders you made)")
     p.add_argument("--publish", choices=["none", "local", "hub"], default="local",
                    help="none (model.yaml untouched), local (model.yaml names the run folder's model; default) "
                    "or hub (upload to hub_repo in training.yaml, on a branch named after the git branch)")
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     log = train(TrainOptions(config=args.config, data=args.data, base_model=args.base_model, publish=args.publish,
                              together=args.together, output=args.output, mixture=args.mixture,
-                             allow_local_sources=args.allow_local_sources, bugs=args.bugs,
+                             allow_local_sources=args.allow_local_sources,
+                             allow_local_base_model=args.allow_local_base_model, bugs=args.bugs,
                              bugs_repo=args.bugs_repo))
     if log.get("finished_at") is None:  # a secondary process under accelerate: the main one reports
         return 0

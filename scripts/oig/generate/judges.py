@@ -266,8 +266,9 @@ class RewardModel:
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             try:
-                tokenizer = AutoTokenizer.from_pretrained(self.ref, revision=self.revision)
-                model = AutoModelForSequenceClassification.from_pretrained(self.ref, revision=self.revision)
+                tokenizer = AutoTokenizer.from_pretrained(self.ref, revision=self.revision, trust_remote_code=False)
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    self.ref, revision=self.revision, trust_remote_code=False)
             except (OSError, ValueError) as exc:
                 from oig.errors import OigError
 
