@@ -25,8 +25,8 @@ from pathlib import Path
 
 from oig import yamlsafe
 from oig.config import parse_training_config
-from oig.schemas import ALIASES
 from oig.errors import InvalidInput, Problem
+from oig.schemas import ALIASES
 from oig.validate import IGNORED_IN_DATA, SLICE_NAME, TRAINING_FILE
 
 PR_SECTIONS = ("Mixture", "MixtureTotal")  # what a pull request may change in training.yaml
