@@ -468,3 +468,8 @@ def test_pre_commit_hook_command_on_the_files_it_would_pass(monkeypatch, capsys)
     monkeypatch.chdir(ROOT)
     staged = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "data").glob("*.yaml"))] + ["training.yaml"]
     assert main(["validate", *staged]) == 0, capsys.readouterr().err
+
+
+def test_train_workflow_never_allows_a_local_base_model():
+    text = (WORKFLOW_DIR / "train.yml").read_text()
+    assert "--allow-local-base-model" not in text and "--allow-local-sources" not in text
