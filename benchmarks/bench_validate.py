@@ -26,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from oig.validate import ValidateOptions, validate  # noqa: E402
+from oig.data.validate import ValidateOptions, validate  # noqa: E402
 
 WORDS = ["the", "model", "data", "answer", "question", "explain", "why", "how", "what", "where", "slice", "train", "community", "open", "chat", "please", "thanks", "résumé", "naïve", "東京", "code", "python", "list", "value", "example", "learn", "better", "write", "short"]
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make generate-demo: `oig generate` end to end on this machine, offline, in about a minute on a CPU.
-# Two `oig serve` instances each serve a different tiny model (built here with oig.tiny, random
+# Two `oig serve` instances each serve a different tiny model (built here with oig.train.tiny, random
 # weights: their answers are gibberish, the pipeline is real), a tiny local reward model judges, and
 # `oig generate` writes records.jsonl, sft.jsonl, prefs.jsonl, battles.jsonl and a slice file.
 # Usage: scripts/generate_demo.sh [OUT_DIR]   (default out/generate-demo; ports GEN_DEMO_PORT_A/B)
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from oig.tiny import build_tiny, build_tokenizer
+from oig.train.tiny import build_tiny, build_tokenizer
 
 out = Path(sys.argv[1])
 rows = [json.loads(line) for line in (out / "instructions.jsonl").read_text().splitlines()]

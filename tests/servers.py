@@ -15,7 +15,7 @@ changed while the server runs (``srv.routes[...] = ...``). The server listens on
 ``tls=(certfile, keyfile)`` serves https instead of http.
 
 ``hub_routes`` builds the routes of a Hugging Face Hub serving one dataset repository (the subset of
-the Hub API that ``oig.hf`` uses).
+the Hub API that ``oig.data.hf`` uses).
 """
 
 from __future__ import annotations

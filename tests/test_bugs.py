@@ -1,4 +1,4 @@
-"""oig.bugs: reading bug reports as GitHub renders them, judging answers, the suite, the comments."""
+"""oig.bugs.suite: reading bug reports as GitHub renders them, judging answers, the suite, the comments."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 from fake_github import FakeGitHub
 from fake_together import FakeTogether
 
-from oig import bugs, bugs_github
-from oig.bugs import Bug, BugReportError, judge_answer, normalize, parse_body, parse_event, verdict_of
+from oig.bugs import github as bugs_github
+from oig.bugs import suite as bugs
+from oig.bugs.github_api import GitHub
+from oig.bugs.suite import Bug, BugReportError, judge_answer, normalize, parse_body, parse_event, verdict_of
 from oig.errors import OigError
-from oig.github_api import GitHub
 
 TOKEN = "ghs_test_token"
 

@@ -12,7 +12,7 @@ from fake_github import FakeGitHub
 from fake_together import FakeTogether
 from test_bugs import event, rendered
 
-from oig import bugs
+from oig.bugs import suite as bugs
 from oig.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

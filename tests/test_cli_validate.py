@@ -54,7 +54,7 @@ def test_github_format_annotates_and_writes_the_summary(repo, capsys, monkeypatc
 
 
 def test_github_format_escapes_messages():
-    from oig import report
+    from oig import annotations as report
     from oig.errors import Problem
 
     line = report.github([Problem("data/a,b:c.yaml", 1, 2, "error", "100% bad\nnext")])

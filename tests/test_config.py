@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from oig.config import load_training_config, parse_training_config
+from oig.data.config import load_training_config, parse_training_config
 from oig.errors import InvalidInput
 
 SLICES = {"pile", "soda", "a", "b", "c"}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oig import dpo
 from oig.cli import main
-from oig.config import parse_training_config
+from oig.data.config import parse_training_config
+from oig.train import dpo
 
 PAIRS_YAML = """IOPairs:
   - input: What is the capital of France?

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from servers import Response, redirect
 
+from oig.data.fetch import _auth_headers, blob_path, cache_root, check_url, fetch_to_cache
+from oig.data.sources import SourceOptions
 from oig.errors import FetchError
-from oig.fetch import _auth_headers, blob_path, cache_root, check_url, fetch_to_cache
-from oig.sources import SourceOptions
 
 DATA = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -346,7 +346,7 @@ def test_a_dripping_server_meets_the_deadline_of_the_whole_download(tmp_path, lo
 
 
 def test_download_deadline_grows_with_the_size():
-    from oig import fetch
+    from oig.data import fetch
 
     assert fetch.download_deadline(0) == fetch.DEADLINE_BASE_S
     assert fetch.download_deadline(10 * 1024**2) == fetch.DEADLINE_BASE_S + 10

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from oig.formats import (
+from oig.data.formats import (
     BadRow,
     convert_openai_line,
     convert_row,

@@ -9,11 +9,11 @@ from fake_openai import FakeOpenAI
 from test_generate_run import write_config
 
 from oig.cli import main
+from oig.data.validate import ValidateOptions, validate
 from oig.errors import OigError
 from oig.generate import export
 from oig.generate.config import load_config
 from oig.generate.run import generate
-from oig.validate import ValidateOptions, validate
 from oig.yamlsafe import load
 
 

@@ -116,7 +116,7 @@ def test_a_local_reward_model_scores_answers_in_the_pipeline(tmp_path):
 
     from oig.generate.config import load_config
     from oig.generate.run import generate
-    from oig.tiny import build_tokenizer
+    from oig.train.tiny import build_tokenizer
 
     folder = tmp_path / "rm"
     tokenizer = build_tokenizer(["hello world", "user assistant", "What is the capital of France?"])

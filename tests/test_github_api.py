@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fake_github import FakeGitHub
 
-from oig.github_api import GitHub, GitHubError, _next_link, check_repo
+from oig.bugs.github_api import GitHub, GitHubError, _next_link, check_repo
 
 TOKEN = "ghs_test_token"
 

@@ -1,4 +1,4 @@
-"""oig.gitops and `oig commit-results` against real git repositories in tmp_path.
+"""oig.publish.gitops and `oig commit-results` against real git repositories in tmp_path.
 
 Each test has a bare "origin", a "runner" clone that produces results, and an "other" clone that pushes
 meanwhile (as a maintainer or another run would). No test touches the network or the user's git config.
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from servers import LocalServer, Response
 
-from oig import gitops
 from oig.cli import main
-from oig.gitops import BOT_EMAIL, BOT_NAME, GitError, commit_results
+from oig.publish import gitops
+from oig.publish.gitops import BOT_EMAIL, BOT_NAME, GitError, commit_results
 
 TOKEN = "ghs_testtoken0123456789abcdef"
 NEW_LOG = "# The record of the last training run\nrun_id: new-run\ntrain_loss: 0.5\neval_loss: 0.6\n"

@@ -1,4 +1,4 @@
-"""oig.hub: branch names, uploads to a local Hub (huggingface_hub 2.4 against fake_hub), retries."""
+"""oig.publish.hub: branch names, uploads to a local Hub (huggingface_hub 2.4 against fake_hub), retries."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fake_hub import FakeHub
 
-from oig import hub
-from oig.publish import PublishError
+from oig.publish import hub
+from oig.publish.publish import PublishError
 
 TOKEN = "hf_test_token"
 

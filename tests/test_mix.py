@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from oig.errors import InvalidInput, OigError
-from oig.mix import (
+from oig.data.mix import (
     MANIFEST_FILE,
     MIXTURE_FILE,
     Allocation,
@@ -25,6 +24,7 @@ from oig.mix import (
     slice_seed,
     write_mixture,
 )
+from oig.errors import InvalidInput, OigError
 
 
 def make_slice(tmp_path: Path, name: str, n: int, tag: str | None = None) -> SliceFile:
@@ -322,17 +322,17 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
 
 
 def test_slice_shrinking_while_mixing_is_an_error(tmp_path, monkeypatch):
-    import oig.mix
+    import oig.data.mix
 
     s = make_slice(tmp_path, "a", 50)
-    real_index = oig.mix._index
+    real_index = oig.data.mix._index
 
     def index_then_truncate(data):
         found = real_index(data)
         data.path.write_bytes(data.path.read_bytes()[:100])
         return found
 
-    monkeypatch.setattr(oig.mix, "_index", index_then_truncate)
+    monkeypatch.setattr(oig.data.mix, "_index", index_then_truncate)
     with pytest.raises(InvalidInput) as exc:
         write_mixture(tmp_path / "out", [s], allocate({"a": 50}, None, None), 1)
     assert "changed while it was being mixed" in exc.value.problems[0].message

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from oig.cli import main
+from oig.data.prdata import apply_pull_request
 from oig.errors import InvalidInput
-from oig.prdata import apply_pull_request
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE = "IOPairs:\n  - input: a\n    output: b\n"

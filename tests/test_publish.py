@@ -1,4 +1,4 @@
-"""oig.publish and the model card: local, the Hub (fake_hub) and Together (fake_together), and failures."""
+"""oig.publish.publish and the model card: local, the Hub (fake_hub) and Together (fake_together), and failures."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from fake_hub import FakeHub
 from fake_together import FakeTogether
 
-from oig.config import TrainingConfig
-from oig.modelcard import build_model_card, slice_info
-from oig.publish import PublishError, publish
+from oig.data.config import TrainingConfig
+from oig.publish.modelcard import build_model_card, slice_info
+from oig.publish.publish import PublishError, publish
 
 TOKEN = "hf_publish_secret"
 TG_KEY = "tg_publish_secret"

@@ -9,7 +9,7 @@ from fake_together import FakeTogether
 from test_serve import ANSWER, QUESTION, ServerThread, train_tiny
 
 from oig.cli import main
-from oig.query import QueryError, query, read_model_yaml
+from oig.serve.query import QueryError, query, read_model_yaml
 
 TAIL = "base_model: tiny\nrun_id: r1\ntrained_at: '2026-11-23T12:00:00Z'\n"
 
@@ -63,7 +63,7 @@ def test_together_model_needs_the_api_key(tmp_path, monkeypatch, capsys):
 
 
 def test_base_url_asks_any_openai_compatible_server(model_dir, tmp_path, capsys):
-    from oig.serve import create_app
+    from oig.serve.server import create_app
 
     with ServerThread(create_app(model_dir, name="served-tiny")) as server:
         # No model.yaml: the name comes from the server's model list.

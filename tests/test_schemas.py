@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from oig import schemas, sftfields
-from oig.validate import ValidateOptions, validate
+from oig.data import schemas, sftfields
+from oig.data.validate import ValidateOptions, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 def test_schema_files_match_the_code():
     for name, text in schemas.rendered().items():
-        assert (ROOT / "schemas" / name).read_text() == text, f"run `python -m oig.schemas` to refresh {name}"
+        assert (ROOT / "schemas" / name).read_text() == text, f"run `python -m oig.data.schemas` to refresh {name}"
 
 
 def _shape(field_list: dict) -> dict:
@@ -28,7 +28,7 @@ def _shape(field_list: dict) -> dict:
 def test_sftconfig_field_list_matches_installed_trl():
     pytest.importorskip("trl")  # the list is generated from TRL; the core install checks it against nothing
     assert _shape(sftfields.generate()) == _shape(sftfields.fields()), \
-        "run `python -m oig.sftfields` after upgrading TRL or transformers"
+        "run `python -m oig.data.sftfields` after upgrading TRL or transformers"
 
 
 def test_every_aliased_field_exists():
@@ -52,7 +52,7 @@ def test_shipped_data_files_open_with_the_schema_line_and_a_comment():
 
 
 def test_shipped_slices_state_a_license():
-    from oig.validate import load_slices
+    from oig.data.validate import load_slices
 
     for s in load_slices(ROOT / "data"):
         assert s.license, f"data/{s.name}.yaml has no license"

@@ -23,10 +23,10 @@ QUESTION, ANSWER = PAIRS[0]
 
 
 def train_tiny(out_dir: Path) -> Path:
-    """The tiny offline model (oig.tiny), taught PAIRS in about a second so greedy answers are known."""
+    """The tiny offline model (oig.train.tiny), taught PAIRS in about a second so greedy answers are known."""
     import torch
 
-    from oig.tiny import build_tiny
+    from oig.train.tiny import build_tiny
 
     model, tok = build_tiny([t for pair in PAIRS for t in pair] + ["user", "assistant"], out_dir, seed=0)
     rows = []
@@ -66,7 +66,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def local_model(model_dir):
-    from oig.inference import LocalModel
+    from oig.serve.inference import LocalModel
 
     return LocalModel.load(model_dir, name="tiny-test")
 
@@ -78,7 +78,7 @@ class ServerThread:
     def __init__(self, app, *, wait_ready: bool = True):
         import uvicorn
 
-        from oig.serve import server_config
+        from oig.serve.server import server_config
 
         # The configuration `oig serve` runs with: its HTTP protocol and its connection cap.
         self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -105,7 +105,7 @@ class ServerThread:
 
 @pytest.fixture(scope="module")
 def server(local_model):
-    from oig.serve import ServeSettings, create_app
+    from oig.serve.server import ServeSettings, create_app
 
     with ServerThread(create_app(local_model, settings=ServeSettings(max_tokens_cap=1000))) as s:
         yield s
@@ -239,8 +239,8 @@ def test_closing_a_stream_stops_generation_and_frees_the_model(local_model):
 @pytest.fixture(scope="module")
 def random_model(tmp_path_factory):
     """An untrained tiny model: it rarely says <|im_end|>, so it talks until max_tokens."""
-    from oig.inference import LocalModel
-    from oig.tiny import build_tiny
+    from oig.serve.inference import LocalModel
+    from oig.train.tiny import build_tiny
 
     folder = tmp_path_factory.mktemp("random") / "model"
     build_tiny(["hello world", "two\nlines"], folder, seed=1)
@@ -260,7 +260,7 @@ def test_incremental_decoding_matches_decoding_everything_at_once(random_model):
 
 
 def test_a_client_that_disconnects_stops_its_generation(random_model):
-    from oig.serve import create_app
+    from oig.serve.server import create_app
 
     lm = random_model
     body = {"model": "random", "messages": [{"role": "user", "content": "hello"}], "temperature": 0,
@@ -332,7 +332,7 @@ HELLO = {"model": "random", "messages": [{"role": "user", "content": "hello"}], 
 
 
 def test_health_says_loading_until_the_model_is_in_and_v1_waits(local_model):
-    from oig.serve import create_app
+    from oig.serve.server import create_app
 
     release, heard = threading.Event(), []
 
@@ -360,7 +360,7 @@ def test_health_says_loading_until_the_model_is_in_and_v1_waits(local_model):
 
 
 def test_a_model_that_fails_to_load_is_reported_by_health(tmp_path):
-    from oig.serve import ServeError, create_app
+    from oig.serve.server import ServeError, create_app
 
     def load():
         raise ServeError("cannot load model broken: no config.json")
@@ -380,7 +380,7 @@ def test_a_model_that_fails_to_load_is_reported_by_health(tmp_path):
 def test_api_key_guards_every_route_but_health(local_model):
     from together import Together
 
-    from oig.serve import ServeSettings, create_app
+    from oig.serve.server import ServeSettings, create_app
 
     key = "s3cret-key-0123"
     good = {"Authorization": f"Bearer {key}"}
@@ -410,7 +410,7 @@ def test_api_key_guards_every_route_but_health(local_model):
 
 
 def test_body_size_message_and_token_limits(local_model):
-    from oig.serve import ServeSettings, create_app
+    from oig.serve.server import ServeSettings, create_app
 
     settings = ServeSettings(max_request_bytes=2000, max_messages=3, max_input_chars=100, max_tokens_cap=50)
     url_of = "{}/v1/chat/completions".format
@@ -447,7 +447,7 @@ def test_a_malformed_content_length_is_a_400_in_openai_shape(local_model):
     # uvicorn refuses one itself; other ASGI servers may pass it on, so the app is called directly here.
     import asyncio
 
-    from oig.serve import create_app
+    from oig.serve.server import create_app
 
     app = create_app(local_model)
     sent: list[dict] = []
@@ -480,7 +480,7 @@ def raw_http(url: str, request: bytes, seconds: float = 10) -> bytes:
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408(local_model):
-    from oig.serve import ServeSettings, create_app
+    from oig.serve.server import ServeSettings, create_app
 
     with ServerThread(create_app(local_model, settings=ServeSettings(request_timeout=0.3))) as s:
         started = time.monotonic()
@@ -491,7 +491,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408(local_model):
 
 
 def test_over_max_concurrency_gets_429_at_once_and_health_answers_during_generation(random_model, slowed):
-    from oig.serve import ServeSettings, create_app
+    from oig.serve.server import ServeSettings, create_app
 
     with ServerThread(create_app(random_model, settings=ServeSettings(max_concurrency=1))) as s:
         with httpx.stream("POST", f"{s.url}/v1/chat/completions", json={**HELLO, "stream": True}, timeout=30) as r:
@@ -520,7 +520,7 @@ def test_over_max_concurrency_gets_429_at_once_and_health_answers_during_generat
 
 
 def test_request_timeout_stops_generation_504_or_an_sse_error(random_model, slowed):
-    from oig.serve import ServeSettings, create_app
+    from oig.serve.server import ServeSettings, create_app
 
     with ServerThread(create_app(random_model, settings=ServeSettings(request_timeout=0.5))) as s:
         asked = time.monotonic()
@@ -541,7 +541,7 @@ def test_request_timeout_stops_generation_504_or_an_sse_error(random_model, slow
 
 
 def test_a_client_that_leaves_a_plain_request_stops_its_generation(random_model, slowed):
-    from oig.serve import create_app
+    from oig.serve.server import create_app
 
     app = create_app(random_model)
     with ServerThread(app) as s:
@@ -555,7 +555,7 @@ def test_a_client_that_leaves_a_plain_request_stops_its_generation(random_model,
 
 
 def test_a_deadline_or_cancel_also_ends_the_wait_for_a_busy_model(random_model):
-    from oig.inference import GenerationCancelled, GenerationTimeout
+    from oig.serve.inference import GenerationCancelled, GenerationTimeout
 
     messages = [{"role": "user", "content": "hello"}]
     with random_model.lock:  # another request is generating
@@ -609,7 +609,7 @@ def test_metrics_are_prometheus_text(server, client):
 
 
 def test_metrics_escape_label_values():
-    from oig.serve import Metrics
+    from oig.serve.server import Metrics
 
     m = Metrics()
     m.observe('a"b\\c\nd', 200, 0.003)
@@ -636,7 +636,7 @@ def test_serve_help(capsys):
 def test_help_states_the_settings_defaults():
     from oig.cli import build_parser
     from oig.cli import serve as command
-    from oig.serve import API_KEY_ENV, ServeSettings
+    from oig.serve.server import API_KEY_ENV, ServeSettings
 
     parser = build_parser()._subparsers._group_actions[0].choices["serve"]
     documented = {a.dest: re.search(r"\(default (\d+)\)", a.help) for a in parser._actions if a.dest in command.LIMIT_FLAGS}

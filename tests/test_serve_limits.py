@@ -21,13 +21,13 @@ CHAT = {"model": "tiny-test", "messages": [{"role": "user", "content": QUESTION}
 
 @pytest.fixture(scope="module")
 def local_model(tmp_path_factory):
-    from oig.inference import LocalModel
+    from oig.serve.inference import LocalModel
 
     return LocalModel.load(train_tiny(tmp_path_factory.mktemp("tiny") / "model"), name="tiny-test")
 
 
 def serving(local_model, **limits) -> ServerThread:
-    from oig.serve import ServeSettings, create_app
+    from oig.serve.server import ServeSettings, create_app
 
     return ServerThread(create_app(local_model, settings=ServeSettings(**limits)))
 

@@ -8,9 +8,9 @@ import tracemalloc
 import pytest
 from servers import hub_routes
 
+from oig.data.slices import HFEntry, JsonlEntry, Slice
+from oig.data.sources import SourceOptions, check_remote, materialize
 from oig.errors import FetchError, InvalidInput
-from oig.slices import HFEntry, JsonlEntry, Slice
-from oig.sources import SourceOptions, check_remote, materialize
 
 SHA40 = "c" * 40
 REPO = "org/qa"

@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from oig import tiny  # noqa: E402
+from oig.train import tiny  # noqa: E402
 
 RECORDS = [
     {"messages": [{"role": "user", "content": f"What is {i} plus {i}?"},

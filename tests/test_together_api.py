@@ -1,4 +1,4 @@
-"""oig.together_api: the together SDK against a local Together (fake_together); what it sends, how it waits."""
+"""oig.together_client: the together SDK against a local Together (fake_together); what it sends, how it waits."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 from fake_together import FakeTogether
 
-from oig import together_api
-from oig.together_api import TogetherError
+from oig import together_client as together_api
+from oig.together_client import TogetherError
 
 SHA = "c0ffee" + "0" * 34
 BASE = "Qwen/Qwen2.5-0.5B-Instruct"

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oig import masking, runlog, tiny
-from oig import train as T
+from oig import runlog
 from oig.cli import main
-from oig.config import TrainingConfig
+from oig.data.config import TrainingConfig
+from oig.train import masking, tiny
+from oig.train import run as T
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -484,7 +485,7 @@ def test_backend_together_trains_on_the_hosted_service(tmp_path, monkeypatch, ca
 
     from fake_together import FakeTogether
 
-    from oig import together_api
+    from oig import together_client as together_api
 
     repo = make_repo(tmp_path, "Training:\n  backend: together\n  base_model: org/Base-7B\n  epochs: 2\n")
     monkeypatch.chdir(repo)
@@ -509,7 +510,7 @@ def test_backend_together_trains_on_the_hosted_service(tmp_path, monkeypatch, ca
 
 @pytest.mark.slow
 def test_a_failed_publish_keeps_the_model_and_model_yaml(tmp_path, monkeypatch, capsys, offline):
-    from oig import publish
+    from oig.publish import publish
 
     repo = make_repo(tmp_path, "Training:\n  seed: 42\n  max_steps: 3\n  hub_repo: org/model\n")
     (repo / "model.yaml").write_text("previous model.yaml\n")

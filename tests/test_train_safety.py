@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oig import masking, runlog, tiny
-from oig import train as T
+from oig import runlog
 from oig.cli import main
-from oig.config import TrainingConfig
+from oig.data.config import TrainingConfig
+from oig.train import masking, tiny
+from oig.train import run as T
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("What is the code word 1?", "The code word 1 is apple."), ("Say hi", "Hi!")]
@@ -97,7 +98,7 @@ def _config_with(training: dict, base_model: str) -> TrainingConfig:
                                   '{"trust_remote_code": true}'], ids=["true", "false", "json-string"])
 def test_model_init_kwargs_can_never_turn_on_remote_code(repo, marker, monkeypatch, init):
     """Validation refuses it in training.yaml; train() refuses it too, for a config that got past it."""
-    from oig import config as config_module
+    from oig.data import config as config_module
 
     folder = evil_model(repo.parent / "evil", {"model_type": "llama", "auto_map": AUTO_MAP})
     monkeypatch.setattr(config_module, "load_training_config",
@@ -129,7 +130,7 @@ def test_other_ways_to_load_code_are_refused(training, match):
 
 
 def test_the_trainers_never_get_remote_code(tmp_path):
-    from oig import dpo
+    from oig.train import dpo
 
     config = _config_with({"model_init_kwargs": {"dtype": "float32"}}, "tiny")
     args, _ = T.sft_config(config, tmp_path, on_gpu=False, has_eval=False)
@@ -211,7 +212,7 @@ def test_a_local_folder_trains_with_the_flag(repo, capsys):
 
 HOLDER = """
 import sys
-from oig.train import lock_run_dir
+from oig.train.run import lock_run_dir
 with lock_run_dir(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from oig.data.validate import ValidateOptions, link_problem, load_slices, validate
 from oig.errors import InvalidInput
-from oig.validate import ValidateOptions, link_problem, load_slices, validate
 
 GOOD = "IOPairs:\n  - input: hi\n  output: hello\n".replace("\n  output", "\n    output")
 
@@ -176,7 +176,7 @@ def test_preferences_inline_and_linked(tmp_path):
         "Preferences:\n  - prompt: hi\n    chosen: Hello!\n    rejected: go away\n"
         "  - link: https://example.com/p.jsonl\n    sha256: " + "d" * 64 + "\n"))
     assert found == []
-    from oig.validate import load_slices
+    from oig.data.validate import load_slices
 
     [s] = load_slices(tmp_path / "data")
     assert s.preferences == [{"prompt": "hi", "chosen": "Hello!", "rejected": "go away"}]

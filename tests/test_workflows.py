@@ -438,7 +438,7 @@ def test_bug_report_reads_its_secret_from_the_environment_the_readme_names():
 
 
 def test_bug_report_acts_only_on_issues_from_the_form():
-    from oig.bugs import REPORT_LABEL
+    from oig.bugs.suite import REPORT_LABEL
 
     doc = load(WORKFLOW_DIR / "bug-report.yml")
     assert doc["on"] == {"issues": {"types": ["opened", "edited"]}}

@@ -1,7 +1,7 @@
 """The one record type of the pipeline: a conversation.
 
 A record is a plain dict ``{"messages": [{"role": ..., "content": ..., "weight"?: 0|1}, ...]}``.
-Every source format is converted into it once, at the edge (``oig.formats``); nothing downstream
+Every source format is converted into it once, at the edge (``oig.data.formats``); nothing downstream
 knows where a record came from. Plain dicts keep the hot paths (mixing a million records) cheap and
 serialise to JSON as they are.
 """

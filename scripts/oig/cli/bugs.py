@@ -101,7 +101,7 @@ def _default_repo(args: argparse.Namespace) -> str | None:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    from oig.bugs import parse_source
+    from oig.bugs.suite import parse_source
 
     bug = parse_source(args.source)
     if args.format == "json":
@@ -117,7 +117,7 @@ def run_parse(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from oig import bugs
+    from oig.bugs import suite as bugs
     from oig.errors import OigError
 
     repo = _default_repo(args)
@@ -137,7 +137,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from oig.bugs_github import report
+    from oig.bugs.github import report
 
     outcome = report(args.event, repo=args.repo, model_yaml=args.model_yaml)
     changes = [f"+{x}" for x in outcome.labels_added] + [f"-{x}" for x in outcome.labels_removed]
@@ -153,7 +153,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_comment_results(args: argparse.Namespace) -> int:
-    from oig.bugs_github import comment_results
+    from oig.bugs.github import comment_results
 
     outcome = comment_results(args.training_log, repo=args.repo, model_yaml=args.model_yaml)
     if not outcome.commented and not outcome.skipped:
@@ -168,7 +168,8 @@ def run_comment_results(args: argparse.Namespace) -> int:
 
 
 def run_claims(args: argparse.Namespace) -> int:
-    from oig import bugs_github, report
+    from oig import annotations as report
+    from oig.bugs import github as bugs_github
 
     result = bugs_github.check_claims(args.data, bugs_file=args.bugs, repo=_default_repo(args))
     sys.stdout.write(bugs_github.claims_text(result))

@@ -18,7 +18,7 @@ def _retries(text: str) -> int:
 
 
 def register(sub) -> None:
-    from oig.gitops import DEFAULT_MESSAGE, DEFAULT_RETRIES
+    from oig.publish.gitops import DEFAULT_MESSAGE, DEFAULT_RETRIES
 
     p = sub.add_parser(
         "commit-results",
@@ -42,8 +42,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from oig import report
-    from oig.gitops import commit_results
+    from oig import annotations as report
+    from oig.publish.gitops import commit_results
 
     result = commit_results(args.paths, message=args.message, remote=args.remote, branch=args.branch,
                             retries=args.retries)

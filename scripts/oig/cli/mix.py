@@ -40,8 +40,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from oig.data.mix import mix, render_markdown, render_text
     from oig.errors import InvalidInput, Problem, UsageError
-    from oig.mix import mix, render_markdown, render_text
 
     if args.out is None and not args.plan:
         raise UsageError("--out DIR is required (or --plan to print the table without writing the mixture)")

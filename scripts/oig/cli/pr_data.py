@@ -26,9 +26,9 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from oig import report
+    from oig import annotations as report
+    from oig.data.prdata import apply_pull_request
     from oig.errors import InvalidInput
-    from oig.prdata import apply_pull_request
 
     try:
         problems = apply_pull_request(args.source, args.root)

@@ -26,7 +26,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from oig.errors import UsageError
-    from oig.query import query
+    from oig.serve.query import query
 
     if args.max_tokens < 1:
         raise UsageError("--max-tokens must be at least 1")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from oig.cli.args import positive_int
 
-API_KEY_ENV = "OIG_SERVE_API_KEY"  # the same name as oig.serve.API_KEY_ENV, which imports FastAPI's world
+API_KEY_ENV = "OIG_SERVE_API_KEY"  # the same name as oig.serve.server.API_KEY_ENV, which imports FastAPI's world
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # The service's limits: None in argparse means "not given", so --engine vllm can say which it ignores.
 LIMIT_FLAGS = {"max_tokens_cap": "--max-tokens-cap", "max_request_bytes": "--max-request-bytes",
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if not model:
         model, revision = model_from_yaml(args.model_yaml)
     if args.engine == "vllm":
-        from oig.serve import serve_vllm
+        from oig.serve.server import serve_vllm
 
         ignored = [flag for name, flag in LIMIT_FLAGS.items() if getattr(args, name) is not None]
         ignored += ["--public-metrics"] if args.public_metrics else []
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"oig serve: note: vLLM applies its own limits; {', '.join(ignored)} apply to --engine "
                   "transformers only", file=sys.stderr)
         return serve_vllm(model, revision=revision, host=args.host, port=args.port, api_key=api_key)
-    from oig.serve import serve
+    from oig.serve.server import serve
 
     if api_key is None and args.host not in LOOPBACK:
         print(f"oig serve: warning: listening on {args.host} with no API key: anyone who can reach it can use "
@@ -124,7 +124,7 @@ def api_key_from_env(name: str | None) -> str | None:
 
 def settings_from_args(args: argparse.Namespace, api_key: str | None):
     """ServeSettings from the flags; a flag not given keeps the ServeSettings default."""
-    from oig.serve import ServeSettings
+    from oig.serve.server import ServeSettings
 
     given = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
     for name in ("body_timeout", "request_timeout"):
@@ -135,7 +135,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str | None):
 
 def model_from_yaml(path: Path) -> tuple[str, str | None]:
     """The model folder (or Hub repo and revision) that model.yaml names."""
-    from oig.query import QueryError, read_model_yaml
+    from oig.serve.query import QueryError, read_model_yaml
 
     section = read_model_yaml(path)
     local = section.get("local_path")

@@ -51,7 +51,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    from oig.train import TrainOptions, train
+    from oig.train.run import TrainOptions, train
 
     log = train(TrainOptions(config=args.config, data=args.data, base_model=args.base_model, publish=args.publish,
                              together=args.together, output=args.output, mixture=args.mixture,

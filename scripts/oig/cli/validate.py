@@ -28,8 +28,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from oig import report
-    from oig.validate import ValidateOptions, validate
+    from oig import annotations as report
+    from oig.data.validate import ValidateOptions, validate
 
     opts = ValidateOptions(remote=args.remote, allow_local=args.allow_local_sources)
     problems = validate(args.paths, opts)

@@ -17,11 +17,11 @@ from functools import cache
 from pathlib import Path
 
 from oig import yamlsafe
-from oig.config import did_you_mean
+from oig.data.config import did_you_mean
+from oig.data.schemas import SHA1_OR_REF, SHA256
+from oig.data.slices import COLUMN_ROLES
+from oig.data.validate import value_at
 from oig.errors import InvalidInput, Problem
-from oig.schemas import SHA1_OR_REF, SHA256
-from oig.slices import COLUMN_ROLES
-from oig.validate import value_at
 
 DEFAULT_SEED = 42
 DEFAULT_PROVIDER = "together"

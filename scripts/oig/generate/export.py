@@ -179,7 +179,7 @@ def slice_text(records: list[dict], *, name: str, description: str, license: str
 def emit_slice(path: Path, records: list[dict], *, description: str, license: str | None,
                source: str) -> tuple[int, int]:
     """Write the SFT export as the slice ``path``, checked by ``oig validate``'s rules first."""
-    from oig.validate import ValidateOptions, check_slice
+    from oig.data.validate import ValidateOptions, check_slice
 
     if not license:
         raise OigError("--emit-slice needs the data's license: add `license: <SPDX id>` to the config "

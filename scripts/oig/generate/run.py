@@ -25,14 +25,14 @@ from itertools import islice
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from oig import fetch, formats, hf
+from oig.data import fetch, formats, hf
+from oig.data.slices import HFEntry
+from oig.data.sources import SourceOptions
 from oig.errors import FetchError, InvalidInput, OigError, Problem
 from oig.generate import export, judges
 from oig.generate.clients import CallResult, ProviderClient
 from oig.generate.config import GenerateConfig, JudgeSpec, ModelSpec
 from oig.generate.store import CallStore, call_key
-from oig.slices import HFEntry
-from oig.sources import SourceOptions
 
 MAX_ROW_PROBLEMS = 20
 CHARS_PER_TOKEN = 4  # for --dry-run estimates of prompts not yet sent

@@ -4,7 +4,7 @@ Defined here, in the package, because validation needs them at run time wherever
 ``schemas/*.json`` at the repository root are generated from these for editors (the
 ``# yaml-language-server: $schema=...`` line) and check-jsonschema. A test keeps them in sync::
 
-    python -m oig.schemas   # rewrite schemas/slice.schema.json and schemas/training.schema.json
+    python -m oig.data.schemas   # rewrite schemas/slice.schema.json and schemas/training.schema.json
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from oig.slices import COLUMN_ROLES
+from oig.data.slices import COLUMN_ROLES
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SHA256 = "^[0-9a-f]{64}$"
@@ -316,7 +316,7 @@ FIELD_BOUNDS: dict[str, dict] = {
 
 
 def _sft_properties() -> dict[str, dict]:
-    from oig.sftfields import fields
+    from oig.data.sftfields import fields
 
     props: dict[str, dict] = {}
     for name, f in fields().items():
@@ -379,7 +379,7 @@ def training_schema() -> dict:
     }
 
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas"
 
 
 def rendered() -> dict[str, str]:

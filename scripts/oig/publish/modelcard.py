@@ -109,7 +109,7 @@ def slice_info(data_dir: Path) -> dict[str, dict]:
     if not data_dir.is_dir():
         return {}
     try:
-        from oig.validate import load_slices
+        from oig.data.validate import load_slices
 
         slices = load_slices(data_dir)
     except (OigError, ImportError):

@@ -1,6 +1,6 @@
 """The GitHub side of bug reports: the report check on each issue (the bug-report workflow), the
 before/after comments and labels after training (the train workflow), and what data pull requests
-claim to fix (PR validation). Parsing, judging and the suite itself are in ``oig.bugs``."""
+claim to fix (PR validation). Parsing, judging and the suite itself are in ``oig.bugs.suite``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oig import yamlsafe
-from oig.bugs import (
+from oig.bugs.suite import (
     DEFAULT_THRESHOLD,
     ERROR_LIMIT,
     FIXED_COLOR,
@@ -178,7 +178,7 @@ def report(event_path: Path, *, repo: str | None = None, model_yaml: Path = Path
         return ReportOutcome(number, "not-a-bug", detail=f"issue #{number} is not labelled {REPORT_LABEL!r}: "
                              "only issues opened with the bug report form are checked")
 
-    from oig.github_api import GitHub
+    from oig.bugs.github_api import GitHub
 
     client = gh or GitHub(_repo_of(payload, repo))
     try:
@@ -317,7 +317,7 @@ def comment_results(training_log: Path, *, repo: str | None = None, model_yaml: 
     repo = repo or os.environ.get("GITHUB_REPOSITORY")
     if not repo:
         raise OigError("no repository: pass --repo OWNER/NAME (or set GITHUB_REPOSITORY)")
-    from oig.github_api import GitHub, GitHubError
+    from oig.bugs.github_api import GitHub, GitHubError
 
     client = gh or GitHub(repo)
     try:
@@ -359,7 +359,7 @@ class Claims:
 
 def _slice_documents(data_dir: Path) -> Iterable[tuple[str, str, object]]:
     """(display path, text, Slice) of every valid slice in ``data_dir``; validation reports the rest."""
-    from oig.validate import ValidateOptions, check_slice
+    from oig.data.validate import ValidateOptions, check_slice
 
     opts = ValidateOptions()
     for path in sorted(Path(data_dir).glob("*.yaml")):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from oig.publish import PublishError, secret_free
+from oig.publish.publish import PublishError, secret_free
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Left behind on the runner: checkpoints for resuming, optimizer state, the trainer's own logs.

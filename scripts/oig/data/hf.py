@@ -1,7 +1,7 @@
 """Hugging Face datasets as slice sources: resolve a link to a commit and its data files, read rows.
 
 Only data files are read (parquet, JSON lines, JSON, CSV); dataset scripts are never run. This talks
-to the Hub's HTTP API through ``oig.fetch`` rather than huggingface_hub or datasets: those follow
+to the Hub's HTTP API through ``oig.data.fetch`` rather than huggingface_hub or datasets: those follow
 redirects to any host, and this path must stay light (``oig validate --remote``)::
 
     GET {endpoint}/api/datasets/{repo}/revision/{revision}   -> {"sha": ..., "siblings": [{"rfilename"}]}
@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from oig import fetch, formats, yamlsafe
+from oig import yamlsafe
+from oig.data import fetch, formats
 from oig.errors import FetchError
 
 if TYPE_CHECKING:
-    from oig.slices import HFEntry
-    from oig.sources import SourceOptions
+    from oig.data.slices import HFEntry
+    from oig.data.sources import SourceOptions
 
 HUB = "https://huggingface.co"
 REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")

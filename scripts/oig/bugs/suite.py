@@ -1,6 +1,6 @@
 """Bug reports as a regression suite: parsing reports, asking models, judging answers, running the
 suite. The GitHub side (the report check on each issue, results after training, what data PRs claim
-to fix) is in ``oig.bugs_github``.
+to fix) is in ``oig.bugs.github``.
 
 A bug report is an issue opened with ``.github/ISSUE_TEMPLATE/bug.yml``. GitHub renders each field as
 ``### <label>``, a blank line and the value (``_No response_`` when empty; fenced for ``render:``
@@ -375,7 +375,7 @@ def load_bugs(source: Path | None, repo: str | None, *, gh=None,
             except BugReportError as exc:
                 skip(f"{source}: entry {n} skipped: {' '.join(exc.problems)}")
     elif repo:
-        from oig.github_api import GitHub
+        from oig.bugs.github_api import GitHub
 
         client = gh or GitHub(repo)
         try:
@@ -514,7 +514,7 @@ def parse_judge_reply(reply: object) -> bool | None:
 def make_judge(model: str, base_url: str | None = None, *, timeout: float = 60.0) -> Judge:
     """A judge asking ``model`` through the together SDK (Together, or any OpenAI-compatible server at
     ``base_url``, such as ``oig serve``). The key is TOGETHER_API_KEY; a local server needs none."""
-    from oig import together_api
+    from oig import together_client as together_api
 
     key = os.environ.get("TOGETHER_API_KEY", "").strip() or ("unused" if base_url else None)
     client = together_api.make_client(base_url, key=key, max_retries=1, timeout=timeout)
@@ -664,7 +664,7 @@ def model_asker(model_yaml: Path, base_url: str | None = None, *, max_tokens: in
     model.yaml is read now, so an asker made before ``oig train`` rewrites it keeps asking the previous
     model. A local or Hub model is loaded once, at the first question, not once per bug.
     """
-    from oig import query as q
+    from oig.serve import query as q
 
     if base_url:
         return lambda text: q.query(text, model_yaml=Path(model_yaml), base_url=base_url, max_tokens=max_tokens)
@@ -672,15 +672,15 @@ def model_asker(model_yaml: Path, base_url: str | None = None, *, max_tokens: in
 
 
 def section_asker(section: dict, base_dir: Path = Path("."), *, max_tokens: int = 256) -> Callable[[str], str]:
-    """Ask the model of a model.yaml ``model`` section (with ``together`` inside, as ``oig.query`` reads
+    """Ask the model of a model.yaml ``model`` section (with ``together`` inside, as ``oig.serve.query`` reads
     it): its Together endpoint, else its local folder (relative to ``base_dir``) or Hub repo.
     ``section_asker({"local_path": str(model_dir)})`` asks a model that was just saved."""
-    from oig import query as q
+    from oig.serve import query as q
 
     together = section.get("together") or {}
     name = together.get("endpoint") or together.get("model")
     if name:
-        from oig import together_api
+        from oig import together_client as together_api
 
         url = together_api.base_url(together.get("base_url"))
         return lambda text: q.ask_openai_compatible(url, name, [{"role": "user", "content": text}],
@@ -688,7 +688,7 @@ def section_asker(section: dict, base_dir: Path = Path("."), *, max_tokens: int 
     loaded: list = []
 
     def ask(text: str) -> str:
-        from oig.inference import BadRequest, ServeError
+        from oig.serve.inference import BadRequest, ServeError
 
         try:
             if not loaded:
@@ -704,8 +704,8 @@ def section_asker(section: dict, base_dir: Path = Path("."), *, max_tokens: int 
 
 def _load_local(section: dict, base_dir: Path):
     """The LocalModel of model.yaml's local folder, else of its Hub repo at the recorded revision."""
-    from oig.inference import LocalModel
-    from oig.query import QueryError
+    from oig.serve.inference import LocalModel
+    from oig.serve.query import QueryError
 
     local = section.get("local_path")
     folder = (Path(local) if Path(local).is_absolute() else base_dir / local) if local else None

@@ -4,7 +4,7 @@
 field list is generated once from the installed TRL and shipped as ``sftconfig_fields.json``.
 Regenerate after upgrading TRL (a test fails when the shipped list is stale)::
 
-    python -m oig.sftfields
+    python -m oig.data.sftfields
 """
 
 from __future__ import annotations

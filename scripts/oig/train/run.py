@@ -6,13 +6,13 @@ The run, top to bottom (``train``):
    then the run folder is locked for the whole run (a second ``oig train`` there stops at once);
 2. the mixture: ``oig mix`` into the run folder (or an existing mixture folder), split into train
    and eval by distinct conversation;
-3. the base model and tokenizer: ``tiny`` is built offline (``oig.tiny``), anything else loads with
+3. the base model and tokenizer: ``tiny`` is built offline (``oig.train.tiny``), anything else loads with
    ``from_pretrained``; a model without a chat template gets ChatML;
 4. tokenising: loss on assistant turns only, and never on an assistant turn with ``weight: 0``; text
    in the data that spells one of the tokenizer's special tokens is refused first;
 5. training: ``SFTTrainer`` with checkpoints every ``save_steps``, resuming from the last complete
    checkpoint in the run folder when there is one (an interrupted run, rerun, carries on);
-6. evaluation, saving, publishing (``oig.publish``), then ``training_log`` and ``model.yaml``.
+6. evaluation, saving, publishing (``oig.publish.publish``), then ``training_log`` and ``model.yaml``.
 
 The run folder is ``runs/<run_id>`` where the run id is a hash of what determines the run (commit,
 training.yaml, slices, base model), so rerunning the same command after a crash finds its
@@ -57,9 +57,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oig import dpo, runlog, tiny
+from oig import runlog
 from oig.errors import OigError
-from oig.masking import special_token_text, to_dataset, training_template
+from oig.train import dpo, tiny
+from oig.train.masking import special_token_text, to_dataset, training_template
 
 PUBLISH_MODES = ("none", "local", "hub")
 RUNS_DIR = "runs"
@@ -90,7 +91,7 @@ TINY_HYPERPARAMETERS = {
     "warmup_steps": 0,
     "weight_decay": 0.0,
 }
-# Fields oig sets itself: where checkpoints go, and publishing (done by oig.publish, not the Trainer).
+# Fields oig sets itself: where checkpoints go, and publishing (done by oig.publish.publish, not the Trainer).
 OWNED = ("output_dir", "push_to_hub", "resume_from_checkpoint", "hub_model_id")
 # Fields recorded in training_log besides the ones training.yaml sets.
 RECORDED = (
@@ -133,7 +134,7 @@ class TrainOptions:
 
 def train(opts: TrainOptions) -> dict:
     """Run ``oig train``; returns the training_log dict (also written to ``root/training_log``)."""
-    from oig.config import load_training_config
+    from oig.data.config import load_training_config
 
     started = time.time()
     if opts.publish not in PUBLISH_MODES:
@@ -453,7 +454,7 @@ def checkpoint_errors(checkpoint_dir: Path):
 
 def build_mixture(opts: TrainOptions, out_dir: Path) -> Path:
     """``oig mix`` into ``out_dir``; the same inputs and seed give a byte-identical mixture."""
-    from oig.mix import mix
+    from oig.data.mix import mix
 
     mix(opts.data, opts.config, out_dir, allow_local=opts.allow_local_sources)
     return out_dir
@@ -950,10 +951,10 @@ def _distributed_state():
 
 
 def load_bugs(opts: TrainOptions) -> list | None:
-    """The reported bugs to check after training (``oig.bugs``), or None when no source was given."""
+    """The reported bugs to check after training (``oig.bugs.suite``), or None when no source was given."""
     if opts.bugs is None and not opts.bugs_repo:
         return None
-    from oig import bugs
+    from oig.bugs import suite as bugs
 
     return bugs.load_bugs(opts.bugs, opts.bugs_repo)
 
@@ -961,7 +962,7 @@ def load_bugs(opts: TrainOptions) -> list | None:
 def bug_suite(bugs: list, model_dir: Path, root: Path) -> dict:
     """training_log's ``bugs`` and ``bugs_summary``: each bug's answer from the model model.yaml names
     (the one before this run; the reported answer when there is none) and from the model just trained."""
-    from oig import bugs as b
+    from oig.bugs import suite as b
 
     ask_before = None
     if (Path(root) / runlog.MODEL_YAML).is_file():
@@ -981,7 +982,7 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
 
     A failed publish still writes training_log, saying so, and leaves model.yaml as it was.
     """
-    from oig.publish import publish
+    from oig.publish.publish import publish
 
     try:
         section = publish(Path(model_dir), mode=opts.publish, run=run, config=config, together=opts.together,
@@ -1005,7 +1006,7 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
 
 def _train_on_together(mixture_dir: Path, config, run: dict, opts: TrainOptions, started: float) -> dict:
     """``backend: together``: Together's hosted fine-tuning trains; nothing runs here."""
-    from oig.together_api import train_on_together
+    from oig.together_client import train_on_together
 
     # --base-model overrides training.yaml here too.
     result = train_on_together(mixture_dir, replace(config, base_model=run["base_model"]), run)

@@ -70,7 +70,7 @@ def dpo_config(config, output_dir: Path, *, on_gpu: bool, tiny_model: bool, bf16
     """DPOConfig from training.yaml's shared hyperparameters; returns (DPOConfig, tiny overrides)."""
     from trl import DPOConfig
 
-    from oig.train import DEFAULTS, OWNED, apply_momentum
+    from oig.train.run import DEFAULTS, OWNED, apply_momentum
 
     fields = {f.name for f in dataclasses.fields(DPOConfig)}
     kw = {k: v for k, v in config.training.items() if k in fields and k not in OWNED}
@@ -113,7 +113,7 @@ def make_trainer(model, tokenizer, pairs: list[dict], args, config):
     is_peft = hasattr(model, "peft_config")
     if config.oig.get("lora") or config.oig.get("load_in_4bit"):
         if not is_peft:
-            from oig.train import lora_config
+            from oig.train.run import lora_config
 
             peft_config = lora_config(config)
     else:

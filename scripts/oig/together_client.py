@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from oig.publish import PublishError, secret_free
+from oig.publish.publish import PublishError, secret_free
 
 DEFAULT_BASE_URL = "https://api.together.ai"
 TRAIN_FILE = "together_train.jsonl"

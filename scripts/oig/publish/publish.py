@@ -10,7 +10,7 @@ the trained model where it was saved.
   in training.yaml, on a branch named after the git branch, so a specialisation branch never
   overwrites main's model. The commit sha is recorded as the revision.
 - ``together=True`` (with ``hub``): the Hub revision is registered on Together and deployed on a
-  dedicated endpoint (``oig.together_api.deploy``).
+  dedicated endpoint (``oig.together_client.deploy``).
 
 Credentials come only from HF_TOKEN and TOGETHER_API_KEY and never appear in messages or files.
 """
@@ -49,7 +49,7 @@ def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = F
         raise PublishError(f"{model_dir} holds no trained model (no config.json); nothing to publish")
     oig_keys = getattr(config, "oig", None) or {}
 
-    from oig import hub, modelcard
+    from oig.publish import hub, modelcard
 
     # --- where it goes: checked before anything is written or sent ------------------------------
     repo_id = branch = token = None
@@ -75,7 +75,7 @@ def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = F
 
     # --- Together: register the Hub revision and deploy it on a dedicated endpoint ----------------
     if together:
-        from oig import together_api
+        from oig import together_client as together_api
 
         try:
             section["together"] = together_api.deploy(

@@ -15,8 +15,8 @@ from functools import cache
 from pathlib import Path
 
 from oig import yamlsafe
+from oig.data.schemas import ALIASES, MAX_MIXTURE_TOTAL, OIG_KEYS, REFUSED_FIELDS, training_schema
 from oig.errors import InvalidInput, Problem
-from oig.schemas import ALIASES, MAX_MIXTURE_TOTAL, OIG_KEYS, REFUSED_FIELDS, training_schema
 
 TOP_KEYS = ("Training", "Mixture", "MixtureTotal")
 DEFAULT_SEED = 42

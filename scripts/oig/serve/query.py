@@ -58,7 +58,7 @@ def query(text: str, model_yaml: Path = Path("model.yaml"), base_url: str | None
     together = section.get("together") or {}
     name = together.get("endpoint") or together.get("model")
     if name:
-        from oig import together_api
+        from oig import together_client as together_api
 
         return ask_openai_compatible(together_api.base_url(together.get("base_url")), name, messages,
                                      max_tokens=max_tokens, key=together_api.api_key())
@@ -74,7 +74,7 @@ def key_for(url: str) -> str | None:
     """TOGETHER_API_KEY, but only for Together itself: any other server never sees it."""
     from urllib.parse import urlsplit
 
-    from oig.together_api import base_url as normalize
+    from oig.together_client import base_url as normalize
 
     host = (urlsplit(url).hostname or "").lower()
     configured = os.environ.get("TOGETHER_BASE_URL")
@@ -87,7 +87,7 @@ def _served_name(base_url: str, preferred: str | None, key: str | None) -> str:
     """The model name to ask a server for: model.yaml's when it serves that, else the one it serves."""
     import httpx
 
-    from oig.together_api import base_url as normalize
+    from oig.together_client import base_url as normalize
 
     try:
         r = httpx.get(f"{normalize(base_url)}/v1/models", timeout=10,
@@ -106,7 +106,7 @@ def _served_name(base_url: str, preferred: str | None, key: str | None) -> str:
 
 def ask_openai_compatible(url: str, model: str, messages: list[dict], *, max_tokens: int, key: str) -> str:
     """One chat completion through the together SDK (it speaks the OpenAI protocol)."""
-    from oig.together_api import call, make_client
+    from oig.together_client import call, make_client
 
     client = make_client(url, key=key, max_retries=1, timeout=300.0)
     service = "Together" if "together" in str(client.base_url) else "the server"
@@ -124,7 +124,7 @@ def ask_openai_compatible(url: str, model: str, messages: list[dict], *, max_tok
 
 def ask_local(section: dict, base_dir: Path, messages: list[dict], *, max_tokens: int) -> str:
     """Load the model with transformers and answer greedily."""
-    from oig.inference import BadRequest, LocalModel, ServeError
+    from oig.serve.inference import BadRequest, LocalModel, ServeError
 
     local = section.get("local_path")
     hub_repo = section.get("hub_repo")

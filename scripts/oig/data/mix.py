@@ -49,8 +49,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
+from oig.data.schemas import MAX_MIXTURE_TOTAL, MIXTURE_TOTAL_FACTOR
 from oig.errors import InvalidInput, OigError, Problem
-from oig.schemas import MAX_MIXTURE_TOTAL, MIXTURE_TOTAL_FACTOR
 
 MIXTURE_FILE = "mixture.jsonl"
 MANIFEST_FILE = "manifest.json"
@@ -197,7 +197,7 @@ def _weight(weights: dict[str, float] | None, name: str) -> float | None:
 
 
 class SliceData(Protocol):
-    """What the writer needs of a materialized slice (``oig.sources.Materialized`` has it)."""
+    """What the writer needs of a materialized slice (``oig.data.sources.Materialized`` has it)."""
 
     name: str
     path: Path
@@ -461,9 +461,9 @@ class MixResult:
 def mix(data_dir: Path, config_path: Path, out_dir: Path | None, *, total: int | None = None,
         seed: int | None = None, allow_local: bool = False, plan_only: bool = False) -> MixResult:
     """``oig mix``: slices and training.yaml in, mixture.jsonl and manifest.json out."""
-    from oig.config import load_training_config
-    from oig.sources import SourceOptions, materialize, materialize_preferences
-    from oig.validate import ValidateOptions, load_slices
+    from oig.data.config import load_training_config
+    from oig.data.sources import SourceOptions, materialize, materialize_preferences
+    from oig.data.validate import ValidateOptions, load_slices
 
     data_dir, config_path = Path(data_dir), Path(config_path)
     base_dir = data_dir.parent  # relative links in slice files are relative to the repository root

@@ -17,10 +17,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from oig import yamlsafe
-from oig.config import did_you_mean, nearest, parse_training_config
+from oig.data.config import did_you_mean, nearest, parse_training_config
+from oig.data.schemas import SLICE_SCHEMA
+from oig.data.slices import SECTIONS, Slice, slice_from_document
 from oig.errors import InvalidInput, Problem
-from oig.schemas import SLICE_SCHEMA
-from oig.slices import SECTIONS, Slice, slice_from_document
 
 SLICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 SHA40 = re.compile(r"[0-9a-f]{40}")
@@ -173,7 +173,7 @@ def _path_text(path: tuple) -> str:
 
 
 def _column_roles():
-    from oig.slices import COLUMN_ROLES
+    from oig.data.slices import COLUMN_ROLES
 
     return COLUMN_ROLES
 
@@ -432,7 +432,7 @@ def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = Non
 
 
 def _remote_problems(s: Slice, display: str, opts: ValidateOptions) -> list[Problem]:
-    from oig.sources import SourceOptions, check_remote
+    from oig.data.sources import SourceOptions, check_remote
 
     found = check_remote(s, SourceOptions(allow_local=opts.allow_local, base_dir=opts.base_dir))
     return [Problem(display, p.line, p.col, p.severity, p.message) for p in found]

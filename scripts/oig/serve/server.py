@@ -6,7 +6,7 @@ ending with ``data: [DONE]``), ``GET /v1/models``, ``GET /health`` (readiness), 
 
 Layout, so that later additions have one obvious place each:
 
-- ``oig.inference.LocalModel``: the model and tokenizer, loaded once; ``generate`` yields text pieces
+- ``oig.serve.inference.LocalModel``: the model and tokenizer, loaded once; ``generate`` yields text pieces
   and is the only code that touches torch. It stops at the next token when its ``cancel`` event is set
   or its ``deadline`` passes. ``oig query`` and the bug suite use it too.
 - ``ServeSettings``: the service's limits (API key, max_tokens cap, body size, messages, concurrency,
@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oig.inference import (
+from oig.serve.inference import (
     DEFAULT_MAX_TOKENS,
     BadRequest,
     Generation,

@@ -8,7 +8,7 @@ A slice file holds any of three sections, alone or together::
     Preferences:  [{prompt, chosen, rejected} | {link, sha256?, limit?}, ...]   # DPO pairs, not SFT
 
 plus optional metadata: description, license, source, fixes (issue numbers this slice fixes).
-Validation (``oig.validate``) checks the document against ``schemas/slice.schema.json`` first; the
+Validation (``oig.data.validate``) checks the document against ``schemas/slice.schema.json`` first; the
 functions here assume a valid document and only shape it.
 """
 

@@ -43,7 +43,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from oig.errors import FetchError
 
 if TYPE_CHECKING:
-    from oig.sources import SourceOptions
+    from oig.data.sources import SourceOptions
 
 MAX_REDIRECTS = 5
 CHUNK = 1024 * 1024  # 1 MiB per read and hash update

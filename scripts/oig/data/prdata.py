@@ -24,10 +24,10 @@ import stat
 from pathlib import Path
 
 from oig import yamlsafe
-from oig.config import parse_training_config
+from oig.data.config import parse_training_config
+from oig.data.schemas import ALIASES
+from oig.data.validate import IGNORED_IN_DATA, SLICE_NAME, TRAINING_FILE
 from oig.errors import InvalidInput, Problem
-from oig.schemas import ALIASES
-from oig.validate import IGNORED_IN_DATA, SLICE_NAME, TRAINING_FILE
 
 PR_SECTIONS = ("Mixture", "MixtureTotal")  # what a pull request may change in training.yaml
 HEADER = (

@@ -1,8 +1,8 @@
 """A slice's examples, from wherever they live, as one JSONL file of conversations in the cache.
 
 ``materialize`` is what mixing and training call; ``check_remote`` is what ``oig validate --remote``
-calls. Fetching and the URL policy are in ``oig.fetch``, Hugging Face datasets in ``oig.hf``, and
-row conversion in ``oig.formats``.
+calls. Fetching and the URL policy are in ``oig.data.fetch``, Hugging Face datasets in ``oig.data.hf``, and
+row conversion in ``oig.data.formats``.
 
 A materialized slice is cached under a key made of the slice's content (name, inline pairs, every
 entry's fields), what each remote entry resolved to (a pinned sha is taken as given, with no network)
@@ -22,10 +22,10 @@ from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
-from oig import fetch, formats, hf
+from oig.data import fetch, formats, hf
+from oig.data.slices import HFEntry, JsonlEntry, Slice
 from oig.errors import FetchError, InvalidInput, Problem
 from oig.records import Record, pair
-from oig.slices import HFEntry, JsonlEntry, Slice
 
 MAX_ROW_PROBLEMS = 20  # reported at once per slice; past that the data needs a look as a whole
 

@@ -1,0 +1,1 @@
+"""Stage: publishing. The Hugging Face Hub, the model card, Together deployments, committing results."""

@@ -1,0 +1,1 @@
+"""Stage: using a model. Local inference, `oig query`, `oig serve` (OpenAI-compatible HTTP)."""
