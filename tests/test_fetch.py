@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from servers import Response, redirect
 
-from oig.data.fetch import _auth_headers, blob_path, cache_root, check_url, fetch_to_cache
-from oig.data.sources import SourceOptions
+from oig.data.fetch import SourceOptions, _auth_headers, blob_path, cache_root, check_url, fetch_to_cache
 from oig.errors import FetchError
 
 DATA = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'

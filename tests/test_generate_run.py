@@ -16,7 +16,7 @@ import pytest
 from fake_openai import FakeOpenAI
 from servers import LocalServer, hub_routes
 
-from oig.data.sources import SourceOptions
+from oig.data.fetch import SourceOptions
 from oig.errors import FetchError, InvalidInput, OigError
 from oig.generate.config import load_config
 from oig.generate.run import generate, load_instructions, prompt_of

@@ -6,9 +6,9 @@ import json
 import pytest
 from servers import Response, hub_routes
 
+from oig.data.fetch import SourceOptions
 from oig.data.hf import _glob, iter_rows, parse_link, parse_revision_info, pick_files, resolve, split_of
 from oig.data.slices import HFEntry
-from oig.data.sources import SourceOptions
 from oig.errors import FetchError
 
 SHA = "a" * 40

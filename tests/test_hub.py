@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fake_hub import FakeHub
 
+from oig.errors import PublishError
 from oig.publish import hub
-from oig.publish.publish import PublishError
 
 TOKEN = "hf_test_token"
 

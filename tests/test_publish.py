@@ -10,8 +10,9 @@ from fake_hub import FakeHub
 from fake_together import FakeTogether
 
 from oig.data.config import TrainingConfig
+from oig.errors import PublishError
 from oig.publish.modelcard import build_model_card, slice_info
-from oig.publish.publish import PublishError, publish
+from oig.publish.publish import publish
 
 TOKEN = "hf_publish_secret"
 TG_KEY = "tg_publish_secret"

@@ -12,7 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from oig import runlog
+from oig import files, runlog
 from oig.runlog import RunLogError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ def test_writes_are_atomic_and_leave_no_temp_files(tmp_path, monkeypatch):
     def crash(*_args, **_kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(runlog.os, "replace", crash)
+    monkeypatch.setattr(files.os, "replace", crash)
     with pytest.raises(RunLogError, match=r"^cannot write .*training_log: disk full$"):
         runlog.write_training_log(tmp_path, {**RUN, "run_id": "run-other"})
     assert (tmp_path / "training_log").read_text() == before
@@ -168,7 +168,7 @@ def test_a_full_or_read_only_root_is_a_clear_error(tmp_path, monkeypatch, code):
     def refuse(*_args, **_kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(runlog.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     with pytest.raises(RunLogError, match=rf"^cannot write .*training_log: {os.strerror(code)}$"):
         runlog.write_training_log(tmp_path, {**RUN, "run_id": "run-other"})
     assert (tmp_path / "training_log").read_bytes() == before
@@ -185,7 +185,7 @@ def test_write_run_files_is_all_or_nothing(tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     doc = runlog.model_document({"local_path": "runs/r/model"}, RUN)
-    monkeypatch.setattr(runlog.os, "replace", replace)
+    monkeypatch.setattr(files.os, "replace", replace)
     with pytest.raises(RunLogError, match=r"cannot write .*model.yaml: No space left on device"):
         runlog.write_run_files(tmp_path, RUN, doc)
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -193,7 +193,7 @@ def test_write_run_files_is_all_or_nothing(tmp_path, monkeypatch):
     # A model.yaml that would not pass its schema writes neither file.
     with pytest.raises(RunLogError, match="refusing to write model.yaml"):
         runlog.write_run_files(tmp_path, {**RUN, "run_id": "run-x"}, {"model": {}})
-    monkeypatch.setattr(runlog.os, "replace", real_replace)
+    monkeypatch.setattr(files.os, "replace", real_replace)
     runlog.write_run_files(tmp_path, RUN, doc)
     assert runlog.read_model_yaml(tmp_path / "model.yaml")["model"] == {"local_path": "runs/r/model"}
     assert runlog.read_training_log(tmp_path / "training_log")["run_id"] == RUN["run_id"]

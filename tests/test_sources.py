@@ -8,8 +8,9 @@ import tracemalloc
 import pytest
 from servers import hub_routes
 
+from oig.data.fetch import SourceOptions
 from oig.data.slices import HFEntry, JsonlEntry, Slice
-from oig.data.sources import SourceOptions, check_remote, materialize
+from oig.data.sources import check_remote, materialize
 from oig.errors import FetchError, InvalidInput
 
 SHA40 = "c" * 40

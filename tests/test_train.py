@@ -17,6 +17,7 @@ import yaml
 from oig import runlog
 from oig.cli import main
 from oig.data.config import TrainingConfig
+from oig.errors import PublishError
 from oig.train import masking, tiny
 from oig.train import run as T
 
@@ -485,13 +486,13 @@ def test_backend_together_trains_on_the_hosted_service(tmp_path, monkeypatch, ca
 
     from fake_together import FakeTogether
 
-    from oig import together_client as together_api
+    from oig.train import together as hosted
 
     repo = make_repo(tmp_path, "Training:\n  backend: together\n  base_model: org/Base-7B\n  epochs: 2\n")
     monkeypatch.chdir(repo)
     # The job is polled with real sleeps of 20 s; here the fake's states advance at once.
-    monkeypatch.setattr(together_api, "train_on_together",
-                        functools.partial(together_api.train_on_together, sleep=lambda s: None))
+    monkeypatch.setattr(hosted, "train_on_together",
+                        functools.partial(hosted.train_on_together, sleep=lambda s: None))
     with FakeTogether() as fake:
         monkeypatch.setenv("TOGETHER_API_KEY", fake.api_key)
         monkeypatch.setenv("TOGETHER_BASE_URL", fake.url)
@@ -517,7 +518,7 @@ def test_a_failed_publish_keeps_the_model_and_model_yaml(tmp_path, monkeypatch, 
     monkeypatch.chdir(repo)
 
     def upload_fails(*args, **kwargs):  # what publish raises once its retries are spent
-        raise publish.PublishError("the upload to org/model failed after 5 attempts: 503 Service Unavailable")
+        raise PublishError("the upload to org/model failed after 5 attempts: 503 Service Unavailable")
 
     monkeypatch.setattr(publish, "publish", upload_fails)
     assert main(["train", "--base-model", "tiny", "--publish", "hub"]) == 1

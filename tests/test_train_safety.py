@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from oig import runlog
+from oig import files, runlog
 from oig.cli import main
 from oig.data.config import TrainingConfig
 from oig.train import masking, tiny
@@ -268,14 +268,14 @@ def _temp_files(folder: Path) -> list[str]:
 @pytest.mark.parametrize("code, target", [(errno.ENOSPC, "model.yaml"), (errno.EROFS, "training_log")])
 def test_the_last_writes_failing_leave_the_previous_files(repo, capsys, monkeypatch, code, target):
     previous = _previous_files(repo)
-    real_mkstemp = runlog.tempfile.mkstemp
+    real_mkstemp = files.tempfile.mkstemp
 
     def mkstemp(*args, prefix="", **kwargs):
         if prefix.startswith(f".{target}."):  # the repository root is full, or read-only
             raise OSError(code, os.strerror(code))
         return real_mkstemp(*args, prefix=prefix, **kwargs)
 
-    monkeypatch.setattr(runlog.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
     assert main(["train", "--base-model", "tiny", "--publish", "local"]) == 1
     assert error_line(capsys.readouterr().err) == f"oig train: error: cannot write {target}: {os.strerror(code)}"
     assert {name: (repo / name).read_bytes() for name in previous} == previous  # both, not just the one

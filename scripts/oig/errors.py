@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+# The secrets oig reads, from the environment only; their values never reach a message, a log or a file.
+SECRET_ENV = ("HF_TOKEN", "TOGETHER_API_KEY", "GITHUB_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,22 @@ class InvalidInput(OigError):
 
 class FetchError(OigError):
     """A remote source could not be fetched, was refused by policy, or did not match its pin."""
+
+
+class PublishError(OigError):
+    """The model could not be published (the Hub, Together) or the request to publish was wrong."""
+
+
+class TogetherError(PublishError):
+    """A Together call failed or a job did not finish (publishing or hosted training)."""
+
+
+def redact(text: str, *names: str, values: tuple[str, ...] = ()) -> str:
+    """``text`` with the values of the named environment secrets (default: all of oig's) and any extra
+    ``values`` replaced by ``***``. Values shorter than 4 characters are left alone (they would mask
+    ordinary text)."""
+    secrets = [os.environ.get(name) for name in (names or SECRET_ENV)] + list(values)
+    for value in secrets:
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text

@@ -18,15 +18,13 @@ a RunLogError naming the path and the cause, and leaves the files as they were.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from enum import Enum
 from functools import cache
 from pathlib import Path
 
 import yaml
 
-from oig import yamlsafe
+from oig import files, yamlsafe
 from oig.errors import OigError
 
 TRAINING_LOG = "training_log"
@@ -142,54 +140,27 @@ def dump_yaml(data: dict, header: str = "") -> str:
                               default_flow_style=False, width=1_000_000)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    write_all_atomic([(Path(path), text)])
-
-
-def write_all_atomic(files: list[tuple[Path, str]]) -> None:
-    """Write each ``(path, text)`` via a temp file beside it; every temp file is complete (and synced)
-    before the first is renamed into place, so a full disk or a read-only folder leaves all of them as
-    they were. Raises RunLogError naming the path and the cause; no temp file is left behind."""
-    pending: list[tuple[Path, str]] = []  # (target, temp file) not yet renamed
+def _write(targets: list[tuple[Path, str]]) -> None:
+    """Both or neither (``files.write_all_atomic``); a failure is a RunLogError naming the path."""
     try:
-        for path, text in files:
-            path = Path(path)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-                pending.append((path, tmp))
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(text)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as exc:
-                raise RunLogError(f"cannot write {path}: {exc.strerror or exc}") from None
-        while pending:
-            path, tmp = pending[0]
-            try:
-                os.replace(tmp, path)
-            except OSError as exc:
-                raise RunLogError(f"cannot write {path}: {exc.strerror or exc}") from None
-            pending.pop(0)
-    finally:
-        for _, tmp in pending:
-            Path(tmp).unlink(missing_ok=True)
+        files.write_all_atomic(targets)
+    except files.WriteError as exc:
+        raise RunLogError(str(exc)) from None
 
 
 def write_training_log(root: Path, run: dict) -> Path:
     path = Path(root) / TRAINING_LOG
-    write_atomic(path, dump_yaml(run, TRAINING_LOG_HEADER))
+    _write([(path, dump_yaml(run, TRAINING_LOG_HEADER))])
     return path
 
 
 def write_run_files(root: Path, run: dict, model_doc: dict | None = None) -> None:
     """training_log, and model.yaml when ``model_doc`` is given (checked against MODEL_SCHEMA first),
     both or neither: the two temp files are written in full before either replaces its file."""
-    files = [(Path(root) / TRAINING_LOG, dump_yaml(run, TRAINING_LOG_HEADER))]
+    targets = [(Path(root) / TRAINING_LOG, dump_yaml(run, TRAINING_LOG_HEADER))]
     if model_doc is not None:
-        files.append((Path(root) / MODEL_YAML, dump_yaml(_checked_model_doc(model_doc), MODEL_YAML_HEADER)))
-    write_all_atomic(files)
+        targets.append((Path(root) / MODEL_YAML, dump_yaml(_checked_model_doc(model_doc), MODEL_YAML_HEADER)))
+    _write(targets)
 
 
 def model_document(model: dict, run: dict) -> dict:
@@ -213,7 +184,7 @@ def model_document(model: dict, run: dict) -> dict:
 def write_model_yaml(root: Path, doc: dict) -> Path:
     """Check ``doc`` against MODEL_SCHEMA, then write model.yaml atomically."""
     path = Path(root) / MODEL_YAML
-    write_atomic(path, dump_yaml(_checked_model_doc(doc), MODEL_YAML_HEADER))
+    _write([(path, dump_yaml(_checked_model_doc(doc), MODEL_YAML_HEADER))])
     return path
 
 
@@ -289,7 +260,7 @@ def rendered_schema() -> str:
 
 
 def main() -> None:
-    write_atomic(SCHEMA_FILE, rendered_schema())
+    _write([(SCHEMA_FILE, rendered_schema())])
     print(f"wrote schemas/{SCHEMA_FILE.name}")
 
 

@@ -37,10 +37,9 @@ from oig.bugs.suite import (
     parse_event,
     plain,
     read_event,
-    secret_free,
     short,
 )
-from oig.errors import OigError, Problem
+from oig.errors import OigError, Problem, redact
 
 # --- the report check (the bug-report workflow) ------------------------------------------------------------
 
@@ -231,7 +230,7 @@ def _reproduce(bug: Bug, model_yaml: Path, ask: Callable[[str], str] | None,
         answer = ask(bug.input)
     except Exception as exc:  # any failure of the model call is reported on the issue and fails the run
         detail = str(exc) if isinstance(exc, OigError) else f"{type(exc).__name__}: {exc}"
-        return "failed", None, "the model could not be asked.", secret_free(detail), doc
+        return "failed", None, "the model could not be asked.", redact(detail), doc
     if not isinstance(answer, str):
         return "failed", None, "the model returned no text.", None, doc
     status = REPRODUCED if is_reproduced(bug, answer, threshold=threshold) else NOT_REPRODUCED

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from oig.errors import OigError
+from oig.errors import OigError, redact
 
 DEFAULT_API_URL = "https://api.github.com"
 API_VERSION = "2022-11-28"
@@ -59,10 +59,6 @@ def check_repo(repo: str) -> str:
     if not isinstance(repo, str) or not REPO.fullmatch(repo) or repo.endswith((".", "/..")):
         raise GitHubError(f"{repo!r} is not a repository name; expected OWNER/NAME")
     return repo
-
-
-def _no_secret(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token and len(token) >= 4 else text
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -175,7 +171,7 @@ class GitHub:
                     self.sleep(self._backoff(attempt, None))
                     attempt += 1
                     continue
-                detail = _no_secret(str(exc) or type(exc).__name__, self.token)
+                detail = redact(str(exc) or type(exc).__name__, values=(self.token or '',))
                 raise GitHubError(f"{what}: could not reach {urlsplit(self.api_url).netloc} ({detail})",
                                   retryable=True) from None
             status = response.status_code
@@ -214,7 +210,7 @@ class GitHub:
         if status == 404 and ok_missing:
             return None, response.headers
         if status >= 400:
-            detail = _no_secret(_message(response), self.token)
+            detail = redact(_message(response), values=(self.token or '',))
             hint = {
                 401: "GitHub refused the token: check GITHUB_TOKEN",
                 403: "the token may not do this: the workflow needs `permissions: issues: write`"

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oig import yamlsafe
-from oig.errors import OigError
+from oig.errors import OigError, redact
 
 # --- constants -----------------------------------------------------------------------------------------
 
@@ -467,7 +467,7 @@ def _ask_judge(judge: Judge, bug: Bug, answer: str) -> bool | None:
     try:
         verdict = judge(bug.input, answer, bug.expected, bug.output)
     except Exception as exc:  # a judge is advisory: its failure makes the verdict unknown, not the run fail
-        _warn(f"the judge model failed on bug #{bug.number}: {secret_free(str(exc))[:200]}")
+        _warn(f"the judge model failed on bug #{bug.number}: {redact(str(exc))[:200]}")
         return None
     return verdict if isinstance(verdict, bool) else None
 
@@ -536,14 +536,6 @@ def make_judge(model: str, base_url: str | None = None, *, timeout: float = 60.0
 # --- the suite -------------------------------------------------------------------------------------------
 
 
-def secret_free(text: str) -> str:
-    for name in ("HF_TOKEN", "TOGETHER_API_KEY", "GITHUB_TOKEN"):
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
 def short(text: str | None, limit: int = SHOWN_LIMIT) -> str | None:
     if text is None or len(text) <= limit:
         return text
@@ -555,7 +547,7 @@ def _ask(ask: Callable[[str], str], bug: Bug) -> tuple[str | None, str | None]:
     try:
         answer = ask(bug.input)
     except Exception as exc:
-        return None, secret_free(f"{type(exc).__name__}: {exc}")[:ERROR_LIMIT]
+        return None, redact(f"{type(exc).__name__}: {exc}")[:ERROR_LIMIT]
     if not isinstance(answer, str):
         return None, f"the model returned {type(answer).__name__}, not text"
     return answer, None

@@ -37,13 +37,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 from oig.errors import FetchError
-
-if TYPE_CHECKING:
-    from oig.data.sources import SourceOptions
+from oig.files import write_bytes_atomic
 
 MAX_REDIRECTS = 5
 CHUNK = 1024 * 1024  # 1 MiB per read and hash update
@@ -201,6 +199,19 @@ def local_path(link: str, base_dir: Path) -> Path:
 # --- the cache -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SourceOptions:
+    """How links are fetched: the link policy, the cache, and the limits of one download."""
+
+    allow_local: bool = False
+    base_dir: Path = Path(".")  # local paths resolve against this (the repository root)
+    cache_dir: Path | None = None  # None -> $OIG_CACHE_DIR or ~/.cache/oig
+    timeout_s: float = 30.0
+    max_bytes: int = 2 * 1024**3
+    refresh: bool = False  # ignore the url->sha index for unpinned links
+    deadline_s: float | None = None  # a whole download's limit; None: download_deadline() of its size
+
+
 def cache_root(opts: SourceOptions) -> Path:
     if opts.cache_dir is not None:
         return Path(opts.cache_dir)
@@ -211,20 +222,6 @@ def cache_root(opts: SourceOptions) -> Path:
 def blob_path(cache: Path, sha: str) -> Path:
     """Where content with this sha256 lives. The file's name is its sha256."""
     return cache / "blobs" / sha[:2] / sha
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _index_path(cache: Path, url: str) -> Path:
@@ -244,7 +241,7 @@ def _index_lookup(cache: Path, url: str) -> Path | None:
 
 
 def _index_store(cache: Path, url: str, sha: str) -> None:
-    write_atomic(_index_path(cache, url), json.dumps({"url": url, "sha256": sha}).encode())
+    write_bytes_atomic(_index_path(cache, url), json.dumps({"url": url, "sha256": sha}).encode())
 
 
 class _BlobWriter:
@@ -321,7 +318,7 @@ def fetch_to_cache(url: str, opts: SourceOptions, expected_sha256: str | None = 
         try:
             # closing(): an aborted download drops its connection now, not when the traceback is freed.
             with contextlib.closing(_stream(url, opts.allow_local, redirects_local, opts.timeout_s, limit,
-                                            deadline_s)) as body:
+                                            opts.deadline_s if deadline_s is None else deadline_s)) as body:
                 for chunk in body:
                     writer.write(chunk)
             blob = writer.commit(expected_sha256)
@@ -342,7 +339,7 @@ def fetch_bytes(url: str, opts: SourceOptions, *, max_bytes: int,
     data = bytearray()
     redirects_local = opts.allow_local if redirect_allow_local is None else redirect_allow_local
     with contextlib.closing(_stream(url, opts.allow_local, redirects_local, opts.timeout_s, max_bytes,
-                                    deadline_s)) as body:
+                                    opts.deadline_s if deadline_s is None else deadline_s)) as body:
         for chunk in body:
             data += chunk
             if len(data) > max_bytes:
@@ -362,7 +359,7 @@ def store(url: str, data: bytes, opts: SourceOptions) -> Path:
     cache = cache_root(opts)
     blob = blob_path(cache, hashlib.sha256(data).hexdigest())
     if not blob.is_file():
-        write_atomic(blob, data)
+        write_bytes_atomic(blob, data)
     _index_store(cache, url, blob.name)
     return blob
 

@@ -30,8 +30,8 @@ from oig.data import fetch, formats
 from oig.errors import FetchError
 
 if TYPE_CHECKING:
+    from oig.data.fetch import SourceOptions
     from oig.data.slices import HFEntry
-    from oig.data.sources import SourceOptions
 
 HUB = "https://huggingface.co"
 REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")

@@ -462,7 +462,8 @@ def mix(data_dir: Path, config_path: Path, out_dir: Path | None, *, total: int |
         seed: int | None = None, allow_local: bool = False, plan_only: bool = False) -> MixResult:
     """``oig mix``: slices and training.yaml in, mixture.jsonl and manifest.json out."""
     from oig.data.config import load_training_config
-    from oig.data.sources import SourceOptions, materialize, materialize_preferences
+    from oig.data.fetch import SourceOptions
+    from oig.data.sources import materialize, materialize_preferences
     from oig.data.validate import ValidateOptions, load_slices
 
     data_dir, config_path = Path(data_dir), Path(config_path)

@@ -150,7 +150,7 @@ def apply_pull_request(pr_dir: Path, root: Path = Path(".")) -> list[Problem]:
         raise InvalidInput(problems)
 
     # --- take the files: data/ replaced as a whole, training.yaml written atomically ------------------
-    from oig.runlog import write_atomic
+    from oig.files import write_atomic
 
     staging = root / ".data.pr-staging"
     shutil.rmtree(staging, ignore_errors=True)

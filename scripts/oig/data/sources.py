@@ -23,21 +23,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from oig.data import fetch, formats, hf
+from oig.data.fetch import SourceOptions
 from oig.data.slices import HFEntry, JsonlEntry, Slice
 from oig.errors import FetchError, InvalidInput, Problem
+from oig.files import write_bytes_atomic
 from oig.records import Record, pair
 
 MAX_ROW_PROBLEMS = 20  # reported at once per slice; past that the data needs a look as a whole
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    allow_local: bool = False
-    base_dir: Path = Path(".")  # local paths resolve against this (the repository root)
-    cache_dir: Path | None = None  # None -> $OIG_CACHE_DIR or ~/.cache/oig
-    timeout_s: float = 30.0
-    max_bytes: int = 2 * 1024**3
-    refresh: bool = False  # ignore the url->sha index for unpinned links
 
 
 @dataclass(frozen=True)
@@ -153,7 +145,7 @@ def _cached(slice: Slice, pins: list[dict], folder: str, key: str, opts: SourceO
         os.replace(tmp, out)
         meta = {"name": slice.name, "count": writer.count, "sha256": writer.hash.hexdigest(), "pins": pins,
                 "bytes": writer.size}
-        fetch.write_atomic(meta_path, json.dumps(meta, indent=1).encode())
+        write_bytes_atomic(meta_path, json.dumps(meta, indent=1).encode())
     except FetchError as exc:
         _discard(writer, tmp)
         raise FetchError(f"{display}: {exc}") from None

@@ -432,7 +432,8 @@ def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = Non
 
 
 def _remote_problems(s: Slice, display: str, opts: ValidateOptions) -> list[Problem]:
-    from oig.data.sources import SourceOptions, check_remote
+    from oig.data.fetch import SourceOptions
+    from oig.data.sources import check_remote
 
     found = check_remote(s, SourceOptions(allow_local=opts.allow_local, base_dir=opts.base_dir))
     return [Problem(display, p.line, p.col, p.severity, p.message) for p in found]

@@ -26,8 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from oig.data import fetch, formats, hf
+from oig.data.fetch import SourceOptions
 from oig.data.slices import HFEntry
-from oig.data.sources import SourceOptions
 from oig.errors import FetchError, InvalidInput, OigError, Problem
 from oig.generate import export, judges
 from oig.generate.clients import CallResult, ProviderClient

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from oig.errors import OigError
+from oig.errors import OigError, redact
 
 # The identity GitHub shows for commits made with GITHUB_TOKEN; used only when git has none configured.
 BOT_NAME = "github-actions[bot]"
@@ -89,8 +89,7 @@ class _Git:
 
     def clean(self, text: str) -> str:
         """The last lines of git's output, with tokens and credentials in URLs masked."""
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
+        text = redact(text, values=tuple(self.secrets))
         text = re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
         lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
         return " / ".join(lines[-4:]) or "no message"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from oig.publish.publish import PublishError, secret_free
+from oig.errors import PublishError, redact
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Left behind on the runner: checkpoints for resuming, optimizer state, the trainer's own logs.
@@ -143,7 +143,7 @@ def with_retries(fn: Callable[[], T], *, what: str, repo_id: str, retries: int =
         except Exception as exc:
             if not is_transient(exc) or attempt >= retries:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
-                raise PublishError(secret_free(f"{what} failed{tries}: {describe(exc, repo_id)}")) from None
+                raise PublishError(redact(f"{what} failed{tries}: {describe(exc, repo_id)}")) from None
             delay = min(MAX_DELAY_S, base_delay * 2**attempt)
             sleep(delay / 2 + random.uniform(0, delay / 2))
             attempt += 1

@@ -10,25 +10,20 @@ the trained model where it was saved.
   in training.yaml, on a branch named after the git branch, so a specialisation branch never
   overwrites main's model. The commit sha is recorded as the revision.
 - ``together=True`` (with ``hub``): the Hub revision is registered on Together and deployed on a
-  dedicated endpoint (``oig.together_client.deploy``).
+  dedicated endpoint (``oig.publish.together.deploy``).
 
 Credentials come only from HF_TOKEN and TOGETHER_API_KEY and never appear in messages or files.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from oig.errors import OigError
+from oig.errors import OigError, PublishError
 
 MODES = ("none", "local", "hub")
-
-
-class PublishError(OigError):
-    """Publishing failed; the trained model stays where it was saved and model.yaml is untouched."""
 
 
 def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = False,
@@ -75,10 +70,10 @@ def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = F
 
     # --- Together: register the Hub revision and deploy it on a dedicated endpoint ----------------
     if together:
-        from oig import together_client as together_api
+        from oig.publish import together
 
         try:
-            section["together"] = together_api.deploy(
+            section["together"] = together.deploy(
                 repo_id, revision=revision, branch=branch, base_model=run.get("base_model"),
                 model_name=oig_keys.get("together_model_name"), hf_endpoint=endpoint, sleep=sleep)
         except OigError as exc:
@@ -100,12 +95,3 @@ def _commit_message(run: dict) -> str:
     commit = str(run.get("git_commit") or "")[:12]
     run_id = run.get("run_id") or "unknown run"
     return f"oig: {run_id}" + (f" from {commit}" if commit else "")
-
-
-def secret_free(message: str, *names: str) -> str:
-    """``message`` with the values of the named environment secrets masked."""
-    for name in names or ("HF_TOKEN", "TOGETHER_API_KEY", "GITHUB_TOKEN"):
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            message = message.replace(value, "***")
-    return message

@@ -57,7 +57,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oig import runlog
+from oig import files, runlog
 from oig.errors import OigError
 from oig.train import dpo, tiny
 from oig.train.masking import special_token_text, to_dataset, training_template
@@ -808,7 +808,7 @@ def last_checkpoint(checkpoint_dir: Path, run_id: str | None = None) -> Path | N
                 shutil.rmtree(old, ignore_errors=True)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if owner != run_id:
-            runlog.write_atomic(marker, run_id + "\n")
+            files.write_atomic(marker, run_id + "\n")
     if not checkpoint_dir.is_dir():
         return None
     found = []
@@ -1006,7 +1006,7 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
 
 def _train_on_together(mixture_dir: Path, config, run: dict, opts: TrainOptions, started: float) -> dict:
     """``backend: together``: Together's hosted fine-tuning trains; nothing runs here."""
-    from oig.together_client import train_on_together
+    from oig.train.together import train_on_together
 
     # --base-model overrides training.yaml here too.
     result = train_on_together(mixture_dir, replace(config, base_model=run["base_model"]), run)

@@ -10,7 +10,9 @@ import pytest
 from fake_together import FakeTogether
 
 from oig import together_client as together_api
-from oig.together_client import TogetherError
+from oig.errors import TogetherError
+from oig.publish import together as deploying
+from oig.train import together as hosted
 
 SHA = "c0ffee" + "0" * 34
 BASE = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -45,7 +47,7 @@ def deploy(fake: FakeTogether, clock: FakeClock | None = None, **kw):
     clock = clock or FakeClock()
     args = {"revision": SHA, "branch": "text2sql", "base_model": BASE, "client": client_for(fake),
             "sleep": clock.sleep, "clock": clock, "poll_s": 5.0, **kw}
-    return together_api.deploy("org/oig-chat", **args)
+    return deploying.deploy("org/oig-chat", **args)
 
 
 # --- deploying a Hub model ----------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ def test_a_wrong_key_is_named_and_never_echoed():
 
 def test_the_tiny_model_cannot_be_deployed():
     with pytest.raises(TogetherError, match="tiny"):
-        together_api.deploy("org/m", revision=SHA, branch="main", base_model="tiny", client=object())
+        deploying.deploy("org/m", revision=SHA, branch="main", base_model="tiny", client=object())
 
 
 def test_client_settings(monkeypatch):
@@ -165,7 +167,7 @@ def config(**oig):
 def test_train_on_together_uploads_the_mixture_and_waits_for_the_job(tmp_path):
     clock = FakeClock()
     with FakeTogether() as fake:
-        result = together_api.train_on_together(mixture(tmp_path), config(lora=True, lora_r=16), {"run_id": "r1"},
+        result = hosted.train_on_together(mixture(tmp_path), config(lora=True, lora_r=16), {"run_id": "r1"},
                                                 client=client_for(fake), sleep=clock.sleep, clock=clock, poll_s=30)
         uploaded = fake.files["file-1"].decode()
         create = fake.find("POST", "/v1/fine-tunes")[0]["json"]
@@ -187,14 +189,14 @@ def test_train_on_together_uploads_the_mixture_and_waits_for_the_job(tmp_path):
 def test_a_failed_job_reports_its_last_event(tmp_path):
     with FakeTogether(fine_tune_states=("running", "error")) as fake, pytest.raises(
             TogetherError, match="ended as error: out of memory at step 3"):
-        together_api.train_on_together(mixture(tmp_path), config(), {}, client=client_for(fake),
+        hosted.train_on_together(mixture(tmp_path), config(), {}, client=client_for(fake),
                                        sleep=lambda s: None)
 
 
 def test_a_job_that_runs_too_long_times_out(tmp_path):
     clock = FakeClock()
     with FakeTogether(fine_tune_states=("running",)) as fake, pytest.raises(TogetherError, match="did not finish"):
-        together_api.train_on_together(mixture(tmp_path), config(), {}, client=client_for(fake), sleep=clock.sleep,
+        hosted.train_on_together(mixture(tmp_path), config(), {}, client=client_for(fake), sleep=clock.sleep,
                                        clock=clock, timeout_s=100, poll_s=30)
     assert clock.now == pytest.approx(100)
 
@@ -205,20 +207,20 @@ def test_a_job_that_runs_too_long_times_out(tmp_path):
 ])
 def test_bad_mixtures_are_refused_before_any_upload(tmp_path, lines, message):
     with pytest.raises(TogetherError, match=message):
-        together_api.train_on_together(mixture(tmp_path, lines), config(), {}, client=object())
+        hosted.train_on_together(mixture(tmp_path, lines), config(), {}, client=object())
     assert not (tmp_path / "mixture" / "together_train.jsonl").exists()
 
 
 def test_no_mixture_or_no_base_model(tmp_path):
     with pytest.raises(TogetherError, match="oig mix"):
-        together_api.train_on_together(tmp_path, config(), {}, client=object())
+        hosted.train_on_together(tmp_path, config(), {}, client=object())
     with pytest.raises(TogetherError, match="base_model"):
-        together_api.train_on_together(mixture(tmp_path), SimpleNamespace(training={}, oig={}, base_model="tiny"),
+        hosted.train_on_together(mixture(tmp_path), SimpleNamespace(training={}, oig={}, base_model="tiny"),
                                        {}, client=object())
 
 
 def test_fine_tune_arguments_mapping():
-    args = together_api.fine_tune_arguments(
+    args = hosted.fine_tune_arguments(
         SimpleNamespace(training={"num_train_epochs": 2.6, "gradient_accumulation_steps": 4, "weight_decay": 0.01,
                                   "lr_scheduler_type": "constant"}, seed=7,
                         oig={"lora": True, "lora_alpha": 32, "lora_target_modules": ["q_proj", "v_proj"]}), {})
