@@ -8,7 +8,7 @@ Each size gets a temp repository: 10 slices as local OpenAI JSONL files (OpenAIJ
 `--allow-local-sources`), a training.yaml whose Mixture repeats one slice about 3 times and samples
 another at half, and a mixture total equal to everything available. ``--stage cli`` runs the real
 command, ``python -m oig mix``, end to end in a child process (validation, materialization,
-allocation, writing); ``--stage writer`` runs only ``oig.data.mix.write_mixture`` on the same files.
+allocation, writing); ``--stage writer`` runs only ``oig.data.mixwriter.write_mixture`` on the same files.
 Each run is measured in its own child: wall time, and peak RSS from getrusage(RUSAGE_CHILDREN).
 Prints the median of --repeat runs per size and the time per example relative to the smallest size.
 """
@@ -62,7 +62,7 @@ def child_command(stage: str, repo: Path, out: Path) -> list[str]:
                 str(repo / "training.yaml"), "--out", str(out), "--allow-local-sources", "--format", "json"]
     code = (
         "import json, sys; from pathlib import Path;"
-        "from oig.data.mix import SliceFile, allocate, write_mixture;"
+        "from oig.data.allocation import allocate; from oig.data.mixwriter import SliceFile, write_mixture;"
         "repo, out = Path(sys.argv[1]), Path(sys.argv[2]);"
         "files = sorted((repo / 'raw').glob('*.jsonl'));"
         "slices = [SliceFile(p.stem, p, sum(1 for _ in p.open('rb'))) for p in files];"
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated example counts (default: 100000,300000,1000000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per size; the median is reported")
     parser.add_argument("--stage", choices=["cli", "writer"], default="cli",
-                        help="cli: the whole `oig mix` command; writer: oig.data.mix.write_mixture only")
+                        help="cli: the whole `oig mix` command; writer: oig.data.mixwriter.write_mixture only")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = parser.parse_args(argv)
     rows = bench(args.sizes, args.repeat, args.stage)

@@ -12,18 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from oig.data.mix import (
-    MANIFEST_FILE,
-    MIXTURE_FILE,
-    Allocation,
-    SliceFile,
-    allocate,
-    render_markdown,
-    render_text,
-    selection,
-    slice_seed,
-    write_mixture,
-)
+from oig.data.allocation import Allocation, allocate
+from oig.data.mix import render_markdown, render_text
+from oig.data.mixwriter import MANIFEST_FILE, MIXTURE_FILE, SliceFile, selection, slice_seed, write_mixture
 from oig.errors import InvalidInput, OigError
 
 
@@ -322,17 +313,17 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
 
 
 def test_slice_shrinking_while_mixing_is_an_error(tmp_path, monkeypatch):
-    import oig.data.mix
+    import oig.data.mixwriter
 
     s = make_slice(tmp_path, "a", 50)
-    real_index = oig.data.mix._index
+    real_index = oig.data.mixwriter._index
 
     def index_then_truncate(data):
         found = real_index(data)
         data.path.write_bytes(data.path.read_bytes()[:100])
         return found
 
-    monkeypatch.setattr(oig.data.mix, "_index", index_then_truncate)
+    monkeypatch.setattr(oig.data.mixwriter, "_index", index_then_truncate)
     with pytest.raises(InvalidInput) as exc:
         write_mixture(tmp_path / "out", [s], allocate({"a": 50}, None, None), 1)
     assert "changed while it was being mixed" in exc.value.problems[0].message

@@ -24,7 +24,18 @@ from oig.errors import OigError
 
 
 class WriteError(OigError):
-    """A file could not be written (full disk, read-only folder, no permission)."""
+    """A file could not be written (full disk, read-only folder, no permission).
+
+    ``path`` is the file and ``reason`` the cause (``No space left on device``), for callers that put
+    the failure in their own words."""
+
+    def __init__(self, path: Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"cannot write {path}: {reason}")
+
+
+def _failed(path: Path, exc: OSError) -> WriteError:
+    return WriteError(path, exc.strerror or str(exc))
 
 
 def _temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
@@ -32,13 +43,16 @@ def _temp_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         return tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
-        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _failed(path, exc) from None
 
 
 @contextlib.contextmanager
 def atomic_output(path: Path, mode: str = "w", *, encoding: str | None = "utf-8", suffix: str = ".tmp",
                   sync: bool = True) -> Iterator[IO]:
-    """A file object whose content replaces ``path`` only when the block ends without an error."""
+    """A file object whose content replaces ``path`` only when the block ends without an error.
+
+    An OSError inside the block (the caller's own reads included) is a WriteError for ``path``; any
+    other exception passes through. Either way the temp file is gone and ``path`` is as it was."""
     path = Path(path)
     fd, tmp = _temp_beside(path, suffix)
     done = False
@@ -52,7 +66,7 @@ def atomic_output(path: Path, mode: str = "w", *, encoding: str | None = "utf-8"
             os.replace(tmp, path)
             done = True
         except OSError as exc:
-            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise _failed(path, exc) from None
     finally:
         if not done:
             Path(tmp).unlink(missing_ok=True)
@@ -84,13 +98,13 @@ def write_all_atomic(files: list[tuple[Path, str | bytes]]) -> None:
                     f.flush()
                     os.fsync(f.fileno())
             except OSError as exc:
-                raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+                raise _failed(path, exc) from None
         while pending:
             path, tmp = pending[0]
             try:
                 os.replace(tmp, path)
             except OSError as exc:
-                raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+                raise _failed(path, exc) from None
             pending.pop(0)
     finally:
         for _, tmp in pending:
