@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from servers import Response, redirect
 
-from oig.data.fetch import SourceOptions, _auth_headers, blob_path, cache_root, check_url, fetch_to_cache
+from oig.data.download import _auth_headers
+from oig.data.fetch import SourceOptions, blob_path, cache_root, fetch_to_cache
+from oig.data.links import check_url
 from oig.errors import FetchError
 
 DATA = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
@@ -345,8 +347,8 @@ def test_a_dripping_server_meets_the_deadline_of_the_whole_download(tmp_path, lo
 
 
 def test_download_deadline_grows_with_the_size():
-    from oig.data import fetch
+    from oig.data import download
 
-    assert fetch.download_deadline(0) == fetch.DEADLINE_BASE_S
-    assert fetch.download_deadline(10 * 1024**2) == fetch.DEADLINE_BASE_S + 10
-    assert 35 * 60 < fetch.download_deadline(SourceOptions().max_bytes) < 45 * 60  # the 2 GiB default cap
+    assert download.download_deadline(0) == download.DEADLINE_BASE_S
+    assert download.download_deadline(10 * 1024**2) == download.DEADLINE_BASE_S + 10
+    assert 35 * 60 < download.download_deadline(SourceOptions().max_bytes) < 45 * 60  # the 2 GiB default cap

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 from oig import yamlsafe
-from oig.data import fetch, formats
+from oig.data import download, fetch, formats, links
 from oig.errors import FetchError
 
 if TYPE_CHECKING:
@@ -73,9 +73,9 @@ def parse_link(link: str, opts: SourceOptions) -> Dataset:
     Raises FetchError for links that are not allowed."""
     if REPO.fullmatch(link) and not (opts.allow_local and (Path(opts.base_dir) / link).is_dir()):
         return Dataset(link, HUB, link)
-    if fetch.is_local_link(link):
-        fetch.check_url(link, opts.allow_local)
-        folder = fetch.local_path(link, opts.base_dir)
+    if links.is_local_link(link):
+        links.check_url(link, opts.allow_local)
+        folder = links.local_path(link, opts.base_dir)
         if not folder.is_dir():
             raise FetchError(f"{link}: no such dataset folder")
         return Dataset(link, folder=folder)
@@ -413,7 +413,7 @@ def _folder_digest(folder: Path, files: list[str]) -> str:
     for name in files:
         file_hash = hashlib.sha256()
         with open(folder / name, "rb") as f:
-            while chunk := f.read(fetch.CHUNK):
+            while chunk := f.read(download.CHUNK):
                 file_hash.update(chunk)
         digest.update(f"{name}\0{file_hash.hexdigest()}\n".encode())
     return digest.hexdigest()

@@ -14,19 +14,17 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
-from oig.data import fetch, formats, hf
+from oig.data import fetch, formats, hf, links
 from oig.data.fetch import SourceOptions
 from oig.data.slices import HFEntry, JsonlEntry, Slice
 from oig.errors import FetchError, InvalidInput, Problem
-from oig.files import write_bytes_atomic
+from oig.files import WriteError, atomic_output, write_bytes_atomic
 from oig.records import Record, pair
 
 MAX_ROW_PROBLEMS = 20  # reported at once per slice; past that the data needs a look as a whole
@@ -89,7 +87,7 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
                 pins[offset + i]["rows"] = _convert(formats.iter_jsonl(blob), formats.convert_openai_line, e.limit,
                                                     f"OpenAIJsonl[{i}] {e.link}", writer, problems, display)
             finally:
-                if len(problems) > before and not fetch.is_local_link(e.link):
+                if len(problems) > before and not links.is_local_link(e.link):
                     fetch.evict(e.link, blob, opts)  # the file itself is bad: keep nothing of it
 
     return _cached(slice, pins, "slices", _cache_key(slice, pins), opts, fill)
@@ -122,7 +120,7 @@ def materialize_preferences(slice: Slice, opts: SourceOptions) -> Materialized:
 
 def _cached(slice: Slice, pins: list[dict], folder: str, key: str, opts: SourceOptions,
             fill: Callable[[_Writer, list[Problem]], None]) -> Materialized:
-    """The cached JSONL for ``key``, or ``fill`` it into a temp file beside it and rename it into place."""
+    """The cached JSONL for ``key``, or ``fill`` it (atomically: ``files.atomic_output``)."""
     cache = fetch.cache_root(opts)
     display = str(slice.path)
     out = cache / folder / f"{key}.jsonl"
@@ -130,31 +128,20 @@ def _cached(slice: Slice, pins: list[dict], folder: str, key: str, opts: SourceO
     hit = _read_meta(meta_path, out)
     if hit is not None:
         return Materialized(slice.name, out, hit["count"], hit["sha256"], hit["pins"])
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{key}.", suffix=".tmp")
-    except OSError as exc:
-        raise FetchError(f"cannot write to the cache in {cache}: {exc.strerror or exc}") from None
-    writer = _Writer(os.fdopen(fd, "wb"))
     problems: list[Problem] = []
     try:
-        fill(writer, problems)
-        writer.close()
-        if problems:
-            raise InvalidInput(problems)
-        os.replace(tmp, out)
+        with atomic_output(out, "wb") as f:
+            writer = _Writer(f)
+            fill(writer, problems)
+            if problems:
+                raise InvalidInput(problems)
         meta = {"name": slice.name, "count": writer.count, "sha256": writer.hash.hexdigest(), "pins": pins,
                 "bytes": writer.size}
         write_bytes_atomic(meta_path, json.dumps(meta, indent=1).encode())
     except FetchError as exc:
-        _discard(writer, tmp)
         raise FetchError(f"{display}: {exc}") from None
-    except OSError as exc:
-        _discard(writer, tmp)
-        raise FetchError(f"{display}: cannot write to the cache in {cache}: {exc.strerror or exc}") from None
-    except BaseException:
-        _discard(writer, tmp)
-        raise
+    except WriteError as exc:
+        raise FetchError(f"{display}: cannot write to the cache in {cache}: {exc.reason}") from None
     return Materialized(slice.name, out, writer.count, meta["sha256"], pins)
 
 
@@ -270,16 +257,6 @@ class _Writer:
         self.hash.update(line)
         self.count += 1
         self.size += len(line)
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def _discard(writer: _Writer, tmp: str) -> None:
-    with contextlib.suppress(OSError):
-        writer.close()
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
 
 
 def _readable(rows: Iterator[tuple[str, object]]) -> Iterator[tuple[str, object]]:
