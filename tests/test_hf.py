@@ -7,7 +7,8 @@ import pytest
 from servers import Response, hub_routes
 
 from oig.data.fetch import SourceOptions
-from oig.data.hf import _glob, iter_rows, parse_link, parse_revision_info, pick_files, resolve, split_of
+from oig.data.hf import iter_rows, parse_link, parse_revision_info, resolve
+from oig.data.hffiles import _glob, pick_files, split_of
 from oig.data.slices import HFEntry
 from oig.errors import FetchError
 
