@@ -216,3 +216,65 @@ def test_runlog_is_light():
                          env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": ""})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# --- the typed forms ---------------------------------------------------------------------------------
+
+
+HUB_SECTION = {"hub_repo": "org/oig-chat", "revision": "b" * 40, "branch": "text2sql", "endpoint": "https://huggingface.co",
+               "together": {"model": "org/oig-chat", "endpoint": "org/oig-chat-ep", "endpoint_id": "ep-1",
+                            "base_url": "https://api.together.xyz"}}
+
+
+@pytest.mark.parametrize("section", [
+    {"local_path": "runs/r/model"},
+    HUB_SECTION,
+    {"together": {"model": "user/Qwen-oig-ft", "base_url": "https://api.together.xyz"}},
+])
+def test_model_ref_round_trips_model_yaml_exactly(tmp_path, section):
+    path = runlog.write_model_yaml(tmp_path, runlog.model_document(section, {**RUN, "git_branch": None}))
+    text = path.read_text()
+    doc = runlog.read_model_yaml(path)
+    ref = runlog.read_model_ref(path)
+    assert ref.to_dict() == doc and list(ref.to_dict()) == list(doc)
+    assert ref.commit == "a" * 40 and ref.git_branch is None and ref.base_model == RUN["base_model"]
+    runlog.write_model_yaml(tmp_path, ref)  # the typed form writes the same file
+    assert path.read_text() == text
+    # Publishing's section (training_log's `model`) round-trips too, `together` inside.
+    assert runlog.ModelRef.from_section(section).section() == section
+
+
+def test_model_ref_fields():
+    ref = runlog.ModelRef.from_section(HUB_SECTION)
+    assert (ref.hub_repo, ref.hub_revision, ref.together.name) == ("org/oig-chat", "b" * 40, "org/oig-chat-ep")
+    assert runlog.ModelRef(hub_repo="org/x", branch="main").hub_revision == "main"
+    assert runlog.TogetherRef("m").name == "m" and runlog.TogetherRef("m").to_dict() == {"model": "m"}
+    # Built in code, only what is set is written, in model.yaml's order.
+    built = runlog.ModelRef(local_path="runs/x", base_model="tiny", trained_at="2026-11-23T10:00:00Z")
+    assert built.to_dict() == {"model": {"local_path": "runs/x"}, "base_model": "tiny",
+                               "trained_at": "2026-11-23T10:00:00Z"}
+    with pytest.raises(RunLogError, match="unknown key.*weights"):
+        runlog.ModelRef.from_section({"local_path": "x", "weights": "y"})
+    with pytest.raises(RunLogError, match="together has no model"):
+        runlog.ModelRef.from_dict({"together": {"endpoint": "e"}})
+
+
+def test_run_log_round_trips_training_log_exactly(tmp_path):
+    run = {**RUN, "finished_at": None, "backend": "trl", "mixture": {"rows": 3}, "steps": 2, "train_loss": 1.5,
+           "eval_loss": None, "metrics": [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}],
+           "model": HUB_SECTION, "bugs": [{"number": 1, "verdict": "fixed"}], "published": {"mode": "hub"}}
+    path = runlog.write_training_log(tmp_path, run)
+    text = path.read_text()
+    log = runlog.read_run_log(path)
+    assert (log.run_id, log.steps, log.eval_loss, log.finished_at) == (RUN["run_id"], 2, None, None)
+    assert log.model.revision == "b" * 40 and log.model.together.endpoint_id == "ep-1"
+    assert log.extra == {"backend": "trl", "mixture": {"rows": 3}, "published": {"mode": "hub"}}
+    assert log.to_dict() == runlog.read_training_log(path) and list(log.to_dict()) == list(run)
+    runlog.write_training_log(tmp_path, log)
+    assert path.read_text() == text
+    runlog.write_run_files(tmp_path, log, runlog.ModelRef.from_dict(runlog.model_document(HUB_SECTION, run)))
+    assert path.read_text() == text and runlog.read_model_ref(tmp_path / "model.yaml").hub_repo == "org/oig-chat"
+    with pytest.raises(RunLogError, match="no base_model"):
+        runlog.RunLog.from_dict({"run_id": "x"})
+    with pytest.raises(RunLogError, match="training_log: model is not a mapping"):
+        runlog.RunLog.from_dict({**RUN, "model": "somewhere"})

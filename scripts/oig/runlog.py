@@ -1,5 +1,9 @@
 """``training_log`` and ``model.yaml``: the two files ``oig train`` leaves at the repository root.
 
+One cohesive module, past 400 lines: model.yaml's schema, the typed forms that mirror it and the code
+that reads and writes both files change together (a key added to the schema is typed and written back
+in the same edit), so they stay in one place.
+
 ``training_log`` is the record of the last run, YAML that people read in a diff and programs read
 back (the model card, the bug report workflow): run id, time, git commit, base model, resolved
 hyperparameters, the mixture manifest, loss and eval loss over steps, tokens per second, hardware,
@@ -13,11 +17,17 @@ is written only after publishing succeeded, so it never names a model that does 
 Both are written atomically: a temp file beside the target, then ``os.replace``; when both are
 written, both temp files are complete before either is renamed. A full disk or a read-only folder is
 a RunLogError naming the path and the cause, and leaves the files as they were.
+
+Readers take them typed: :class:`RunLog` (training_log) and :class:`ModelRef` (model.yaml, or the
+``model`` section publishing returns and training_log keeps), with :class:`TogetherRef` for the
+deployment. ``from_dict(doc).to_dict() == doc``, keys in the order read, so a file read and written
+back is the same file; ``read_run_log`` / ``read_model_ref`` give the typed form of a file.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import cache
 from pathlib import Path
@@ -96,6 +106,165 @@ class RunLogError(OigError):
     """training_log or model.yaml is missing, unreadable or not in the expected shape."""
 
 
+# --- the typed forms ----------------------------------------------------------------------------------
+
+_WEIGHT_KEYS = tuple(MODEL_SCHEMA["properties"]["model"]["properties"])  # local_path, hub_repo, revision, ...
+_TOGETHER_KEYS = tuple(MODEL_SCHEMA["properties"]["together"]["properties"])  # model, endpoint, endpoint_id, base_url
+_DOC_KEYS = tuple(MODEL_SCHEMA["properties"])  # model, together, base_model, commit, branch, run_id, trained_at
+_KEPT = {"repr": False, "compare": False}  # the keys as read: their order, and which were there (None too)
+
+
+def _emit(values: dict[str, object], keys: tuple[str, ...]) -> dict:
+    """``values`` as a document: the keys read first, in that order, then the other values that are set."""
+    out = {k: values[k] for k in keys if k in values}
+    out.update((k, v) for k, v in values.items() if k not in out and v is not None)
+    return out
+
+
+def _mapping(doc: object, known: tuple[str, ...], where: object) -> dict:
+    if not isinstance(doc, dict):
+        raise RunLogError(f"{where} is not a mapping")
+    unknown = [str(k) for k in doc if k not in known]
+    if unknown:
+        raise RunLogError(f"{where} has unknown key(s) {', '.join(unknown)} (valid: {', '.join(known)})")
+    return doc
+
+
+@dataclass(frozen=True)
+class TogetherRef:
+    """model.yaml's ``together``: the model registered on Together and, once deployed, its endpoint."""
+
+    model: str
+    endpoint: str | None = None  # the dedicated endpoint's name
+    endpoint_id: str | None = None
+    base_url: str | None = None  # the API root without /v1; None: Together's (or TOGETHER_BASE_URL)
+    keys: tuple[str, ...] = field(default=(), **_KEPT)
+
+    @property
+    def name(self) -> str:
+        """The name to ask for: the dedicated endpoint, else the model."""
+        return self.endpoint or self.model
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str = "together") -> TogetherRef:
+        doc = _mapping(doc, _TOGETHER_KEYS, where)
+        if not isinstance(doc.get("model"), str) or not doc["model"]:
+            raise RunLogError(f"{where} has no model")
+        return cls(**{k: doc.get(k) for k in _TOGETHER_KEYS}, keys=tuple(doc))
+
+    def to_dict(self) -> dict:
+        return _emit({k: getattr(self, k) for k in _TOGETHER_KEYS}, self.keys)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model is and what it came from: model.yaml (``from_dict``), or publishing's ``model``
+    section as training_log keeps it, ``together`` inside (``from_section``)."""
+
+    local_path: str | None = None  # relative to model.yaml's folder (the repository root) unless absolute
+    hub_repo: str | None = None  # ORG/NAME on the Hub
+    revision: str | None = None  # the Hub commit of the upload
+    branch: str | None = None  # the Hub branch
+    endpoint: str | None = None  # the Hub endpoint URL, when not the public Hub
+    together: TogetherRef | None = None
+    base_model: str | None = None
+    commit: str | None = None  # the git commit trained from
+    git_branch: str | None = None  # the git branch trained on (model.yaml's top-level `branch`)
+    run_id: str | None = None
+    trained_at: str | None = None
+    keys: tuple[str, ...] = field(default=(), **_KEPT)  # model.yaml's top-level keys as read
+    section_keys: tuple[str, ...] = field(default=(), **_KEPT)  # the model section's keys as read
+
+    @property
+    def hub_revision(self) -> str | None:
+        """The revision to load from the Hub: the recorded commit, else the branch."""
+        return self.revision or self.branch
+
+    @classmethod
+    def from_section(cls, section: object, where: str = "model") -> ModelRef:
+        section = _mapping(section, (*_WEIGHT_KEYS, "together"), where)
+        together = section.get("together")
+        return cls(**{k: section.get(k) for k in _WEIGHT_KEYS}, section_keys=tuple(section),
+                   together=TogetherRef.from_dict(together, f"{where}.together") if together is not None else None)
+
+    @classmethod
+    def from_dict(cls, doc: object, where: str = MODEL_YAML) -> ModelRef:
+        """From model.yaml's document (``read_model_yaml`` checks it against MODEL_SCHEMA first)."""
+        doc = _mapping(doc, _DOC_KEYS, where)
+        together = doc.get("together")
+        return replace(cls.from_section(doc.get("model") or {}, f"{where}: model"),
+                       together=TogetherRef.from_dict(together, f"{where}: together") if together else None,
+                       base_model=doc.get("base_model"), commit=doc.get("commit"), git_branch=doc.get("branch"),
+                       run_id=doc.get("run_id"), trained_at=doc.get("trained_at"), keys=tuple(doc))
+
+    def section(self) -> dict:
+        """Publishing's form (what ``from_section`` reads)."""
+        together = self.together.to_dict() if self.together else None
+        return _emit({**{k: getattr(self, k) for k in _WEIGHT_KEYS}, "together": together}, self.section_keys)
+
+    def to_dict(self) -> dict:
+        """model.yaml's document (what ``from_dict`` reads)."""
+        weights = _emit({k: getattr(self, k) for k in _WEIGHT_KEYS}, self.section_keys)
+        return _emit({"model": weights or None, "together": self.together.to_dict() if self.together else None,
+                      "base_model": self.base_model, "commit": self.commit, "branch": self.git_branch,
+                      "run_id": self.run_id, "trained_at": self.trained_at}, self.keys)
+
+
+_RUN_FIELDS = ("run_id", "started_at", "finished_at", "git_commit", "git_branch", "base_model", "steps",
+               "train_loss", "eval_loss", "tokens_per_second", "duration_s", "metrics", "model", "bugs",
+               "bugs_summary")
+
+
+@dataclass
+class RunLog:
+    """training_log: the keys its readers use, typed; every other key (mixture, hyperparameters,
+    hardware, published, ...) in ``extra`` as read. Values are taken as they are, not converted."""
+
+    run_id: str
+    base_model: str
+    started_at: str | None = None  # ISO 8601, UTC
+    finished_at: str | None = None
+    git_commit: str | None = None
+    git_branch: str | None = None
+    steps: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    duration_s: float | None = None
+    metrics: list[dict] | None = None  # one row per logged step: step, loss, eval_loss, learning_rate, ...
+    model: ModelRef | None = None  # where the model went (publishing's section)
+    bugs: list[dict] | None = None  # the bug suite's records (oig.bugs.suite.run_suite)
+    bugs_summary: dict | None = None
+    extra: dict = field(default_factory=dict)
+    keys: tuple[str, ...] = field(default=(), **_KEPT)
+
+    @classmethod
+    def from_dict(cls, doc: object, where: object = TRAINING_LOG) -> RunLog:
+        doc = _run_doc(doc, where)
+        values = {k: doc[k] for k in _RUN_FIELDS if k in doc}
+        if doc.get("model") is not None:
+            values["model"] = ModelRef.from_section(doc["model"], f"{where}: model")
+        return cls(**values, extra={k: v for k, v in doc.items() if k not in _RUN_FIELDS}, keys=tuple(doc))
+
+    def to_dict(self) -> dict:
+        values = {k: getattr(self, k) for k in _RUN_FIELDS}
+        values["model"] = self.model.section() if self.model is not None else None
+        return _emit({**values, **self.extra}, self.keys)
+
+
+def _run_doc(doc: object, where: object) -> dict:
+    if not isinstance(doc, dict):
+        raise RunLogError(f"{where} is not a training_log (expected a mapping)")
+    for key in ("run_id", "base_model"):
+        if key not in doc:
+            raise RunLogError(f"{where} is not a training_log: it has no {key}")
+    return doc
+
+
+def _as_dict(doc: dict | RunLog | ModelRef) -> dict:
+    return doc.to_dict() if isinstance(doc, RunLog | ModelRef) else doc
+
+
 # --- writing ----------------------------------------------------------------------------------------
 
 
@@ -148,16 +317,16 @@ def _write(targets: list[tuple[Path, str]]) -> None:
         raise RunLogError(str(exc)) from None
 
 
-def write_training_log(root: Path, run: dict) -> Path:
+def write_training_log(root: Path, run: dict | RunLog) -> Path:
     path = Path(root) / TRAINING_LOG
-    _write([(path, dump_yaml(run, TRAINING_LOG_HEADER))])
+    _write([(path, dump_yaml(_as_dict(run), TRAINING_LOG_HEADER))])
     return path
 
 
-def write_run_files(root: Path, run: dict, model_doc: dict | None = None) -> None:
+def write_run_files(root: Path, run: dict | RunLog, model_doc: dict | ModelRef | None = None) -> None:
     """training_log, and model.yaml when ``model_doc`` is given (checked against MODEL_SCHEMA first),
     both or neither: the two temp files are written in full before either replaces its file."""
-    targets = [(Path(root) / TRAINING_LOG, dump_yaml(run, TRAINING_LOG_HEADER))]
+    targets = [(Path(root) / TRAINING_LOG, dump_yaml(_as_dict(run), TRAINING_LOG_HEADER))]
     if model_doc is not None:
         targets.append((Path(root) / MODEL_YAML, dump_yaml(_checked_model_doc(model_doc), MODEL_YAML_HEADER)))
     _write(targets)
@@ -181,15 +350,15 @@ def model_document(model: dict, run: dict) -> dict:
     return doc
 
 
-def write_model_yaml(root: Path, doc: dict) -> Path:
+def write_model_yaml(root: Path, doc: dict | ModelRef) -> Path:
     """Check ``doc`` against MODEL_SCHEMA, then write model.yaml atomically."""
     path = Path(root) / MODEL_YAML
     _write([(path, dump_yaml(_checked_model_doc(doc), MODEL_YAML_HEADER))])
     return path
 
 
-def _checked_model_doc(doc: dict) -> object:
-    doc = _plain(doc)
+def _checked_model_doc(doc: dict | ModelRef) -> object:
+    doc = _plain(_as_dict(doc))
     problem = model_yaml_problem(doc)
     if problem:
         raise RunLogError(f"refusing to write {MODEL_YAML}: {problem}")
@@ -243,11 +412,18 @@ def read_model_yaml(path: Path = Path(MODEL_YAML)) -> dict:
 
 
 def read_training_log(path: Path = Path(TRAINING_LOG)) -> dict:
-    doc = _read(path, "training_log")
-    for key in ("run_id", "base_model"):
-        if key not in doc:
-            raise RunLogError(f"{path} is not a training_log: it has no {key}")
-    return doc
+    """training_log as a mapping (``read_run_log``: as a RunLog)."""
+    return _run_doc(_read(path, "training_log"), path)
+
+
+def read_model_ref(path: Path = Path(MODEL_YAML)) -> ModelRef:
+    """model.yaml, checked against MODEL_SCHEMA, as a ModelRef."""
+    return ModelRef.from_dict(read_model_yaml(path), str(path))
+
+
+def read_run_log(path: Path = Path(TRAINING_LOG)) -> RunLog:
+    """training_log as a RunLog (its ``model`` section must be publishing's shape)."""
+    return RunLog.from_dict(read_training_log(path), str(path))
 
 
 # --- the shipped schema file --------------------------------------------------------------------------
