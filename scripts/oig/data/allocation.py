@@ -23,10 +23,10 @@ The same words are in the training.yaml JSON Schema and the README:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from oig.data.messages import nearest
 from oig.data.schemas import MAX_MIXTURE_TOTAL, MIXTURE_TOTAL_FACTOR
 from oig.errors import InvalidInput, Problem
 
@@ -86,8 +86,8 @@ def allocate(
     problems: list[Problem] = []
     for name, weight in (weights or {}).items():
         if name not in available:
-            near = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-            hint = f"; did you mean '{near[0]}'?" if near else f" (slices: {', '.join(names)})"
+            near = nearest(name, names)
+            hint = f"; did you mean '{near}'?" if near else f" (slices: {', '.join(names)})"
             problems.append(_problem(f"Mixture names slice '{name}', which does not exist{hint}", where))
         elif isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
             problems.append(_problem(f"the weight of slice '{name}' must be a number >= 0, not {weight!r}", where))

@@ -8,13 +8,14 @@ keys (``schemas.OIG_KEYS``); anything else is an error that names the nearest va
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from oig import yamlsafe
+from oig.data import messages
+from oig.data.messages import did_you_mean
 from oig.data.schemas import ALIASES, MAX_MIXTURE_TOTAL, OIG_KEYS, REFUSED_FIELDS, training_schema
 from oig.errors import InvalidInput, Problem
 
@@ -33,20 +34,6 @@ class TrainingConfig:
     oig: dict = field(default_factory=dict)  # oig's own Training keys (momentum, eval_size, lora, ...)
 
 
-def nearest(word: str, candidates) -> str | None:
-    """The closest candidate to a mistyped word, or None when nothing is close."""
-    lowered = {c.lower(): c for c in candidates}
-    if word.lower() in lowered:
-        return lowered[word.lower()]
-    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def did_you_mean(word: str, candidates) -> str:
-    near = nearest(word, candidates)
-    return f"; did you mean '{near}'?" if near else ""
-
-
 @cache
 def _training_validator():
     import jsonschema_rs
@@ -55,20 +42,8 @@ def _training_validator():
     return props, {name: jsonschema_rs.validator_for(schema) for name, schema in props.items()}
 
 
-def _type_name(value: object) -> str:
-    if value is None:
-        return "nothing (null)"
-    return {bool: "true/false", int: "a whole number", float: "a number", str: "text", list: "a list", dict: "a mapping"}.get(
-        type(value), type(value).__name__
-    )
-
-
 def _expected(schema: dict) -> str:
-    if "enum" in schema:
-        return "one of " + ", ".join(repr(v) for v in schema["enum"])
-    if schema.get("type") == "object" and "properties" in schema and schema.get("additionalProperties") is False:
-        return "a mapping of " + ", ".join(schema["properties"])
-    return _expected_type(schema) + _range(schema)
+    return messages.expected(schema, words=messages.SHORT_TYPE_WORDS, quote=repr, ranges=True)
 
 
 def _type_ok(schema: dict, value: object) -> bool:
@@ -78,24 +53,6 @@ def _type_ok(schema: dict, value: object) -> bool:
     if "type" not in schema or isinstance(value, float) and math.isnan(value):
         return False
     return jsonschema_rs.is_valid({"type": schema["type"]}, value)
-
-
-def _range(schema: dict) -> str:
-    low = ("above", schema["exclusiveMinimum"]) if "exclusiveMinimum" in schema else ("at least", schema.get("minimum"))
-    high = ("below", schema["exclusiveMaximum"]) if "exclusiveMaximum" in schema else ("at most", schema.get("maximum"))
-    parts = [f"{word} {value:,}" if isinstance(value, int) else f"{word} {value:g}"
-             for word, value in (low, high) if value is not None]
-    return (" " + " and ".join(parts)) if parts else ""
-
-
-def _expected_type(schema: dict) -> str:
-    types = schema.get("type")
-    if types is None and "anyOf" in schema:
-        return " or ".join(_expected(s) for s in schema["anyOf"])
-    types = [types] if isinstance(types, str) else list(types or [])
-    words = {"number": "a number", "integer": "a whole number", "string": "text", "boolean": "true or false",
-             "object": "a mapping", "array": "a list", "null": "null"}  # fmt: skip
-    return " or ".join(words.get(t, t) for t in types) or "a valid value"
 
 
 def _entries(section: object, name: str, problems: list, where) -> list[tuple[str, object, tuple]]:
@@ -192,8 +149,8 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
                 problems.append(where(ypath, f"Training key '{key}' must be {_expected(props[key])}, not {value!r}",
                                       key=False))
             else:
-                problems.append(where(ypath, f"Training key '{key}' must be {_expected(props[key])}, not "
-                                      f"{_type_name(value)} ({value!r}); quote text, write numbers without quotes",
+                problems.append(where(ypath, messages.must_be(f"Training key '{key}'", _expected(props[key]), value,
+                                                              fix="; quote text, write numbers without quotes"),
                                       key=False))
             continue
         target = ALIASES.get(key, key)

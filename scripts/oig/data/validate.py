@@ -17,7 +17,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from oig import yamlsafe
-from oig.data.config import did_you_mean, nearest, parse_training_config
+from oig.data import messages
+from oig.data.config import parse_training_config
 from oig.data.schemas import SLICE_SCHEMA
 from oig.data.slices import SECTIONS, Slice, slice_from_document
 from oig.errors import InvalidInput, Problem
@@ -78,26 +79,20 @@ def _read_regular_file(path: Path, display: str) -> tuple[bytes | None, list[Pro
 
 def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
     """(yaml path, point at the key?, message) for one jsonschema-rs error."""
+    common = messages.schema_problem(err, doc, SLICE_SCHEMA, "the file")
+    if common is not None:
+        return common
     path = tuple(err.instance_path)
     kind = err.kind
     name = type(kind).__name__
-    where = _path_text(path)
-    valid = _valid_keys(path)
-    if name == "AdditionalProperties":
-        bad = kind.unexpected[0]
-        scope = "top level" if not path else where
-        return path + (bad,), True, (f"unknown key '{bad}' at {scope}{did_you_mean(bad, valid)}"
-                                     f" (valid keys: {', '.join(valid)})")
-    if name == "Required":
-        return path, False, f"{where} is missing the required key '{kind.property}'"
+    where = messages.path_text(path)
     if name == "AnyOf" and not path:
         return (), False, f"a slice needs at least one section: {', '.join(SECTIONS)}"
     if name == "Type":
-        value = value_at(doc, path)
         want = kind.types if hasattr(kind, "types") else None
-        wants_text = "string" in _types(want) or "text" in _types(want)
-        hint = "; put the text in quotes" if wants_text and (isinstance(value, bool | int | float) or value is None) else ""
-        return path, False, f"{where} must be {_types(want)}, not {_kind_of(value)}{hint}"
+        value = messages.value_at(doc, path)
+        return path, False, messages.must_be(where, messages.type_words(want, none="of another type"), value,
+                                             show_value=False, fix=messages.quote_hint(want, value))
     if name == "MinLength":
         return path, False, f"{where} is empty; write the text or remove the entry"
     if name == "MinItems":
@@ -109,12 +104,6 @@ def _schema_problem(err, doc: object) -> tuple[tuple, bool, str]:
         return path, False, f"{where} is not valid: {err.message}"
     if name == "Minimum":
         return path, False, f"{where} must be at least {kind.limit}"
-    if name == "PropertyNames" and path and path[-1] == "columns":
-        columns = value_at(doc, path)
-        bad = next((k for k in columns if k not in _column_roles()), None) if isinstance(columns, dict) else None
-        if bad is not None:
-            return path + (bad,), True, (f"unknown column role '{bad}'{did_you_mean(str(bad), _column_roles())}"
-                                         f" (roles: {', '.join(_column_roles())})")
     return path, False, f"{where}: {err.message}"
 
 
@@ -142,66 +131,11 @@ def _expand_one_of(errors: list, doc: dict) -> list:
             out.append(err)
             continue
         path = tuple(err.instance_path)
-        item = value_at(doc, path)
-        branch = _schema_at(path[:-1])["items"]["oneOf"][_branch(item)]
+        item = messages.value_at(doc, path)
+        branch = messages.schema_at(SLICE_SCHEMA, path[:-1])["items"]["oneOf"][_branch(item)]
         for sub in jsonschema_rs.validator_for(branch).iter_errors(item):
             out.append(_SubError(path + tuple(sub.instance_path), sub.kind, sub.message))
     return out
-
-
-def _schema_at(path) -> dict:
-    sub = SLICE_SCHEMA
-    for p in path:
-        sub = sub.get("items", {}) if isinstance(p, int) else sub.get("properties", {}).get(p, {})
-    return sub
-
-
-def _valid_keys(path) -> list[str]:
-    """The keys the schema allows in the mapping at path."""
-    sub = _schema_at(path)
-    if "oneOf" in sub:  # a Preferences item: the keys of the branch it is meant as
-        return [k for branch in sub["oneOf"] for k in branch["properties"]]
-    return list(sub.get("properties", {}))
-
-
-def _path_text(path: tuple) -> str:
-    """IOPairs[3].output, as a contributor would point at it."""
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "the file"
-
-
-def _column_roles():
-    from oig.data.slices import COLUMN_ROLES
-
-    return COLUMN_ROLES
-
-
-def value_at(doc: object, path: tuple) -> object:
-    """The value at a path of keys and list indexes, or None when there is none."""
-    for p in path:
-        try:
-            doc = doc[p]  # type: ignore[index]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return doc
-
-
-def _kind_of(value: object) -> str:
-    if value is None:
-        return "empty"
-    return {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list",
-            dict: "a mapping"}.get(type(value), type(value).__name__)  # fmt: skip
-
-
-def _types(types) -> str:
-    words = {"string": "text", "object": "a mapping (key: value lines)", "array": "a list (lines starting with -)",
-             "integer": "a whole number", "number": "a number", "boolean": "true or false", "null": "empty"}  # fmt: skip
-    if not types:
-        return "of another type"
-    names = [str(t).rsplit(".", 1)[-1].lower() for t in (types if isinstance(types, list | tuple) else [types])]
-    return " or ".join(words.get(n, n) for n in names)
 
 
 # --- checks no schema can express ----------------------------------------------------------------
@@ -334,7 +268,8 @@ def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) ->
     if not schema_ok:
         errors = _expand_one_of(list(validator.iter_errors(doc)), doc)
         # "unknown key 'outptu'; did you mean 'output'?" already says what "missing 'output'" would.
-        typo_fixes = {(tuple(e.instance_path), nearest(e.kind.unexpected[0], _valid_keys(e.instance_path)))
+        typo_fixes = {(tuple(e.instance_path), messages.nearest(str(e.kind.unexpected[0]),
+                                                                messages.valid_keys(SLICE_SCHEMA, tuple(e.instance_path))))
                       for e in errors if type(e.kind).__name__ == "AdditionalProperties"}
         for err in errors:
             if type(err.kind).__name__ == "Required" and (tuple(err.instance_path), err.kind.property) in typo_fixes:
@@ -346,6 +281,16 @@ def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) ->
     if not schema_ok or any(p.severity == "error" for p in problems):
         return None, problems
     return slice_from_document(path, doc), problems
+
+
+def _read_slice(path: Path, opts: ValidateOptions) -> tuple[Slice | None, list[Problem]]:
+    """Read one slice file (a regular file of a sane size only) and check it."""
+    display = _display(path)
+    data, problems = _read_regular_file(path, display)
+    if data is None:
+        return None, problems
+    s, found = check_slice(data, path, display, opts)
+    return s, problems + found
 
 
 def _slice_files(data_dir: Path, display_dir: str) -> tuple[list[Path], list[Problem]]:
@@ -405,19 +350,11 @@ def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = Non
             slice_files.append(path)
         else:
             problems.append(Problem(_display(path), 0, 0, "error", "no such file or folder"))
-    slices: list[Slice] = []
     for path in slice_files:
-        display = _display(path)
-        data, found = _read_regular_file(path, display)
+        s, found = _read_slice(path, opts)
         problems += found
-        if data is None:
-            continue
-        s, found = check_slice(data, path, display, opts)
-        problems += found
-        if s is not None:
-            slices.append(s)
-            if opts.remote:
-                problems += _remote_problems(s, display, opts)
+        if s is not None and opts.remote:
+            problems += _remote_problems(s, _display(path), opts)
     for path in training_files:
         display = _display(path)
         data, found = _read_regular_file(path, display)
@@ -448,14 +385,10 @@ def load_slices(data_dir: Path, opts: ValidateOptions | None = None) -> list[Sli
     files, problems = _slice_files(data_dir, _display(data_dir))
     slices = []
     for path in files:
-        display = _display(path)
-        data, found = _read_regular_file(path, display)
+        s, found = _read_slice(path, opts)
         problems += found
-        if data is not None:
-            s, found = check_slice(data, path, display, opts)
-            problems += found
-            if s is not None:
-                slices.append(s)
+        if s is not None:
+            slices.append(s)
     if any(p.severity == "error" for p in problems):
         raise InvalidInput(problems)
     return sorted(slices, key=lambda s: s.name)

@@ -17,10 +17,10 @@ from functools import cache
 from pathlib import Path
 
 from oig import yamlsafe
-from oig.data.config import did_you_mean
+from oig.data import messages
+from oig.data.messages import did_you_mean
 from oig.data.schemas import SHA1_OR_REF, SHA256
 from oig.data.slices import COLUMN_ROLES
-from oig.data.validate import value_at
 from oig.errors import InvalidInput, Problem
 
 DEFAULT_SEED = 42
@@ -453,72 +453,25 @@ def api_key(provider: Provider) -> str | None:
 # --- messages for schema errors ---------------------------------------------------------------------
 
 
-def _schema_at(path: tuple) -> dict:
-    sub = GENERATE_SCHEMA
-    for p in path:
-        if isinstance(p, int):
-            sub = sub.get("items", {})
-        elif p in sub.get("properties", {}):
-            sub = sub["properties"][p]
-        else:
-            extra = sub.get("additionalProperties")
-            sub = extra if isinstance(extra, dict) else {}
-    return sub
-
-
-def _where(path: tuple) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "the config"
-
-
-def _kind_of(value: object) -> str:
-    if value is None:
-        return "empty"
-    return {bool: "true/false", int: "a whole number", float: "a number", str: "text", list: "a list",
-            dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-def _expected(schema: dict) -> str:
-    if "enum" in schema:
-        return "one of " + ", ".join(str(v) for v in schema["enum"])
-    words = {"string": "text", "object": "a mapping (key: value lines)", "array": "a list (lines starting with -)",
-             "integer": "a whole number", "number": "a number", "boolean": "true or false"}
-    types = schema.get("type")
-    types = [types] if isinstance(types, str) else list(types or [])
-    return " or ".join(words.get(t, t) for t in types) or "a valid value"
-
-
-
 def _schema_problem(err, doc: dict) -> tuple[tuple, bool, str]:
     """(yaml path, point at the key?, message) for one jsonschema-rs error."""
+    common = messages.schema_problem(err, doc, GENERATE_SCHEMA, "the config")
+    if common is not None:
+        return common
     path = tuple(err.instance_path)
     name = type(err.kind).__name__
-    where = _where(path)
-    schema = _schema_at(path)
-    value = value_at(doc, path)
-    if name == "AdditionalProperties":
-        bad = str(err.kind.unexpected[0])
-        valid = list(schema.get("properties", {}))
-        scope = "top level" if not path else where
-        return path + (bad,), True, (f"unknown key '{bad}' at {scope}{did_you_mean(bad, valid)}"
-                                     f" (valid keys: {', '.join(valid)})")
-    if name == "Required":
-        return path, False, f"{where} is missing the required key '{err.kind.property}'"
+    where = messages.path_text(path, "the config")
     if name in ("Type", "Enum"):
-        hint = "; put the text in quotes" if "string" in str(schema.get("type")) and not isinstance(value, str) else ""
-        return path, False, f"{where} must be {_expected(schema)}, not {_kind_of(value)} ({value!r}){hint}"
+        schema = messages.schema_at(GENERATE_SCHEMA, path)
+        value = messages.value_at(doc, path)
+        return path, False, messages.must_be(where, messages.expected(schema), value,
+                                             fix=messages.quote_hint(schema.get("type"), value))
     if name == "MinLength":
         return path, False, f"{where} is empty; write the text or remove the key"
     if name in ("MinItems", "MinProperties"):
         return path, False, f"{where} is empty; add entries or remove it"
     if name in ("Minimum", "ExclusiveMinimum", "Maximum", "ExclusiveMaximum", "MaxItems"):
         return path, False, f"{where} is out of range: {err.message}"
-    if name == "PropertyNames":
-        roles = schema.get("propertyNames", {}).get("enum", [])
-        bad = next((k for k in (value or {}) if k not in roles), "?")
-        return path + (bad,), True, f"unknown column role '{bad}'{did_you_mean(str(bad), roles)} (roles: {', '.join(roles)})"
     return path, False, f"{where}: {err.message}"
 
 
@@ -528,7 +481,7 @@ def _numbers_problems(doc: dict) -> list[tuple[tuple, str]]:
 
     def walk(node: object, path: tuple) -> None:
         if isinstance(node, float) and not math.isfinite(node):
-            out.append((path, f"{_where(path)} must be a finite number, not {node}"))
+            out.append((path, f"{messages.path_text(path, 'the config')} must be a finite number, not {node}"))
         elif isinstance(node, dict):
             for k, v in node.items():
                 walk(v, (*path, k))
