@@ -3,7 +3,7 @@
 Both sides train the same embedded tiny model (``oig.train.tiny``: same tokenizer, same initial weights)
 on the same examples (the train/eval split oig makes) with the same settings: learning rate, batch
 size, steps, evaluation and checkpoint schedule, fp32, no activation checkpointing, and the torch
-thread count oig picks for tiny (one; see ``oig.train.run.tiny_cpu_threads``). The baseline is
+thread count oig picks for tiny (one; see ``oig.train.args.tiny_cpu_threads``). The baseline is
 the script the TRL docs show: a ``messages`` dataset with ``assistant_only_loss=True``. oig goes
 through ``oig.train.run.train`` (mixing, splitting, its own tokenising with weight masks, the trainer,
 saving, training_log), but both sides are timed the same way: non-padding tokens the trainer
@@ -49,7 +49,7 @@ def make_repo(root: Path, pairs: int, steps: int) -> None:
 
 def settings(steps: int) -> dict:
     """The SFTConfig values both sides use: what oig resolves for tiny with this training.yaml."""
-    from oig.train.run import DEFAULTS, TINY_HYPERPARAMETERS
+    from oig.train.args import DEFAULTS, TINY_HYPERPARAMETERS
 
     return {**DEFAULTS, **TINY_HYPERPARAMETERS, "max_steps": steps, "save_steps": 100, "logging_steps": 10,
             "eval_strategy": "steps", "eval_steps": 100, "seed": 42, "data_seed": 42, "bf16": False,
@@ -75,7 +75,8 @@ def run_baseline(root: Path, out: Path, steps: int) -> dict:
     from oig.data.config import load_training_config
     from oig.data.mix import mix
     from oig.train import tiny
-    from oig.train.run import cpu_threads, read_mixture, split_eval, tiny_cpu_threads
+    from oig.train.args import cpu_threads, tiny_cpu_threads
+    from oig.train.run import read_mixture, split_eval
 
     # The same examples and the same model as oig's run: its mixture, split and tiny build.
     os.chdir(root)

@@ -20,6 +20,8 @@ from oig.data.config import TrainingConfig
 from oig.errors import PublishError
 from oig.train import masking, tiny
 from oig.train import run as T
+from oig.train.args import TINY_HYPERPARAMETERS, sft_config
+from oig.train.errors import TrainError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -80,7 +82,7 @@ def test_the_trainer_learns_exactly_these_labels(built, tmp_path):
     model, tok = built
     ids, labels = masking.encode(MULTI, tok, tok.chat_template)
     ds, _ = masking.to_dataset([{"messages": MULTI}], tok, tok.chat_template)
-    args, _ = T.sft_config(config({"max_steps": 1}), tmp_path, on_gpu=False, has_eval=False)
+    args, _ = sft_config(config({"max_steps": 1}), tmp_path, on_gpu=False, has_eval=False)
     trainer = T.make_trainer(model, tok, args, ds, None, config())
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"][0].tolist() == ids
@@ -155,7 +157,7 @@ def test_repeated_examples_never_sit_on_both_sides():
 
 @pytest.mark.parametrize("size, match", [(20, "leaving none"), (25, "leaving none"), (2.5, "whole count")])
 def test_eval_split_errors(size, match):
-    with pytest.raises(T.TrainError, match=match):
+    with pytest.raises(TrainError, match=match):
         T.split_eval(RECORDS, size, 42)
 
 
@@ -163,46 +165,46 @@ def test_eval_split_errors(size, match):
 
 
 def test_defaults_on_cpu(tmp_path):
-    args, overrides = T.sft_config(config({"learning_rate": 1e-4, "output_dir": "elsewhere"}), tmp_path,
-                                   on_gpu=False, has_eval=True)
+    args, overrides = sft_config(config({"learning_rate": 1e-4, "output_dir": "elsewhere"}), tmp_path,
+                                 on_gpu=False, has_eval=True)
     assert overrides == {}
     assert args.output_dir == str(tmp_path)  # oig decides where checkpoints go
     assert args.learning_rate == 1e-4
     assert (args.bf16, args.activation_checkpointing, args.report_to) == (False, False, [])
     assert (args.save_steps, args.eval_steps, args.seed, args.data_seed) == (100, 100, 42, 42)
     assert args.eval_strategy == "steps" and args.save_strategy == "steps"
-    no_eval, _ = T.sft_config(config({"eval_strategy": "steps"}), tmp_path, on_gpu=False, has_eval=False)
+    no_eval, _ = sft_config(config({"eval_strategy": "steps"}), tmp_path, on_gpu=False, has_eval=False)
     assert no_eval.eval_strategy == "no"
 
 
 def test_tiny_uses_its_own_hyperparameters_and_says_so(tmp_path):
-    args, overrides = T.sft_config(config({"learning_rate": 2e-5, "max_steps": 7}), tmp_path, on_gpu=False,
-                                   has_eval=False, tiny_model=True)
-    assert args.learning_rate == T.TINY_HYPERPARAMETERS["learning_rate"]
+    args, overrides = sft_config(config({"learning_rate": 2e-5, "max_steps": 7}), tmp_path, on_gpu=False,
+                                 has_eval=False, tiny_model=True)
+    assert args.learning_rate == TINY_HYPERPARAMETERS["learning_rate"]
     assert args.max_steps == 7  # still caps the run
-    assert overrides == {"learning_rate": {"training.yaml": 2e-5, "used": T.TINY_HYPERPARAMETERS["learning_rate"]}}
+    assert overrides == {"learning_rate": {"training.yaml": 2e-5, "used": TINY_HYPERPARAMETERS["learning_rate"]}}
 
 
 def test_momentum_goes_to_the_optimizer_in_use(tmp_path):
-    adam, _ = T.sft_config(config(momentum=0.8), tmp_path, on_gpu=False, has_eval=False)
+    adam, _ = sft_config(config(momentum=0.8), tmp_path, on_gpu=False, has_eval=False)
     assert adam.adam_beta1 == 0.8
-    sgd, _ = T.sft_config(config({"optim": "sgd", "optim_args": "nesterov=True"}, momentum=0.9), tmp_path,
-                          on_gpu=False, has_eval=False)
+    sgd, _ = sft_config(config({"optim": "sgd", "optim_args": "nesterov=True"}, momentum=0.9), tmp_path,
+                        on_gpu=False, has_eval=False)
     assert sgd.optim_args == "nesterov=True,momentum=0.9"
-    with pytest.raises(T.TrainError, match="keep one"):
-        T.sft_config(config({"adam_beta1": 0.5}, momentum=0.9), tmp_path, on_gpu=False, has_eval=False)
-    with pytest.raises(T.TrainError, match="no meaning for the optimizer 'adafactor'"):
-        T.sft_config(config({"optim": "adafactor"}, momentum=0.9), tmp_path, on_gpu=False, has_eval=False)
+    with pytest.raises(TrainError, match="keep one"):
+        sft_config(config({"adam_beta1": 0.5}, momentum=0.9), tmp_path, on_gpu=False, has_eval=False)
+    with pytest.raises(TrainError, match="no meaning for the optimizer 'adafactor'"):
+        sft_config(config({"optim": "adafactor"}, momentum=0.9), tmp_path, on_gpu=False, has_eval=False)
 
 
 def test_bad_trainer_settings_are_a_clear_error(tmp_path):
-    with pytest.raises(T.TrainError, match="training.yaml"):
-        T.sft_config(config({"lr_scheduler_type": "sideways"}), tmp_path, on_gpu=False, has_eval=False)
+    with pytest.raises(TrainError, match="training.yaml"):
+        sft_config(config({"lr_scheduler_type": "sideways"}), tmp_path, on_gpu=False, has_eval=False)
 
 
 def test_recorded_hyperparameters(tmp_path):
     cfg = config({"learning_rate": 1e-4, "packing": True}, momentum=0.9, eval_size=0.2, lora=True, lora_r=8)
-    args, _ = T.sft_config(cfg, tmp_path, on_gpu=False, has_eval=True)
+    args, _ = sft_config(cfg, tmp_path, on_gpu=False, has_eval=True)
     hp = T.hyperparameters(args, cfg)
     assert hp["learning_rate"] == 1e-4 and hp["packing"] is True and hp["adam_beta1"] == 0.9
     assert hp["momentum"] == 0.9 and hp["eval_size"] == 0.2 and hp["lora"] is True and hp["lora_r"] == 8
@@ -235,17 +237,17 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path, capsys):
 
 
 def test_read_mixture_errors(tmp_path):
-    with pytest.raises(T.TrainError, match="manifest.json is missing"):
+    with pytest.raises(TrainError, match="manifest.json is missing"):
         T.read_mixture(tmp_path)
     (tmp_path / "manifest.json").write_text("{}")
     (tmp_path / "mixture.jsonl").write_text("")
-    with pytest.raises(T.TrainError, match="is empty"):
+    with pytest.raises(TrainError, match="is empty"):
         T.read_mixture(tmp_path)
     (tmp_path / "mixture.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
-    with pytest.raises(T.TrainError, match=r"mixture.jsonl:1: a conversation must end with an assistant"):
+    with pytest.raises(TrainError, match=r"mixture.jsonl:1: a conversation must end with an assistant"):
         T.read_mixture(tmp_path)
     (tmp_path / "mixture.jsonl").write_text(json.dumps(RECORDS[0]) + "\n{oops\n")
-    with pytest.raises(T.TrainError, match=r"mixture.jsonl:2: not JSON"):
+    with pytest.raises(TrainError, match=r"mixture.jsonl:2: not JSON"):
         T.read_mixture(tmp_path)
 
 
@@ -384,7 +386,7 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
     assert log["run_id"].startswith("run-") and log["git_commit"] == head(repo)
     assert log["base_model"] == "tiny" and log["backend"] == "trl" and log["resumed_from"] is None
     assert log["output_dir"] == f"runs/{log['run_id']}"
-    assert log["hyperparameters"]["learning_rate"] == T.TINY_HYPERPARAMETERS["learning_rate"]
+    assert log["hyperparameters"]["learning_rate"] == TINY_HYPERPARAMETERS["learning_rate"]
     assert log["hyperparameters"]["seed"] == 42 and log["hyperparameters"]["bf16"] is False
     (codes,) = log["mixture"]["slices"]
     assert (codes["name"], codes["count"], log["mixture"]["total"]) == ("codes", 20, 20)

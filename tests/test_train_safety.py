@@ -18,6 +18,8 @@ from oig.cli import main
 from oig.data.config import TrainingConfig
 from oig.train import masking, tiny
 from oig.train import run as T
+from oig.train.args import dpo_config, sft_config
+from oig.train.errors import TrainError, disk_errors, write_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("What is the code word 1?", "The code word 1 is apple."), ("Say hi", "Hi!")]
@@ -103,7 +105,7 @@ def test_model_init_kwargs_can_never_turn_on_remote_code(repo, marker, monkeypat
     folder = evil_model(repo.parent / "evil", {"model_type": "llama", "auto_map": AUTO_MAP})
     monkeypatch.setattr(config_module, "load_training_config",
                         lambda path, slice_names=None: _config_with({"model_init_kwargs": init}, str(folder)))
-    with pytest.raises(T.TrainError, match="model_init_kwargs must not set trust_remote_code"):
+    with pytest.raises(TrainError, match="model_init_kwargs must not set trust_remote_code"):
         T.train(T.TrainOptions(config=repo / "training.yaml", data=repo / "data", root=repo, publish="none",
                                allow_local_base_model=True))
     assert not marker.exists() and not (repo / "runs").exists()  # refused before anything was written
@@ -125,17 +127,15 @@ def test_the_cli_refuses_remote_code_in_training_yaml(repo, marker, capsys):
     ({"trust_remote_code": True}, "trust_remote_code must not be set"),
 ])
 def test_other_ways_to_load_code_are_refused(training, match):
-    with pytest.raises(T.TrainError, match=match):
+    with pytest.raises(TrainError, match=match):
         T.check_base_model("org/model", _config_with(training, "org/model"), T.TrainOptions())
 
 
 def test_the_trainers_never_get_remote_code(tmp_path):
-    from oig.train import dpo
-
     config = _config_with({"model_init_kwargs": {"dtype": "float32"}}, "tiny")
-    args, _ = T.sft_config(config, tmp_path, on_gpu=False, has_eval=False)
+    args, _ = sft_config(config, tmp_path, on_gpu=False, has_eval=False)
     assert args.trust_remote_code is False and args.model_init_kwargs is None
-    dpo_args, _ = dpo.dpo_config(config, tmp_path, on_gpu=False, tiny_model=True, bf16=False)
+    dpo_args, _ = dpo_config(config, tmp_path, on_gpu=False, tiny_model=True, bf16=False)
     assert dpo_args.trust_remote_code is False and dpo_args.model_init_kwargs is None
 
 
@@ -234,7 +234,7 @@ def test_a_second_run_in_the_same_folder_stops_at_once(repo, capsys):
         holder.stdin.close()
         holder.wait(timeout=30)
     # Released when the holder ended; held here, a second open in the same process is refused too.
-    with T.lock_run_dir(run_dir), pytest.raises(T.TrainError, match="another `oig train` is running"), \
+    with T.lock_run_dir(run_dir), pytest.raises(TrainError, match="another `oig train` is running"), \
             T.lock_run_dir(run_dir):
         pass
     with T.lock_run_dir(run_dir):
@@ -246,7 +246,7 @@ def test_a_run_folder_that_cannot_be_created(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "runs"))
 
     monkeypatch.setattr(Path, "mkdir", read_only)
-    with pytest.raises(T.TrainError, match=r"cannot create the run folder .*runs/x: Read-only file system"), \
+    with pytest.raises(TrainError, match=r"cannot create the run folder .*runs/x: Read-only file system"), \
             T.lock_run_dir(tmp_path / "runs" / "x"):
         pass
 
@@ -293,7 +293,7 @@ def test_a_model_that_cannot_be_saved_keeps_the_previous_one(tmp_path):
         (tmp / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    with pytest.raises(T.TrainError, match=r"cannot save the model to .*model: No space left on device"):
+    with pytest.raises(TrainError, match=r"cannot save the model to .*model: No space left on device"):
         T._replace_folder(target, write)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert (target / "config.json").read_text() == "previous"
@@ -320,9 +320,9 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line(repo, capsys, monkeypat
 
 
 def test_disk_errors_name_the_path():
-    with pytest.raises(T.TrainError, match=r"^cannot write /x/y: No space left on device$"), T.disk_errors():
+    with pytest.raises(TrainError, match=r"^cannot write /x/y: No space left on device$"), disk_errors():
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/y")
-    with pytest.raises(ConnectionResetError), T.disk_errors():  # other errors are not disk problems
+    with pytest.raises(ConnectionResetError), disk_errors():  # other errors are not disk problems
         raise ConnectionResetError(errno.ECONNRESET, "reset")
 
 
@@ -331,11 +331,11 @@ def test_torch_save_on_a_full_disk_is_recognised(tmp_path, monkeypatch):
     import shutil
 
     torch_full = RuntimeError("basic_ios::clear: iostream error")  # what torch.save raises on a full disk
-    assert T.write_problem(torch_full) is None
+    assert write_problem(torch_full) is None
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096))
-    assert T.write_problem(torch_full, tmp_path / "checkpoints" / "checkpoint-2") == "No space left on device"
+    assert write_problem(torch_full, tmp_path / "checkpoints" / "checkpoint-2") == "No space left on device"
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**9, 10**11))
-    assert T.write_problem(torch_full, tmp_path) is None  # plenty of room: some other failure
+    assert write_problem(torch_full, tmp_path) is None  # plenty of room: some other failure
 
 
 # --- special-token text in the data ----------------------------------------------------------------------

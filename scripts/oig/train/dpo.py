@@ -15,29 +15,13 @@ to ``<run>/dpo-checkpoints`` and an interrupted DPO stage resumes from the last 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import sys
 from pathlib import Path
 
-from oig.errors import OigError
+from oig.train.args import lora_config, uses_adapters
+from oig.train.errors import DPOError
 
 PREFERENCES_FILE = "preferences.jsonl"
-DEFAULT_BETA = 0.1
-# The random tiny model after SFT: enough steps at a rate that moves it in seconds on a CPU.
-TINY_DPO_HYPERPARAMETERS = {
-    "learning_rate": 1e-3,
-    "num_train_epochs": 20,
-    "per_device_train_batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "lr_scheduler_type": "constant",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-}
-
-
-class DPOError(OigError):
-    """The DPO stage cannot start or failed for a reason the user can fix."""
 
 
 def read_preferences(mixture_dir: Path) -> list[dict]:
@@ -66,43 +50,6 @@ def as_conversations(pairs: list[dict]) -> list[dict]:
             for p in pairs for side in ("chosen", "rejected")]
 
 
-def dpo_config(config, output_dir: Path, *, on_gpu: bool, tiny_model: bool, bf16: bool):
-    """DPOConfig from training.yaml's shared hyperparameters; returns (DPOConfig, tiny overrides)."""
-    from trl import DPOConfig
-
-    from oig.train.run import DEFAULTS, OWNED, apply_momentum
-
-    fields = {f.name for f in dataclasses.fields(DPOConfig)}
-    kw = {k: v for k, v in config.training.items() if k in fields and k not in OWNED}
-    # The policy and reference are built in memory: never let DPOTrainer load (or run the code of) a model.
-    kw.pop("model_init_kwargs", None)
-    kw["trust_remote_code"] = False
-    overrides = {}
-    if tiny_model:
-        for key, value in TINY_DPO_HYPERPARAMETERS.items():
-            if key in kw and kw[key] != value:
-                overrides[key] = {"training.yaml": kw[key], "used": value}
-            kw[key] = value
-    for key, value in DEFAULTS.items():
-        if key in fields:
-            kw.setdefault(key, value)
-    kw.setdefault("seed", config.seed)
-    kw.setdefault("bf16", bf16)
-    kw.setdefault("disable_tqdm", not sys.stderr.isatty())
-    kw["beta"] = float(config.oig.get("dpo_beta", DEFAULT_BETA))
-    kw["eval_strategy"] = "no"
-    if not on_gpu:
-        kw.setdefault("dataloader_pin_memory", False)
-    if "gradient_checkpointing" not in kw:
-        kw.setdefault("activation_checkpointing", on_gpu and not tiny_model)
-    if config.oig.get("momentum") is not None:
-        apply_momentum(kw, config.oig["momentum"])
-    try:
-        return DPOConfig(output_dir=str(output_dir), **kw), overrides
-    except (ValueError, TypeError) as exc:
-        raise DPOError(f"training.yaml (DPO): {exc}") from None
-
-
 def make_trainer(model, tokenizer, pairs: list[dict], args, config):
     """TRL's DPOTrainer with its reference model: a frozen copy, or the adapter-free base with LoRA."""
     import datasets
@@ -111,10 +58,8 @@ def make_trainer(model, tokenizer, pairs: list[dict], args, config):
     peft_config = None
     ref_model = None
     is_peft = hasattr(model, "peft_config")
-    if config.oig.get("lora") or config.oig.get("load_in_4bit"):
+    if uses_adapters(config):
         if not is_peft:
-            from oig.train.run import lora_config
-
             peft_config = lora_config(config)
     else:
         ref_model = copy.deepcopy(model).eval()

@@ -40,7 +40,6 @@ the previous ones stay as they were.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import math
@@ -60,6 +59,8 @@ from pathlib import Path
 from oig import files, runlog
 from oig.errors import OigError
 from oig.train import dpo, tiny
+from oig.train.args import OWNED, cpu_threads, dpo_config, lora_config, sft_config, tiny_cpu_threads, use_bf16
+from oig.train.errors import TrainError, checkpoint_errors, disk_errors, write_problem
 from oig.train.masking import special_token_text, to_dataset, training_template
 
 PUBLISH_MODES = ("none", "local", "hub")
@@ -67,32 +68,6 @@ RUNS_DIR = "runs"
 DEFAULT_EVAL_FRACTION = 0.1
 MAX_DEFAULT_EVAL = 1000  # conversations; a larger held-out set only slows evaluation down
 
-# oig's defaults for SFTConfig fields training.yaml leaves unset (TRL's own defaults for the rest).
-DEFAULTS = {
-    "report_to": "none",
-    "save_strategy": "steps",
-    "save_steps": 100,
-    "save_total_limit": 2,
-    "logging_steps": 10,
-    "max_length": 1024,
-}
-# The embedded tiny model is a random 150k-parameter network: the learning rate, epochs and batch size
-# in training.yaml are meant for the real base model and would teach it nothing, so tiny uses these.
-# Measured on the shipped slices and on 20 code-word pairs: every trained question is answered exactly
-# after 150 epochs at 3e-3 (750 steps, about 5 s on one CPU core); 100 epochs miss answers that copy
-# words from the question, and higher rates learn less reliably in short runs (5 pairs, 100 steps).
-# max_steps in training.yaml still caps a large mixture.
-TINY_HYPERPARAMETERS = {
-    "learning_rate": 3e-3,
-    "num_train_epochs": 150,
-    "per_device_train_batch_size": 4,
-    "gradient_accumulation_steps": 1,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-}
-# Fields oig sets itself: where checkpoints go, and publishing (done by oig.publish.publish, not the Trainer).
-OWNED = ("output_dir", "push_to_hub", "resume_from_checkpoint", "hub_model_id")
 # Fields recorded in training_log besides the ones training.yaml sets.
 RECORDED = (
     "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -107,13 +82,6 @@ LOCK_FILE = ".lock"  # in the run folder: held by the `oig train` running there 
 # from_pretrained keywords that load code or pickles: model_init_kwargs in training.yaml may not set them.
 UNSAFE_INIT_KWARGS = ("trust_remote_code", "code_revision", "weights_only", "use_kernels", "kernel_config",
                       "allow_all_kernels")
-# What a failed write the user can fix looks like: a full disk or quota, a read-only or foreign folder.
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-LOW_DISK_BYTES = 64 * 1024**2  # below this much free space a failed torch.save is a full disk
-
-
-class TrainError(OigError):
-    """Training cannot start or failed for a reason the user can fix."""
 
 
 @dataclass
@@ -287,8 +255,8 @@ def run_dpo(model, tokenizer, pairs: list[dict], config, run_dir: Path, *, on_gp
     if hasattr(model, "merge_and_unload") and not config.oig.get("load_in_4bit"):
         model = model.merge_and_unload()  # the SFT adapters become the weights DPO starts from
     tiny_model = base_model == tiny.NAME
-    args, overrides = dpo.dpo_config(config, run_dir / "dpo-checkpoints", on_gpu=on_gpu, tiny_model=tiny_model,
-                                     bf16=_bf16(config, on_gpu))
+    args, overrides = dpo_config(config, run_dir / "dpo-checkpoints", on_gpu=on_gpu, tiny_model=tiny_model,
+                                 bf16=use_bf16(config, on_gpu))
     with state.main_process_first():
         resume = last_checkpoint(run_dir / "dpo-checkpoints", run_id if state.is_main_process else None)
     trainer = dpo.make_trainer(model, tokenizer, pairs, args, config)
@@ -395,58 +363,6 @@ def lock_run_dir(run_dir: Path):
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def write_problem(exc: BaseException, where: Path | None = None) -> str | None:
-    """The cause in words when ``exc`` is a write the user can fix (a full disk, a read-only folder, no
-    permission), else None. safetensors and torch.save wrap the OS error in their own exceptions."""
-    if isinstance(exc, OSError):
-        return (exc.strerror or os.strerror(exc.errno)) if exc.errno in DISK_ERRNOS else None
-    text = str(exc)
-    for code in DISK_ERRNOS:
-        if os.strerror(code) in text:
-            return os.strerror(code)
-    # torch.save says only "unexpected pos" or "iostream error"; the partial file it leaves fills the disk.
-    if isinstance(exc, RuntimeError) and where is not None and "out of memory" not in text.lower():
-        try:
-            if shutil.disk_usage(_existing(where)).free < LOW_DISK_BYTES:
-                return os.strerror(errno.ENOSPC)
-        except OSError:
-            pass
-    return None
-
-
-def _existing(path: Path) -> Path:
-    path = Path(path)
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
-@contextmanager
-def disk_errors():
-    """A full disk or a read-only folder anywhere in the run becomes a TrainError naming the path."""
-    try:
-        yield
-    except OSError as exc:
-        why = write_problem(exc)
-        if why is None:
-            raise
-        where = f" {exc.filename}" if exc.filename else ""
-        raise TrainError(f"cannot write{where}: {why}") from None
-
-
-@contextmanager
-def checkpoint_errors(checkpoint_dir: Path):
-    """A checkpoint that cannot be written (full disk, read-only folder) becomes a TrainError."""
-    try:
-        yield
-    except Exception as exc:  # safetensors and torch raise their own types
-        why = write_problem(exc, checkpoint_dir)
-        if why is None:
-            raise
-        raise TrainError(f"cannot write a checkpoint in {checkpoint_dir}: {why}; free some space (or make it "
-                         "writable) and rerun: it resumes from the last complete checkpoint") from None
 
 
 # --- the mixture ------------------------------------------------------------------------------------------
@@ -614,7 +530,7 @@ def load_base(name: str, base_dir: Path, records: list[dict], config, on_gpu: bo
 
     kwargs = _init_kwargs(config)
     if "dtype" not in kwargs:
-        kwargs["dtype"] = torch.bfloat16 if on_gpu and _bf16(config, on_gpu) else torch.float32
+        kwargs["dtype"] = torch.bfloat16 if on_gpu and use_bf16(config, on_gpu) else torch.float32
     if config.oig.get("load_in_4bit"):
         kwargs["quantization_config"] = _quantization(on_gpu)
     revision = kwargs.get("revision")
@@ -675,94 +591,6 @@ def _add_chatml(model, tokenizer) -> None:
 # --- training ---------------------------------------------------------------------------------------------
 
 
-def _bf16(config, on_gpu: bool) -> bool:
-    if "bf16" in config.training:
-        return bool(config.training["bf16"])
-    if not on_gpu:
-        return False  # TRL turns bf16 on even on a CPU, where it is twice as slow
-    import torch
-
-    return torch.cuda.is_bf16_supported()
-
-
-def sft_config(config, output_dir: Path, *, on_gpu: bool, has_eval: bool, tiny_model: bool = False):
-    """The SFTConfig: training.yaml's values over oig's defaults; returns (SFTConfig, tiny overrides)."""
-    from trl import SFTConfig
-
-    kw = {k: v for k, v in config.training.items() if k not in OWNED}
-    kw.pop("assistant_only_loss", None)  # applied when tokenising (the dataset arrives with labels)
-    kw.pop("model_init_kwargs", None)  # used when loading the model, which happens before the trainer
-    kw["trust_remote_code"] = False  # the trainer loads nothing itself, and must never run model code
-    overrides = {}
-    if tiny_model:
-        for key, value in TINY_HYPERPARAMETERS.items():
-            if key in kw and kw[key] != value:
-                overrides[key] = {"training.yaml": kw[key], "used": value}
-            kw[key] = value
-    for key, value in DEFAULTS.items():
-        kw.setdefault(key, value)
-    kw.setdefault("seed", config.seed)
-    kw.setdefault("data_seed", kw["seed"])
-    kw.setdefault("disable_tqdm", not sys.stderr.isatty())  # bars in CI logs are noise: log lines instead
-    kw.setdefault("bf16", _bf16(config, on_gpu))
-    if not on_gpu:
-        kw.setdefault("dataloader_pin_memory", False)  # pinning needs an accelerator; on a CPU it only warns
-    if "gradient_checkpointing" not in kw:
-        # Recomputing activations saves GPU memory for real models; on a CPU or for tiny it only costs time.
-        kw.setdefault("activation_checkpointing", on_gpu and not tiny_model)
-    if has_eval:
-        kw.setdefault("eval_strategy", "steps")
-        if kw["eval_strategy"] == "steps":
-            kw.setdefault("eval_steps", kw["save_steps"])
-    else:
-        kw["eval_strategy"] = "no"
-    momentum = config.oig.get("momentum")
-    if momentum is not None:
-        apply_momentum(kw, momentum)
-    try:
-        return SFTConfig(output_dir=str(output_dir), **kw), overrides
-    except (ValueError, TypeError) as exc:
-        raise TrainError(f"training.yaml: {exc}") from None
-
-
-def apply_momentum(kw: dict, momentum: float) -> None:
-    optim = str(kw.get("optim", "adamw_torch"))
-    if optim in ("sgd", "rmsprop"):
-        extra = f"momentum={momentum}"
-        kw["optim_args"] = f"{kw['optim_args']},{extra}" if kw.get("optim_args") else extra
-    elif "adam" in optim or "lion" in optim or "lamb" in optim:
-        if "adam_beta1" in kw and kw["adam_beta1"] != momentum:
-            raise TrainError(f"training.yaml sets both momentum ({momentum}) and adam_beta1 "
-                             f"({kw['adam_beta1']}), which is the same thing for {optim}; keep one")
-        kw["adam_beta1"] = momentum
-    else:
-        raise TrainError(f"momentum has no meaning for the optimizer {optim!r}; remove it, or use sgd, "
-                         "rmsprop or an Adam-style optimizer")
-
-
-def tiny_cpu_threads(base_model: str, on_gpu: bool) -> int | None:
-    """One CPU thread for tiny: its matrices are too small to split, so a second thread only adds
-    synchronisation, and on a shared machine it makes every step wait for a busy core (measured: as fast
-    alone, up to 4x faster under load). OMP_NUM_THREADS, when set, wins."""
-    if base_model != tiny.NAME or on_gpu or os.environ.get("OMP_NUM_THREADS"):
-        return None
-    return 1
-
-
-@contextmanager
-def cpu_threads(n: int | None):
-    """torch's intra-op thread count set to ``n`` for the block, then restored (None: unchanged)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def make_trainer(model, tokenizer, args, train_ds, eval_ds, config):
     from trl import SFTTrainer
 
@@ -772,17 +600,6 @@ def make_trainer(model, tokenizer, args, train_ds, eval_ds, config):
                           processing_class=tokenizer, peft_config=peft_config)
     except ValueError as exc:
         raise TrainError(f"the trainer refused the settings: {exc}") from None
-
-
-def lora_config(config):
-    """peft's LoraConfig from training.yaml's lora_* keys."""
-    from peft import LoraConfig
-
-    o = config.oig
-    return LoraConfig(
-        r=o.get("lora_r", 16), lora_alpha=o.get("lora_alpha", 32), lora_dropout=o.get("lora_dropout", 0.05),
-        target_modules=o.get("lora_target_modules") or "all-linear", task_type="CAUSAL_LM",
-    )
 
 
 RUN_MARKER = "RUN_ID"  # beside the checkpoints: which run they belong to
