@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from oig.errors import InvalidInput
-from oig.generate.config import GENERATE_SCHEMA, load_config, parse_config, render_schema
+from oig.generate.config import load_config, parse_config
+from oig.generate.schema import GENERATE_SCHEMA, render_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,5 +1,8 @@
 """JSON Schemas for the files contributors edit: slice files and training.yaml.
 
+One cohesive table of definitions, not logic: both schemas and the key lists they are built from
+(aliases, oig's own keys, refused fields, bounds), so that one file states all a contributor may write.
+
 Defined here, in the package, because validation needs them at run time wherever oig is installed;
 ``schemas/*.json`` at the repository root are generated from these for editors (the
 ``# yaml-language-server: $schema=...`` line) and check-jsonschema. A test keeps them in sync::
@@ -13,6 +16,7 @@ import json
 from pathlib import Path
 
 from oig.data.slices import COLUMN_ROLES
+from oig.files import write_all_atomic
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SHA256 = "^[0-9a-f]{64}$"
@@ -36,6 +40,16 @@ _limit = {
     "description": "Use at most this many rows, in the source's order.",
 }
 
+
+def column_roles_schema(description: str) -> dict:
+    """``columns:``: role -> column name, for a dataset whose layout is not detected."""
+    return {
+        "type": "object",
+        "description": description,
+        "propertyNames": {"enum": list(COLUMN_ROLES)},
+        "additionalProperties": _text,
+        "minProperties": 1,
+    }
 
 
 def _jsonl_link(link_description: str) -> dict:
@@ -116,14 +130,8 @@ SLICE_SCHEMA: dict = {
                     },
                     "config": {**_text, "description": "The dataset configuration (subset) name."},
                     "split": {**_text, "default": "train", "description": "The split to read."},
-                    "columns": {
-                        "type": "object",
-                        "description": "Which column holds what, when the layout is not detected: "
-                        "role -> column name, e.g. {question: q, answer: a}.",
-                        "propertyNames": {"enum": list(COLUMN_ROLES)},
-                        "additionalProperties": _text,
-                        "minProperties": 1,
-                    },
+                    "columns": column_roles_schema("Which column holds what, when the layout is not detected: "
+                                                   "role -> column name, e.g. {question: q, answer: a}."),
                     "limit": _limit,
                 },
             },
@@ -391,11 +399,9 @@ def rendered() -> dict[str, str]:
 
 
 def main() -> None:
-    SCHEMA_DIR.mkdir(exist_ok=True)
-    for name, text in rendered().items():
-        tmp = SCHEMA_DIR / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(SCHEMA_DIR / name)
+    files = rendered()
+    write_all_atomic([(SCHEMA_DIR / name, text) for name, text in files.items()])  # both or neither
+    for name in files:
         print(f"wrote schemas/{name}")
 
 

@@ -15,6 +15,8 @@ import typing
 from functools import cache
 from pathlib import Path
 
+from oig.files import write_atomic
+
 FIELDS_FILE = Path(__file__).with_name("sftconfig_fields.json")
 
 # Fields that make no sense in a shared training.yaml: the runner decides them, or they carry secrets.
@@ -86,9 +88,7 @@ def main() -> None:
     import trl
 
     data = generate()
-    tmp = FIELDS_FILE.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(FIELDS_FILE)
+    write_atomic(FIELDS_FILE, json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {len(data)} SFTConfig fields from trl {trl.__version__} to {FIELDS_FILE.name}")
 
 
