@@ -1,4 +1,5 @@
-"""oig.bugs.suite: reading bug reports as GitHub renders them, judging answers, the suite, the comments."""
+"""oig.bugs: reading bug reports as GitHub renders them (report), judging answers and the suite (suite),
+what is posted (render), the comments (github), the claims of data PRs (claims)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import pytest
 from fake_github import FakeGitHub
 from fake_together import FakeTogether
 
+from oig.bugs import claims, render
 from oig.bugs import github as bugs_github
+from oig.bugs import report as bug_report
 from oig.bugs import suite as bugs
 from oig.bugs.github_api import GitHub
-from oig.bugs.suite import Bug, BugReportError, judge_answer, normalize, parse_body, parse_event, verdict_of
+from oig.bugs.report import Bug, BugReportError, parse_body, parse_event
+from oig.bugs.suite import judge_answer, normalize, verdict_of
 from oig.errors import OigError
+from oig.runlog import ModelRef
 
 TOKEN = "ghs_test_token"
 
@@ -115,7 +120,7 @@ def test_fields_are_bounded():
     with pytest.raises(BugReportError, match="Model version"):
         parse_body(rendered("a", "b", version="v" * 300))
     with pytest.raises(BugReportError, match="limit is"):
-        parse_body("### Input\n\n" + "x" * (bugs.BODY_LIMIT + 1))
+        parse_body("### Input\n\n" + "x" * (bug_report.BODY_LIMIT + 1))
 
 
 def test_event_payloads():
@@ -134,27 +139,27 @@ def test_event_payloads():
 def test_parse_source_reads_bodies_and_payloads(tmp_path):
     body = tmp_path / "body.md"
     body.write_bytes(b"\xef\xbb\xbf" + rendered("a", "b", crlf=True).encode())
-    assert bugs.parse_source(body).input == "a"
+    assert bug_report.parse_source(body).input == "a"
     payload = tmp_path / "event.json"
     payload.write_text(json.dumps(event(5, rendered("q", "wrong"))))
-    assert bugs.parse_source(payload).number == 5
+    assert bug_report.parse_source(payload).number == 5
     braces = tmp_path / "braces.md"
     braces.write_text("{not json}\n" + rendered("a", "b"))
-    assert bugs.parse_source(braces).output == "b"
+    assert bug_report.parse_source(braces).output == "b"
     binary = tmp_path / "bin.md"
     binary.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(OigError, match="not UTF-8"):
-        bugs.parse_source(binary)
+        bug_report.parse_source(binary)
     with pytest.raises(OigError, match="no such file"):
-        bugs.parse_source(tmp_path / "missing.md")
+        bug_report.parse_source(tmp_path / "missing.md")
 
 
 def test_oversized_sources_are_refused_before_parsing(tmp_path, monkeypatch):
-    monkeypatch.setattr(bugs, "SOURCE_LIMIT", 100)
+    monkeypatch.setattr(bug_report, "SOURCE_LIMIT", 100)
     big = tmp_path / "big.json"
     big.write_text("{" + " " * 200 + "}")
     with pytest.raises(OigError, match="larger than 100 bytes"):
-        bugs.parse_source(big)
+        bug_report.parse_source(big)
 
 
 # --- judging ----------------------------------------------------------------------------------------------
@@ -306,10 +311,10 @@ def test_long_texts_are_cut_in_records_but_judged_whole():
 
 def test_tables():
     records = bugs.run_suite([Bug("What | is `x`?", "bad", "good", number=3)], None, lambda t: "good @admin")
-    text = bugs.render_text(records)
+    text = render.render_text(records)
     assert text.splitlines()[0].split() == ["bug", "verdict", "score", "input", "before", "after"]
     assert "#3" in text and "1 bug(s): 0 fixed, 1 still broken" in text
-    md = bugs.render_markdown(records)
+    md = render.render_markdown(records)
     assert "What \\| is 'x'?" in md and "@\u200badmin" in md
 
 
@@ -324,7 +329,7 @@ def test_load_bugs_from_files(tmp_path, capsys):
              {"number": 4, "title": "T", "body": rendered("from", "an issue")}]
     as_json = tmp_path / "bugs.json"
     as_json.write_text(json.dumps(items))
-    loaded = bugs.load_bugs(as_json, None)
+    loaded = bug_report.load_bugs(as_json, None)
     assert [(b.number, b.input) for b in loaded] == [(1, "a"), (4, "from")]
     err = capsys.readouterr().err
     assert "entry 2 skipped: `input` is missing or empty" in err
@@ -332,26 +337,26 @@ def test_load_bugs_from_files(tmp_path, capsys):
 
     jsonl = tmp_path / "bugs.jsonl"
     jsonl.write_text("\n".join(json.dumps(i) for i in items[:1]) + "\n\n")
-    assert bugs.load_bugs(jsonl, None)[0].expected == "c"
+    assert bug_report.load_bugs(jsonl, None)[0].expected == "c"
     yaml_file = tmp_path / "bugs.yaml"
     yaml_file.write_text("bugs:\n  - number: 8\n    input: 'no'\n    expected: 'yes'\n")
-    assert bugs.load_bugs(yaml_file, None) == [Bug(input="no", expected="yes", number=8)]
+    assert bug_report.load_bugs(yaml_file, None) == [Bug(input="no", expected="yes", number=8)]
     single = tmp_path / "one.json"
     single.write_text(json.dumps({"input": "q", "output": "a", "expected": None, "model_version": None,
                                   "number": None}))
-    assert bugs.load_bugs(single, None) == [Bug(input="q", output="a")]
-    assert bugs.load_bugs(None, None) == []
+    assert bug_report.load_bugs(single, None) == [Bug(input="q", output="a")]
+    assert bug_report.load_bugs(None, None) == []
 
 
 def test_bad_bug_files_are_clear_errors(tmp_path):
     bad = tmp_path / "bugs.json"
     bad.write_text("[1, 2")
     with pytest.raises(OigError, match=r"bugs.json:1: not JSON"):
-        bugs.load_bugs(bad, None)
+        bug_report.load_bugs(bad, None)
     scalar = tmp_path / "bugs.yaml"
     scalar.write_text("just text\n")
     with pytest.raises(OigError, match="holds no bugs"):
-        bugs.load_bugs(scalar, None)
+        bug_report.load_bugs(scalar, None)
 
 
 def test_load_bugs_from_github_skips_and_reports_bad_issues():
@@ -362,7 +367,7 @@ def test_load_bugs_from_github_skips_and_reports_bad_issues():
         fake.add_issue(3, "just words")
         fake.add_issue(4, rendered("pr", "x"), pull_request=True)
         with GitHub(fake.repo, TOKEN, api_url=fake.url) as gh:
-            loaded = bugs.load_bugs(None, fake.repo, gh=gh, on_skip=skipped.append)
+            loaded = bug_report.load_bugs(None, fake.repo, gh=gh, on_skip=skipped.append)
     assert [(b.number, b.input, b.expected) for b in loaded] == [(1, "q1", "e1")]
     assert skipped[0].startswith("issue #2 skipped: Issue #2 has no body")
     assert skipped[1].startswith("issue #3 skipped: The issue does not follow")
@@ -372,10 +377,10 @@ def test_load_bugs_from_github_skips_and_reports_bad_issues():
 
 
 def test_mentions_are_neutralised_and_fences_cannot_be_escaped():
-    assert bugs.neutralize("ping @octocat and @org/team, mail a@b") == \
+    assert render.neutralize("ping @octocat and @org/team, mail a@b") == \
         "ping @\u200boctocat and @\u200borg/team, mail a@\u200bb"
     text = "x\n`````\n@admin"
-    block = bugs.fenced(text)
+    block = render.fenced(text)
     assert block.startswith("``````text\n") and block.endswith("\n``````")
     assert "@admin" not in block
 
@@ -383,9 +388,9 @@ def test_mentions_are_neutralised_and_fences_cannot_be_escaped():
 def test_report_comment_stays_under_githubs_limit():
     big = ("@user ```` " * 6000)[:65000]
     bug = Bug(input=big, output=big, expected=big, model_version="abc")
-    body = bugs_github.report_comment(bug, bugs.REPRODUCED, answer=big, model_doc=None)
+    body = bugs_github.report_comment(bug, bugs.REPRODUCED, answer=big, model=None)
     assert len(body) < 65536 and "@user" not in body
-    assert body.startswith(bugs.REPORT_MARKER)
+    assert body.startswith(bugs_github.REPORT_MARKER)
 
 
 HOSTILE_ERROR = ("upstream said: ping @octocat ![x](https://evil/img.png) <img src=x> "
@@ -417,16 +422,16 @@ def test_a_providers_error_text_is_neutralised_like_the_issue_text(tmp_path):
     outside = text.replace(block, "")
     for live in ("![x]", "<img", "](https://evil", "````"):
         assert live not in outside, live
-    assert len(block) < bugs.ERROR_LIMIT + 100 and "more characters)" in block
+    assert len(block) < render.ERROR_LIMIT + 100 and "more characters)" in block
     assert "\n" not in outcome.detail  # one log line: no text of the provider's starts a line
 
 
 def test_report_comment_notes_a_different_model_version():
-    doc = {"model": {"hub_repo": "octo/m", "revision": "0123456789abcdef0123456789abcdef01234567"}}
-    same = bugs_github.report_comment(Bug("q", "a", model_version="0123456"), bugs.NOT_REPRODUCED, answer="b", model_doc=doc)
-    other = bugs_github.report_comment(Bug("q", "a", model_version="fedcba9"), bugs.NOT_REPRODUCED, answer="b", model_doc=doc)
+    model = ModelRef.from_dict({"model": {"hub_repo": "octo/m", "revision": "0123456789abcdef0123456789abcdef01234567"}})
+    same = bugs_github.report_comment(Bug("q", "a", model_version="0123456"), bugs.NOT_REPRODUCED, answer="b", model=model)
+    other = bugs_github.report_comment(Bug("q", "a", model_version="fedcba9"), bugs.NOT_REPRODUCED, answer="b", model=model)
     assert "differs" not in same and "model version `fedcba9`; the current one differs" in other
-    odd = bugs_github.report_comment(Bug("q", "a", model_version="`rm -rf` @x"), "skipped", reason="r.", model_doc=doc)
+    odd = bugs_github.report_comment(Bug("q", "a", model_version="`rm -rf` @x"), "skipped", reason="r.", model=model)
     assert "rm -rf" not in odd and "_(not shown)_" in odd
 
 
@@ -450,29 +455,29 @@ def test_claims_list_fixes_and_warn_on_bug_inputs(tmp_path):
     bugs_file = tmp_path / "bugs.json"
     bugs_file.write_text(json.dumps([{"number": 12, "title": "Wrong capital",
                                       "input": "What is the capital of France?", "expected": "Paris"}]))
-    result = bugs_github.check_claims(data, bugs_file=bugs_file)
+    result = claims.check_claims(data, bugs_file=bugs_file)
     assert result.checked
     assert [(f.rsplit("/", 1)[-1], n) for f, n in result.claims] == [("capitals.yaml", [12, 99])]
     warnings = [(p.line, p.col, p.message) for p in result.problems]
     assert warnings[0][:2] == (1, 13) and warnings[0][2].startswith("#99 is not an open bug issue")
     assert warnings[1][:2] == (5, 12) and "bug #12's exact input" in warnings[1][2]
     assert len(warnings) == 2
-    assert "fixes #12 (Wrong capital), #99" in bugs_github.claims_text(result)
-    assert "| #12, #99 |" in bugs_github.claims_markdown(result)
+    assert "fixes #12 (Wrong capital), #99" in claims.claims_text(result)
+    assert "| #12, #99 |" in claims.claims_markdown(result)
 
 
 def test_claims_warn_when_the_bugs_cannot_be_read(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "fix.yaml").write_text("fixes: [3]\nIOPairs:\n  - input: a\n    output: b\n")
-    result = bugs_github.check_claims(data, repo="octo/oig", gh=GitHub("octo/oig", TOKEN, api_url="http://127.0.0.1:9",
+    result = claims.check_claims(data, repo="octo/oig", gh=GitHub("octo/oig", TOKEN, api_url="http://127.0.0.1:9",
                                                                    sleep=lambda s: None, max_retries=0))
     assert not result.checked and result.claims[0][1] == [3]
     assert "could not read the open bug issues" in result.problems[0].message
-    unchecked = bugs_github.check_claims(data)
+    unchecked = claims.check_claims(data)
     assert not unchecked.checked and unchecked.problems == []
     with pytest.raises(OigError, match="no such data folder"):
-        bugs_github.check_claims(tmp_path / "nope")
+        claims.check_claims(tmp_path / "nope")
 
 
 # --- asking the current model -------------------------------------------------------------------------------------

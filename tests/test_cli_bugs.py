@@ -12,7 +12,9 @@ from fake_github import FakeGitHub
 from fake_together import FakeTogether
 from test_bugs import event, rendered
 
+from oig.bugs import github as bugs_github
 from oig.bugs import suite as bugs
+from oig.bugs.report import Bug
 from oig.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +97,7 @@ def test_report_a_malformed_then_fixed_issue_without_a_together_key(github, toge
     assert main(["bugs", "report", "--event", str(path)]) == 0
     assert "issue #5: needs-info; comment created; labels +needs-info" in capsys.readouterr().out
     [comment] = github.comments_on(5)
-    assert comment["body"].startswith(bugs.REPORT_MARKER)
+    assert comment["body"].startswith(bugs_github.REPORT_MARKER)
     assert "**Input** is missing" in comment["body"]
     assert github.labels_of(5) == ["bug", "needs-info"]
     assert {"bug", "needs-info", "reproduced", "not-reproduced"} <= set(github.labels)
@@ -169,7 +171,7 @@ POSTED_THEN_502 = {"method": "POST", "after_success": True, "headers": {"Retry-A
 
 def test_report_posts_one_comment_when_a_post_that_worked_answers_502(github, tmp_path, capsys):
     github.add_issue(11, rendered(None, "b"))
-    github.add_comment(11, bugs.REPORT_MARKER + " pasted by a user")  # never taken for the bot's
+    github.add_comment(11, bugs_github.REPORT_MARKER + " pasted by a user")  # never taken for the bot's
     github.fail_next(502, path_contains="/issues/11/comments", **POSTED_THEN_502)
     assert main(["bugs", "report", "--event", str(write_event(tmp_path, 11, rendered(None, "b")))]) == 0
     assert "issue #11: needs-info; comment created" in capsys.readouterr().out
@@ -216,8 +218,8 @@ def write_training_log(tmp_path: Path, records: list[dict]) -> Path:
 def test_comment_results_comments_and_labels_the_fixed(github, together, tmp_path, capsys):
     github.add_issue(1, rendered("q1", "bad", "good"))
     github.add_issue(2, rendered("q2", "bad", "good"))
-    records = bugs.run_suite([bugs.Bug("q1", "bad", "good", number=1), bugs.Bug("q2", "bad", "good", number=2),
-                              bugs.Bug("q3", "bad", "good", number=404), bugs.Bug("q4", "bad", "good")],
+    records = bugs.run_suite([Bug("q1", "bad", "good", number=1), Bug("q2", "bad", "good", number=2),
+                              Bug("q3", "bad", "good", number=404), Bug("q4", "bad", "good")],
                              None, lambda text: "good" if text == "q1" else "bad")
     log = write_training_log(tmp_path, records)
     assert main(["bugs", "comment-results", "--training-log", str(log), "--repo", "octo/oig"]) == 0
@@ -227,7 +229,7 @@ def test_comment_results_comments_and_labels_the_fixed(github, together, tmp_pat
     assert "skipped #404" in out.err and "skipped a bug without an issue number" in out.err
     assert github.labels_of(1) == ["bug", "fixed-in-0123456"] and github.labels_of(2) == ["bug"]
     first = github.comments_on(1)[0]["body"]
-    assert first.startswith(bugs.RESULTS_MARKER) and "**Fixed**" in first and "```text\nbad\n```" in first
+    assert first.startswith(bugs_github.RESULTS_MARKER) and "**Fixed**" in first and "```text\nbad\n```" in first
     assert "**Still broken**" in github.comments_on(2)[0]["body"]
 
     # Running it again changes nothing.
@@ -241,15 +243,15 @@ def test_comment_results_posts_one_comment_when_a_post_that_worked_answers_502(g
     for n in (1, 2):
         github.add_issue(n, rendered(f"q{n}", "bad", "good"))
         github.fail_next(502, path_contains=f"/issues/{n}/comments", **POSTED_THEN_502)
-    github.add_comment(2, bugs.RESULTS_MARKER + " pasted by a user")
-    records = bugs.run_suite([bugs.Bug("q1", "bad", "good", number=1), bugs.Bug("q2", "bad", "good", number=2)],
+    github.add_comment(2, bugs_github.RESULTS_MARKER + " pasted by a user")
+    records = bugs.run_suite([Bug("q1", "bad", "good", number=1), Bug("q2", "bad", "good", number=2)],
                              None, lambda text: "good")
     log = write_training_log(tmp_path, records)
     assert main(["bugs", "comment-results", "--training-log", str(log), "--repo", "octo/oig"]) == 0
     assert "commented on 2 issue(s): #1, #2" in capsys.readouterr().out
     for n in (1, 2):
         mine = [c for c in github.comments_on(n) if c["user"]["type"] == "Bot"]
-        assert len(mine) == 1 and mine[0]["body"].startswith(bugs.RESULTS_MARKER), n
+        assert len(mine) == 1 and mine[0]["body"].startswith(bugs_github.RESULTS_MARKER), n
     assert len(github.comments_on(2)) == 2
     assert not github.faults  # both POSTs went through and answered 502
 

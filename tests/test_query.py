@@ -9,7 +9,8 @@ from fake_together import FakeTogether
 from test_serve import ANSWER, QUESTION, ServerThread, train_tiny
 
 from oig.cli import main
-from oig.serve.query import QueryError, query, read_model_yaml
+from oig.serve.locate import read
+from oig.serve.query import QueryError, query
 
 TAIL = "base_model: tiny\nrun_id: r1\ntrained_at: '2026-11-23T12:00:00Z'\n"
 
@@ -106,7 +107,7 @@ def test_local_model_that_is_gone(tmp_path):
 def test_model_yaml_sections(tmp_path):
     path = write_model_yaml(tmp_path, f"model:\n  hub_repo: org/m\n  revision: {'b' * 40}\n  branch: text2sql\n"
                                       "together:\n  model: oig-lab/m\n")
-    assert read_model_yaml(path) == {"hub_repo": "org/m", "revision": "b" * 40, "branch": "text2sql",
+    assert read(path).section() == {"hub_repo": "org/m", "revision": "b" * 40, "branch": "text2sql",
                                      "together": {"model": "oig-lab/m"}}
 
 

@@ -1,6 +1,7 @@
-"""The GitHub side of bug reports: the report check on each issue (the bug-report workflow), the
-before/after comments and labels after training (the train workflow), and what data pull requests
-claim to fix (PR validation). Parsing, judging and the suite itself are in ``oig.bugs.suite``."""
+"""The GitHub side of bug reports: the report check on each issue (the bug-report workflow), and the
+before/after comments and labels after training (the train workflow). Each comment starts with a
+marker and is updated in place. Reading reports is ``oig.bugs.report``, judging ``oig.bugs.suite``,
+what is safe to post ``oig.bugs.render``, what data PRs claim to fix ``oig.bugs.claims``."""
 
 from __future__ import annotations
 
@@ -10,36 +11,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oig import yamlsafe
+from oig.bugs.render import ERROR_LIMIT, cell, fenced, inline, neutralize, plain, short
+from oig.bugs.report import Bug, BugReportError, parse_event, read_event
 from oig.bugs.suite import (
     DEFAULT_THRESHOLD,
-    ERROR_LIMIT,
     FIXED_COLOR,
     FIXED_PREFIX,
     LABELS,
     NEEDS_INFO,
     NOT_REPRODUCED,
     REPORT_LABEL,
-    REPORT_MARKER,
     REPRODUCED,
-    RESULTS_MARKER,
-    Bug,
-    BugReportError,
-    cell,
-    fenced,
-    inline,
-    judge_answer,
-    load_bugs,
-    md_cell,
+    is_reproduced,
     model_asker,
-    neutralize,
-    normalize,
-    parse_event,
-    plain,
-    read_event,
-    short,
 )
-from oig.errors import OigError, Problem, redact
+from oig.errors import OigError, redact
+from oig.runlog import ModelRef, RunLog, RunLogError, read_model_ref, read_run_log
+
+REPORT_MARKER = "<!-- oig-bug-report -->"  # the report check's comment, updated in place on edits
+RESULTS_MARKER = "<!-- oig-bug-results -->"  # the training results comment, updated by each run
+
 
 # --- the report check (the bug-report workflow) ------------------------------------------------------------
 
@@ -58,22 +49,12 @@ class ReportOutcome:
         return 1 if self.status == "failed" else 0
 
 
-def is_reproduced(bug: Bug, answer: str, *, threshold: float = DEFAULT_THRESHOLD) -> bool:
-    """The rule of the report check: reproduced when the current answer does not match the expected
-    output; with no expected output, when it equals the reported bad output after normalisation."""
-    if bug.expected is not None:
-        return judge_answer(answer, bug, threshold=threshold).passed is False
-    return bug.output is not None and normalize(answer) == normalize(bug.output)
-
-
-def _model_label(doc: dict) -> str:
-    model = doc.get("model") or {}
-    together = doc.get("together") or {}
-    where = model.get("hub_repo") or model.get("local_path") or doc.get("base_model")
-    rev = model.get("revision")
+def _model_label(model: ModelRef) -> str:
+    where = model.hub_repo or model.local_path or model.base_model
+    rev = model.revision
     text = f"{inline(where)} at revision {inline(rev)}" if rev else inline(where)
-    if together.get("model"):
-        text += f" (Together model {inline(together['model'])})"
+    if model.together is not None:
+        text += f" (Together model {inline(model.together.model)})"
     return text
 
 
@@ -87,7 +68,7 @@ def needs_info_comment(problems: list[str]) -> str:
 
 
 def report_comment(bug: Bug, status: str, *, answer: str | None = None, reason: str = "",
-                   error: str | None = None, model_doc: dict | None = None,
+                   error: str | None = None, model: ModelRef | None = None,
                    threshold: float = DEFAULT_THRESHOLD) -> str:
     """The report check's comment. ``reason`` is this tool's own Markdown; ``error`` (a model provider's
     error text) is untrusted like the issue's fields, so it is only shown fenced."""
@@ -102,9 +83,9 @@ def report_comment(bug: Bug, status: str, *, answer: str | None = None, reason: 
     lines = [REPORT_MARKER, "### Bug report check", "", headline, ""]
     if error is not None:
         lines += ["**Error**", "", fenced(short(error, ERROR_LIMIT)), ""]
-    if model_doc is not None:
-        lines += [f"Current model: {_model_label(model_doc)}."]
-        current = (model_doc.get("model") or {}).get("revision")
+    if model is not None:
+        lines += [f"Current model: {_model_label(model)}."]
+        current = model.revision
         # People give short commit hashes: a prefix of the revision is the same model.
         if bug.model_version and current and not current.startswith(bug.model_version) \
                 and not bug.model_version.startswith(current):
@@ -191,11 +172,11 @@ def report(event_path: Path, *, repo: str | None = None, model_yaml: Path = Path
             _set_labels(client, number, current, [NEEDS_INFO], [REPRODUCED, NOT_REPRODUCED], outcome)
             return outcome
         # --- put it to the current model ---
-        status, answer, reason, error, doc = _reproduce(bug, model_yaml, ask, threshold)
+        status, answer, reason, error, model = _reproduce(bug, model_yaml, ask, threshold)
         # One line: the log must not take a provider's text for a workflow command (`::...`).
         detail = " ".join(f"{reason} {short(error, ERROR_LIMIT)}".split()) if error else reason
         outcome = ReportOutcome(number, status, detail=detail)
-        body = report_comment(bug, status, answer=answer, reason=reason, error=error, model_doc=doc,
+        body = report_comment(bug, status, answer=answer, reason=reason, error=error, model=model,
                               threshold=threshold)
         outcome.comment, _ = client.upsert_comment(number, REPORT_MARKER, body)
         if status in (REPRODUCED, NOT_REPRODUCED):
@@ -210,31 +191,29 @@ def report(event_path: Path, *, repo: str | None = None, model_yaml: Path = Path
 
 
 def _reproduce(bug: Bug, model_yaml: Path, ask: Callable[[str], str] | None,
-               threshold: float) -> tuple[str, str | None, str, str | None, dict | None]:
-    """(status, answer, reason, error, model.yaml document) of putting the bug to the current model;
-    ``error`` is the model call's own error text, untrusted."""
-    from oig.runlog import RunLogError, read_model_yaml
-
+               threshold: float) -> tuple[str, str | None, str, str | None, ModelRef | None]:
+    """(status, answer, reason, error, model) of putting the bug to the current model; ``error`` is the
+    model call's own error text, untrusted."""
     try:
-        doc = read_model_yaml(Path(model_yaml))
+        model = read_model_ref(Path(model_yaml))
     except RunLogError as exc:
         return "skipped", None, f"there is no usable current model ({plain(str(exc))}).", None, None
     if ask is None:
-        if not (doc.get("together") or {}).get("model"):
+        if model.together is None:
             return "skipped", None, "the current model is not deployed on Together (model.yaml has no " \
-                                    "`together` section), so this workflow cannot ask it.", None, doc
+                                    "`together` section), so this workflow cannot ask it.", None, model
         if not os.environ.get("TOGETHER_API_KEY", "").strip():
-            return "skipped", None, "no Together API key is configured (the `TOGETHER_API_KEY` secret).", None, doc
+            return "skipped", None, "no Together API key is configured (the `TOGETHER_API_KEY` secret).", None, model
         ask = model_asker(Path(model_yaml))
     try:
         answer = ask(bug.input)
     except Exception as exc:  # any failure of the model call is reported on the issue and fails the run
         detail = str(exc) if isinstance(exc, OigError) else f"{type(exc).__name__}: {exc}"
-        return "failed", None, "the model could not be asked.", redact(detail), doc
+        return "failed", None, "the model could not be asked.", redact(detail), model
     if not isinstance(answer, str):
-        return "failed", None, "the model returned no text.", None, doc
+        return "failed", None, "the model returned no text.", None, model
     status = REPRODUCED if is_reproduced(bug, answer, threshold=threshold) else NOT_REPRODUCED
-    return status, answer, "", None, doc
+    return status, answer, "", None, model
 
 
 # --- results after training (the train workflow) -------------------------------------------------------------
@@ -249,18 +228,16 @@ def fixed_label(revision: str) -> str:
     return (FIXED_PREFIX + rev)[:50]
 
 
-def _revision(log: dict, model_yaml: Path | None) -> str:
-    from oig.runlog import RunLogError, read_model_yaml
-
+def _revision(log: RunLog, model_yaml: Path | None) -> str:
+    """model.yaml's revision when it has one, else the run's (training_log), else the run id."""
     if model_yaml is not None and Path(model_yaml).exists():
         try:
-            rev = (read_model_yaml(Path(model_yaml)).get("model") or {}).get("revision")
+            rev = read_model_ref(Path(model_yaml)).revision
         except RunLogError:
             rev = None
         if rev:
             return str(rev)
-    model = log.get("model") if isinstance(log.get("model"), dict) else {}
-    return str(model.get("revision") or log.get("run_id"))
+    return str((log.model.revision if log.model else None) or log.run_id)
 
 
 def results_comment(record: dict, run_id: str, revision: str) -> str:
@@ -302,10 +279,8 @@ def comment_results(training_log: Path, *, repo: str | None = None, model_yaml: 
                     gh=None) -> ResultsOutcome:
     """Comment before/after on each bug issue in training_log's ``bugs`` and label the fixed ones
     ``fixed-in-<revision>``. Running it again for the same run changes nothing."""
-    from oig.runlog import RunLogError, read_training_log
-
-    log = read_training_log(Path(training_log))
-    records = log.get("bugs") or []
+    log = read_run_log(Path(training_log))
+    records = log.bugs or []
     if not isinstance(records, list):
         raise RunLogError(f"{training_log}: `bugs` is not a list")
     revision = _revision(log, model_yaml)
@@ -327,7 +302,7 @@ def comment_results(training_log: Path, *, repo: str | None = None, model_yaml: 
                 outcome.skipped.append(f"a bug without an issue number ({cell(record.get('input'), 40)})")
                 continue
             try:
-                client.upsert_comment(number, RESULTS_MARKER, results_comment(record, log["run_id"], revision))
+                client.upsert_comment(number, RESULTS_MARKER, results_comment(record, log.run_id, revision))
                 outcome.commented.append(number)
                 if record.get("verdict") == "fixed":
                     if not label_ready:
@@ -343,99 +318,3 @@ def comment_results(training_log: Path, *, repo: str | None = None, model_yaml: 
         if gh is None:
             client.close()
     return outcome
-
-
-# --- what data PRs claim to fix (PR validation) ---------------------------------------------------------
-
-
-@dataclass
-class Claims:
-    claims: list[tuple[str, list[int]]] = field(default_factory=list)  # (slice file, issue numbers)
-    problems: list[Problem] = field(default_factory=list)
-    checked: bool = False  # the numbers were checked against the open bugs
-    bugs: dict[int, Bug] = field(default_factory=dict)
-
-
-def _slice_documents(data_dir: Path) -> Iterable[tuple[str, str, object]]:
-    """(display path, text, Slice) of every valid slice in ``data_dir``; validation reports the rest."""
-    from oig.data.validate import ValidateOptions, check_slice
-
-    opts = ValidateOptions()
-    for path in sorted(Path(data_dir).glob("*.yaml")):
-        if path.is_symlink() or not path.is_file() or path.stat().st_size > yamlsafe.MAX_BYTES:
-            continue
-        display = os.path.relpath(path) if path.is_absolute() else str(path)
-        data = path.read_bytes()
-        s, _ = check_slice(data, path, display, opts)
-        if s is not None:
-            yield display, yamlsafe.decode(data), s
-
-
-def check_claims(data_dir: Path, *, bugs_file: Path | None = None, repo: str | None = None, gh=None) -> Claims:
-    """The bugs slices claim to fix (``fixes:``), each checked against the open bug issues when they can
-    be had, and a warning for every IOPairs input that is an open bug's exact input."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise OigError(f"{data_dir}: no such data folder")
-    result = Claims()
-    known: list[Bug] = []
-    try:
-        if bugs_file is not None or repo:
-            known = load_bugs(bugs_file, repo, gh=gh)
-            result.checked = True
-    except OigError as exc:
-        result.problems.append(Problem(str(data_dir), 0, 0, "warning",
-                                       f"could not read the open bug issues, so claimed numbers are unchecked: {exc}"))
-    result.bugs = {b.number: b for b in known if b.number is not None}
-    by_input: dict[str, Bug] = {}
-    for bug in known:
-        by_input.setdefault(normalize(bug.input), bug)
-    for display, text, s in _slice_documents(data_dir):
-        if s.fixes:
-            result.claims.append((display, list(s.fixes)))
-            if result.checked:
-                for i, number in enumerate(s.fixes):
-                    if number not in result.bugs:
-                        line, col = yamlsafe.locate(text, ("fixes", i))
-                        result.problems.append(Problem(display, line, col, "warning",
-                                                       f"#{number} is not an open bug issue; check the number"))
-        if not by_input:
-            continue
-        for i, pair in enumerate(s.io_pairs):
-            bug = by_input.get(normalize(pair["input"]))
-            if bug is None:
-                continue
-            line, col = yamlsafe.locate(text, ("IOPairs", i, "input"))
-            which = f"bug #{bug.number}" if bug.number else "an open bug"
-            result.problems.append(Problem(
-                display, line, col, "warning",
-                f"this input is {which}'s exact input: the regression check would only test memory. "
-                "Rephrase it (a paraphrase teaches the fix and keeps the bug a real test)"))
-    return result
-
-
-def claims_text(result: Claims) -> str:
-    lines = []
-    for display, numbers in result.claims:
-        names = []
-        for n in numbers:
-            bug = result.bugs.get(n)
-            names.append(f"#{n}" + (f" ({cell(bug.title, 60)})" if bug and bug.title else ""))
-        lines.append(f"{display}: fixes {', '.join(names)}")
-    if not result.claims:
-        lines.append("no slice claims to fix a bug (add `fixes: [N]` to a slice that fixes issue #N)")
-    return "\n".join(lines) + "\n"
-
-
-def claims_markdown(result: Claims) -> str:
-    out = ["### Bugs this pull request's data claims to fix", ""]
-    if result.claims:
-        out += ["| slice | fixes |", "|---|---|"]
-        for display, numbers in result.claims:
-            out.append(f"| {md_cell(display)} | {', '.join(f'#{n}' for n in numbers)} |")
-    else:
-        out.append("No slice claims to fix a bug.")
-    if result.problems:
-        out += ["", f"{len(result.problems)} warning(s):", ""]
-        out += [f"- {md_cell(p.file)}:{p.line}: {md_cell(p.message, 300)}" for p in result.problems]
-    return "\n".join(out) + "\n"

@@ -101,7 +101,7 @@ def _default_repo(args: argparse.Namespace) -> str | None:
 
 
 def run_parse(args: argparse.Namespace) -> int:
-    from oig.bugs.suite import parse_source
+    from oig.bugs.report import parse_source
 
     bug = parse_source(args.source)
     if args.format == "json":
@@ -117,22 +117,24 @@ def run_parse(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from oig.bugs import render
     from oig.bugs import suite as bugs
+    from oig.bugs.report import load_bugs
     from oig.errors import OigError
 
     repo = _default_repo(args)
     if args.bugs is None and not repo:
         raise OigError("no bugs to check: pass --bugs FILE or --repo OWNER/NAME")
-    suite = bugs.load_bugs(args.bugs, repo)
+    suite = load_bugs(args.bugs, repo)
     judge = bugs.make_judge(args.judge_model, args.judge_base_url) if args.judge_model else None
     records = bugs.evaluate(suite, args.model_yaml, compare=args.compare, judge=judge, threshold=args.threshold,
                             base_url=args.base_url)
     if args.format == "json":
         print(json.dumps(bugs.log_section(records), indent=2, ensure_ascii=False))
     elif args.format == "markdown":
-        sys.stdout.write(bugs.render_markdown(records))
+        sys.stdout.write(render.render_markdown(records))
     else:
-        sys.stdout.write(bugs.render_text(records))
+        sys.stdout.write(render.render_text(records))
     return 0
 
 
@@ -169,13 +171,13 @@ def run_comment_results(args: argparse.Namespace) -> int:
 
 def run_claims(args: argparse.Namespace) -> int:
     from oig import annotations as report
-    from oig.bugs import github as bugs_github
+    from oig.bugs import claims
 
-    result = bugs_github.check_claims(args.data, bugs_file=args.bugs, repo=_default_repo(args))
-    sys.stdout.write(bugs_github.claims_text(result))
+    result = claims.check_claims(args.data, bugs_file=args.bugs, repo=_default_repo(args))
+    sys.stdout.write(claims.claims_text(result))
     if args.format == "github":
         sys.stdout.write(report.github(result.problems))
-        report.append_step_summary(bugs_github.claims_markdown(result))
+        report.append_step_summary(claims.claims_markdown(result))
     else:
         sys.stdout.write(report.text(result.problems))
     if not result.checked:

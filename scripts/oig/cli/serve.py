@@ -135,17 +135,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str | None):
 
 def model_from_yaml(path: Path) -> tuple[str, str | None]:
     """The model folder (or Hub repo and revision) that model.yaml names."""
-    from oig.serve.query import QueryError, read_model_yaml
+    from oig.serve import locate
 
-    section = read_model_yaml(path)
-    local = section.get("local_path")
-    if local:
-        folder = Path(local) if Path(local).is_absolute() else path.parent / local
-        if folder.is_dir():
-            return str(folder), None
-    if section.get("hub_repo"):
-        return section["hub_repo"], section.get("revision") or section.get("branch")
-    if local:
-        raise QueryError(f"{path} names the local model {local}, which is not here; pass --model")
-    raise QueryError(f"{path} names only a Together model, which Together serves; pass --model to serve "
-                     "a model here")
+    weights = locate.weights(locate.read(path), path.parent, source=path, hint="pass --model to serve a model here")
+    return weights.ref, weights.revision
