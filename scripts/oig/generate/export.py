@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import yaml
 
 from oig import yamlsafe
 from oig.errors import InvalidInput, OigError, Problem
+from oig.files import atomic_output, write_atomic
 
 SCHEMA_LINE = "# yaml-language-server: $schema=../schemas/slice.schema.json"
 
@@ -32,34 +31,13 @@ def dumps(obj: dict) -> str:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Write rows atomically (a temp file beside the target, then rename). Returns the count."""
+    """Write rows atomically (``files.atomic_output``). Returns the count."""
     count = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(dumps(row))
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as f:
+        for row in rows:
+            f.write(dumps(row))
+            count += 1
     return count
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _usable(record: dict) -> list[dict]:
@@ -189,5 +167,5 @@ def emit_slice(path: Path, records: list[dict], *, description: str, license: st
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise InvalidInput([Problem(str(path), p.line, p.col, p.severity, p.message) for p in errors])
-    write_text(path, text)
+    write_atomic(path, text)
     return count, skipped

@@ -29,6 +29,7 @@ from oig.data import fetch, formats, hf
 from oig.data.fetch import SourceOptions
 from oig.data.slices import HFEntry
 from oig.errors import FetchError, InvalidInput, OigError, Problem
+from oig.files import write_atomic
 from oig.generate import export, judges
 from oig.generate.clients import CallResult, ProviderClient
 from oig.generate.config import GenerateConfig, JudgeSpec, ModelSpec
@@ -605,7 +606,7 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
     run_info = {"config": str(cfg.path), "config_sha256": cfg.sha256, "instructions": len(instructions),
                 "limit": limit, "seed": seed, "budget_usd": budget_usd, "budget_reached": summary.budget_reached,
                 "files": summary.files, "provenance": provenance(cfg, instructions), **summary.stats}
-    export.write_text(out_dir / "run.json", json.dumps(run_info, indent=1, ensure_ascii=False) + "\n")
+    write_atomic(out_dir / "run.json", json.dumps(run_info, indent=1, ensure_ascii=False) + "\n")
     progress.close(summary_line(summary))
     return summary
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
-from oig.errors import OigError
+from oig.errors import OigError, PublishError
+from oig.files import WriteError, atomic_output, write_atomic
 
 CARD_FILE = "README.md"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -22,28 +22,20 @@ TAGS = ["oig", "trl", "sft", "text-generation"]
 _HF_DATASET = re.compile(r"^(?:https?://(?:www\.)?huggingface\.co/datasets/)?([\w.-]+/[\w.-]+?)/?$")
 
 
-def atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write a temp file beside ``target``, then rename it over: readers never see half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_model_card(model_dir: Path, run: dict, config, *, hub_repo: str | None = None, branch: str | None = None,
                      data_dir: Path = Path("data")) -> Path:
-    """Write README.md (and loss_curve.png when there are losses) into ``model_dir``."""
+    """Write README.md (and loss_curve.png when there are losses) into ``model_dir``.
+
+    A file that cannot be written (full disk, read-only folder) is a PublishError naming it."""
     model_dir = Path(model_dir)
-    has_curve = write_loss_curve(run.get("metrics") or [], model_dir / LOSS_CURVE_FILE)
-    text = build_model_card(run, config, hub_repo=hub_repo, branch=branch, data_dir=data_dir,
-                            loss_curve=LOSS_CURVE_FILE if has_curve else None, local_path=model_dir)
     target = model_dir / CARD_FILE
-    atomic_write_bytes(target, text.encode())
+    try:
+        has_curve = write_loss_curve(run.get("metrics") or [], model_dir / LOSS_CURVE_FILE)
+        text = build_model_card(run, config, hub_repo=hub_repo, branch=branch, data_dir=data_dir,
+                                loss_curve=LOSS_CURVE_FILE if has_curve else None, local_path=model_dir)
+        write_atomic(target, text)
+    except WriteError as exc:
+        raise PublishError(str(exc)) from None
     return target
 
 
@@ -82,15 +74,8 @@ def write_loss_curve(metrics: list, target: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(target, "wb", suffix=".png") as f:
+            fig.savefig(f, format="png")
     finally:
         plt.close(fig)
     return True
