@@ -76,7 +76,7 @@ def run_baseline(root: Path, out: Path, steps: int) -> dict:
     from oig.data.mix import mix
     from oig.train import tiny
     from oig.train.args import cpu_threads, tiny_cpu_threads
-    from oig.train.run import read_mixture, split_eval
+    from oig.train.mixture import read_mixture, split_eval
 
     # The same examples and the same model as oig's run: its mixture, split and tiny build.
     os.chdir(root)

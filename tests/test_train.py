@@ -21,7 +21,11 @@ from oig.errors import PublishError
 from oig.train import masking, tiny
 from oig.train import run as T
 from oig.train.args import TINY_HYPERPARAMETERS, sft_config
+from oig.train.checkpoints import RUN_MARKER, last_checkpoint
 from oig.train.errors import TrainError
+from oig.train.mixture import read_mixture, split_eval
+from oig.train.record import hyperparameters, make_run_id, metrics_history
+from oig.train.run import TrainOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -138,18 +142,18 @@ def test_to_dataset_drops_conversations_with_nothing_to_learn(tok):
 
 
 def test_eval_split_counts():
-    assert [len(x) for x in T.split_eval(RECORDS, 0.1, 42)] == [18, 2]
-    assert [len(x) for x in T.split_eval(RECORDS, 3, 42)] == [17, 3]
-    assert [len(x) for x in T.split_eval(RECORDS, 1.0, 42)] == [19, 1]
-    assert [len(x) for x in T.split_eval(RECORDS, None, 42)] == [18, 2]  # default 10%
-    assert [len(x) for x in T.split_eval(RECORDS[:5], None, 42)] == [5, 0]  # too few to spare any
-    assert T.split_eval(RECORDS, 4, 42) == T.split_eval(RECORDS, 4, 42)
-    assert T.split_eval(RECORDS, 4, 42)[1] != T.split_eval(RECORDS, 4, 7)[1]
+    assert [len(x) for x in split_eval(RECORDS, 0.1, 42)] == [18, 2]
+    assert [len(x) for x in split_eval(RECORDS, 3, 42)] == [17, 3]
+    assert [len(x) for x in split_eval(RECORDS, 1.0, 42)] == [19, 1]
+    assert [len(x) for x in split_eval(RECORDS, None, 42)] == [18, 2]  # default 10%
+    assert [len(x) for x in split_eval(RECORDS[:5], None, 42)] == [5, 0]  # too few to spare any
+    assert split_eval(RECORDS, 4, 42) == split_eval(RECORDS, 4, 42)
+    assert split_eval(RECORDS, 4, 42)[1] != split_eval(RECORDS, 4, 7)[1]
 
 
 def test_repeated_examples_never_sit_on_both_sides():
     records = RECORDS * 3  # a slice repeated by its mixture weight
-    train, held = T.split_eval(records, 5, 42)
+    train, held = split_eval(records, 5, 42)
     assert len(held) == 5 and len(train) == 45
     held_keys = {json.dumps(r["messages"]) for r in held}
     assert not held_keys & {json.dumps(r["messages"]) for r in train}
@@ -158,7 +162,7 @@ def test_repeated_examples_never_sit_on_both_sides():
 @pytest.mark.parametrize("size, match", [(20, "leaving none"), (25, "leaving none"), (2.5, "whole count")])
 def test_eval_split_errors(size, match):
     with pytest.raises(TrainError, match=match):
-        T.split_eval(RECORDS, size, 42)
+        split_eval(RECORDS, size, 42)
 
 
 # --- SFTConfig resolution -------------------------------------------------------------------------------------
@@ -205,7 +209,7 @@ def test_bad_trainer_settings_are_a_clear_error(tmp_path):
 def test_recorded_hyperparameters(tmp_path):
     cfg = config({"learning_rate": 1e-4, "packing": True}, momentum=0.9, eval_size=0.2, lora=True, lora_r=8)
     args, _ = sft_config(cfg, tmp_path, on_gpu=False, has_eval=True)
-    hp = T.hyperparameters(args, cfg)
+    hp = hyperparameters(args, cfg)
     assert hp["learning_rate"] == 1e-4 and hp["packing"] is True and hp["adam_beta1"] == 0.9
     assert hp["momentum"] == 0.9 and hp["eval_size"] == 0.2 and hp["lora"] is True and hp["lora_r"] == 8
     assert "output_dir" not in hp and hp["per_device_train_batch_size"] == args.per_device_train_batch_size
@@ -215,47 +219,47 @@ def test_recorded_hyperparameters(tmp_path):
 
 
 def test_last_checkpoint_skips_and_removes_incomplete_ones(tmp_path):
-    assert T.last_checkpoint(tmp_path / "missing") is None
+    assert last_checkpoint(tmp_path / "missing") is None
     for step, state in ((10, "{}"), (20, "{}"), (30, '{"trunc')):
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-40").mkdir()  # killed before its state was written
     (tmp_path / "checkpoint-x").mkdir()
-    assert T.last_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-20"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-x"]
 
 
 def test_checkpoints_of_another_run_are_not_resumed(tmp_path, capsys):
     ckpt = tmp_path / "checkpoints"
-    assert T.last_checkpoint(ckpt, "run-a") is None
+    assert last_checkpoint(ckpt, "run-a") is None
     (ckpt / "checkpoint-10").mkdir()
     (ckpt / "checkpoint-10" / "trainer_state.json").write_text("{}")
-    assert T.last_checkpoint(ckpt, "run-a") == ckpt / "checkpoint-10"  # the same run resumes
-    assert T.last_checkpoint(ckpt, "run-b") is None  # other data or config in the same --output
+    assert last_checkpoint(ckpt, "run-a") == ckpt / "checkpoint-10"  # the same run resumes
+    assert last_checkpoint(ckpt, "run-b") is None  # other data or config in the same --output
     assert "belong to another run (run-a)" in capsys.readouterr().err
-    assert not (ckpt / "checkpoint-10").exists() and (ckpt / T.RUN_MARKER).read_text() == "run-b\n"
+    assert not (ckpt / "checkpoint-10").exists() and (ckpt / RUN_MARKER).read_text() == "run-b\n"
 
 
 def test_read_mixture_errors(tmp_path):
     with pytest.raises(TrainError, match="manifest.json is missing"):
-        T.read_mixture(tmp_path)
+        read_mixture(tmp_path)
     (tmp_path / "manifest.json").write_text("{}")
     (tmp_path / "mixture.jsonl").write_text("")
     with pytest.raises(TrainError, match="is empty"):
-        T.read_mixture(tmp_path)
+        read_mixture(tmp_path)
     (tmp_path / "mixture.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}]}\n')
     with pytest.raises(TrainError, match=r"mixture.jsonl:1: a conversation must end with an assistant"):
-        T.read_mixture(tmp_path)
+        read_mixture(tmp_path)
     (tmp_path / "mixture.jsonl").write_text(json.dumps(RECORDS[0]) + "\n{oops\n")
     with pytest.raises(TrainError, match=r"mixture.jsonl:2: not JSON"):
-        T.read_mixture(tmp_path)
+        read_mixture(tmp_path)
 
 
 def test_metrics_history_merges_loss_and_eval_loss_by_step():
     history = [{"loss": 2.0, "learning_rate": 1e-3, "epoch": 0.5, "step": 10},
                {"eval_loss": 2.5, "step": 10}, {"loss": 1.0, "step": 20, "epoch": 1.0},
                {"train_runtime": 3.0, "train_loss": 1.5, "step": 20}]
-    assert T.metrics_history(history) == [
+    assert metrics_history(history) == [
         {"step": 10, "loss": 2.0, "learning_rate": 1e-3, "epoch": 0.5, "eval_loss": 2.5},
         {"step": 20, "loss": 1.0, "epoch": 1.0},
     ]
@@ -265,13 +269,13 @@ def test_run_id_names_the_same_run_the_same(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "a.yaml").write_text("IOPairs: []\n")
     (tmp_path / "training.yaml").write_text("Training: {}\n")
-    opts = T.TrainOptions(config=tmp_path / "training.yaml", data=tmp_path / "data")
-    first = T.make_run_id("abc", "tiny", opts)
-    assert first == T.make_run_id("abc", "tiny", opts) and first.startswith("run-")
-    assert first != T.make_run_id("abd", "tiny", opts)
-    assert first != T.make_run_id("abc", "other", opts)
+    opts = TrainOptions(config=tmp_path / "training.yaml", data=tmp_path / "data")
+    first = make_run_id("abc", "tiny", opts)
+    assert first == make_run_id("abc", "tiny", opts) and first.startswith("run-")
+    assert first != make_run_id("abd", "tiny", opts)
+    assert first != make_run_id("abc", "other", opts)
     (tmp_path / "data" / "a.yaml").write_text("IOPairs: [{input: a, output: b}]\n")
-    assert first != T.make_run_id("abc", "tiny", opts)
+    assert first != make_run_id("abc", "tiny", opts)
 
 
 # --- the command ---------------------------------------------------------------------------------------------
@@ -407,7 +411,7 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
     assert (doc["base_model"], doc["commit"], doc["run_id"]) == ("tiny", head(repo), log["run_id"])
 
     # The model learned the slice: greedy answers are the trained outputs.
-    held_out = {r["messages"][0]["content"] for r in T.split_eval(RECORDS, 2, 42)[1]}
+    held_out = {r["messages"][0]["content"] for r in split_eval(RECORDS, 2, 42)[1]}
     trained = [(q, a) for q, a in PAIRS if q not in held_out]
     got = answers(repo / doc["model"]["local_path"], [q for q, _ in trained])
     right = sum(g == a for g, (_, a) in zip(got, trained, strict=True))
@@ -465,7 +469,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, ca
             child.wait()
         child.stderr.close()
     assert not (repo / "training_log").exists()  # it never finished
-    (checkpoint,) = T.last_checkpoint(next(repo.glob("runs/*/checkpoints"))).parts[-1:]
+    (checkpoint,) = last_checkpoint(next(repo.glob("runs/*/checkpoints"))).parts[-1:]
     killed_at = int(checkpoint.removeprefix("checkpoint-"))
     assert 20 <= killed_at < 300
 

@@ -17,9 +17,11 @@ from oig import files, runlog
 from oig.cli import main
 from oig.data.config import TrainingConfig
 from oig.train import masking, tiny
-from oig.train import run as T
 from oig.train.args import dpo_config, sft_config
+from oig.train.base import check_base_model, looks_local
+from oig.train.checkpoints import _replace_folder, lock_run_dir
 from oig.train.errors import TrainError, disk_errors, write_problem
+from oig.train.run import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PAIRS = [("What is the code word 1?", "The code word 1 is apple."), ("Say hi", "Hi!")]
@@ -106,8 +108,8 @@ def test_model_init_kwargs_can_never_turn_on_remote_code(repo, marker, monkeypat
     monkeypatch.setattr(config_module, "load_training_config",
                         lambda path, slice_names=None: _config_with({"model_init_kwargs": init}, str(folder)))
     with pytest.raises(TrainError, match="model_init_kwargs must not set trust_remote_code"):
-        T.train(T.TrainOptions(config=repo / "training.yaml", data=repo / "data", root=repo, publish="none",
-                               allow_local_base_model=True))
+        train(TrainOptions(config=repo / "training.yaml", data=repo / "data", root=repo, publish="none",
+                           allow_local_base_model=True))
     assert not marker.exists() and not (repo / "runs").exists()  # refused before anything was written
 
 
@@ -128,7 +130,7 @@ def test_the_cli_refuses_remote_code_in_training_yaml(repo, marker, capsys):
 ])
 def test_other_ways_to_load_code_are_refused(training, match):
     with pytest.raises(TrainError, match=match):
-        T.check_base_model("org/model", _config_with(training, "org/model"), T.TrainOptions())
+        check_base_model("org/model", _config_with(training, "org/model"), TrainOptions())
 
 
 def test_the_trainers_never_get_remote_code(tmp_path):
@@ -169,15 +171,15 @@ def test_every_from_pretrained_turns_remote_code_off():
 @pytest.mark.parametrize("name", ["./model", "../model", "/opt/model", "~/model", "a/b/c", "C:\\models\\x",
                                   "models\\x"])
 def test_names_spelled_as_paths_are_local(name, tmp_path):
-    assert T.looks_local(name, tmp_path)
+    assert looks_local(name, tmp_path)
 
 
 def test_hub_ids_and_tiny_are_not_local(tmp_path):
-    assert not T.looks_local("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
-    assert not T.looks_local("gpt2", tmp_path)
-    T.check_base_model("tiny", _config_with({}, "tiny"), T.TrainOptions(root=tmp_path))
+    assert not looks_local("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
+    assert not looks_local("gpt2", tmp_path)
+    check_base_model("tiny", _config_with({}, "tiny"), TrainOptions(root=tmp_path))
     (tmp_path / "Qwen" / "Qwen2.5-0.5B-Instruct").mkdir(parents=True)  # a folder a pull request added
-    assert T.looks_local("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
+    assert looks_local("Qwen/Qwen2.5-0.5B-Instruct", tmp_path)
 
 
 def test_a_local_base_model_needs_the_flag(repo, capsys):
@@ -212,7 +214,7 @@ def test_a_local_folder_trains_with_the_flag(repo, capsys):
 
 HOLDER = """
 import sys
-from oig.train.run import lock_run_dir
+from oig.train.checkpoints import lock_run_dir
 with lock_run_dir(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()
@@ -234,10 +236,10 @@ def test_a_second_run_in_the_same_folder_stops_at_once(repo, capsys):
         holder.stdin.close()
         holder.wait(timeout=30)
     # Released when the holder ended; held here, a second open in the same process is refused too.
-    with T.lock_run_dir(run_dir), pytest.raises(TrainError, match="another `oig train` is running"), \
-            T.lock_run_dir(run_dir):
+    with lock_run_dir(run_dir), pytest.raises(TrainError, match="another `oig train` is running"), \
+            lock_run_dir(run_dir):
         pass
-    with T.lock_run_dir(run_dir):
+    with lock_run_dir(run_dir):
         pass
 
 
@@ -247,7 +249,7 @@ def test_a_run_folder_that_cannot_be_created(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(TrainError, match=r"cannot create the run folder .*runs/x: Read-only file system"), \
-            T.lock_run_dir(tmp_path / "runs" / "x"):
+            lock_run_dir(tmp_path / "runs" / "x"):
         pass
 
 
@@ -294,13 +296,13 @@ def test_a_model_that_cannot_be_saved_keeps_the_previous_one(tmp_path):
         raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     with pytest.raises(TrainError, match=r"cannot save the model to .*model: No space left on device"):
-        T._replace_folder(target, write)
+        _replace_folder(target, write)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert (target / "config.json").read_text() == "previous"
-    T._replace_folder(target, lambda tmp: (tmp.mkdir(), (tmp / "config.json").write_text("new")))
+    _replace_folder(target, lambda tmp: (tmp.mkdir(), (tmp / "config.json").write_text("new")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"] and (target / "config.json").read_text() == "new"
     with pytest.raises(KeyError):  # not a disk problem: raised as it is
-        T._replace_folder(target, lambda tmp: {}["x"])
+        _replace_folder(target, lambda tmp: {}["x"])
 
 
 @pytest.mark.slow
