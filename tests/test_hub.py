@@ -116,21 +116,41 @@ def test_transient_failures_are_retried_with_backoff(folder):
         sha = hub.upload_model(folder, "org/m", branch="main", token=TOKEN, endpoint=fake.url, commit_message="m",
                                sleep=waits.append)
         assert sha == fake.commits("org/m")[-1]["oid"]
-    assert len(waits) == 1 and 1.0 <= waits[0] <= 2.0
+    assert len(waits) == 1 and 0.0 <= waits[0] <= 2.0  # full jitter: up to the first backoff, 2 s
+
+
+class Share(random.Random):
+    """A jitter that always draws the same share of its range, so the backoff's growth shows exactly."""
+
+    def __init__(self, share: float):
+        super().__init__(0)
+        self.share = share
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + self.share * (b - a)
 
 
 def test_persistent_failure_gives_up_with_a_clear_error(folder):
     waits: list[float] = []
-    random.seed(1)
     with FakeHub(token=TOKEN, fail_commits=10**6, fail_status=502) as fake, pytest.raises(PublishError) as info:
         hub.upload_model(folder, "org/m", branch="main", token=TOKEN, endpoint=fake.url, commit_message="m",
-                         retries=3, base_delay=2.0, sleep=waits.append)
+                         retries=3, base_delay=2.0, sleep=waits.append, rng=Share(1.0))
     message = str(info.value)
     assert "after 4 attempts" in message and "HTTP 502" in message and TOKEN not in message
-    # Exponential backoff with jitter: each wait lies between half and all of 2, 4, 8 s.
-    assert len(waits) == 3
-    for wait, ceiling in zip(waits, (2, 4, 8), strict=True):
-        assert ceiling / 2 <= wait <= ceiling
+    # Exponential backoff with full jitter: each wait is a random share of 2, 4, 8 s (here all of it).
+    assert waits == [2.0, 4.0, 8.0]
+
+
+def test_backoff_is_full_jitter_and_capped():
+    waits: list[float] = []
+
+    def fail():
+        raise ConnectionError("no route")
+
+    with pytest.raises(PublishError, match="after 8 attempts"):
+        hub.with_retries(fail, what="x", repo_id="org/m", retries=7, base_delay=2.0, sleep=waits.append,
+                         rng=Share(0.5))
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]  # half of 2 .. 128 s, the backoff capped at 60 s
 
 
 def test_bad_token_fails_at_once_without_leaking_it(folder):

@@ -4,7 +4,8 @@ Per provider: a semaphore (calls in flight), a token bucket (calls started per m
 pause: a 429 with Retry-After holds every call to that provider, not just the one that got it.
 Retries: rate limits (429), 408, 409, 5xx, timeouts and connection failures, up to ``max_attempts``
 tries, waiting Retry-After when the server sends it (capped) and otherwise a random time up to
-``backoff_s * 2**try`` (exponential backoff with full jitter, so many callers do not retry in step).
+``backoff_s * 2**try`` (``files.backoff_delay``: exponential backoff with full jitter, so many callers
+do not retry in step).
 A call that fails for good returns a result with its error; nothing raises past ``complete``.
 
 Keys come from the environment only; they go into request headers and nowhere else.
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import random
 import time
 from dataclasses import dataclass, field
 
 from oig.errors import OigError
+from oig.files import backoff_delay
 from oig.generate.config import Provider, api_key
 
 MAX_BACKOFF_S = 60.0
@@ -210,9 +211,8 @@ class ProviderClient:
             self.retries += 1
             if retry_after is not None:
                 self.paused_until = max(self.paused_until, time.monotonic() + retry_after)
-                await asyncio.sleep(retry_after)
-            else:
-                await asyncio.sleep(random.uniform(0, min(MAX_BACKOFF_S, p.backoff_s * 2 ** (attempt - 1))))
+            await asyncio.sleep(backoff_delay(attempt - 1, base_s=p.backoff_s, retry_after_s=retry_after,
+                                              cap_s=MAX_BACKOFF_S if retry_after is None else MAX_RETRY_AFTER_S))
         return CallResult(error=f"{last} (gave up after {p.max_attempts} tries)", attempts=p.max_attempts)
 
     async def _wait_turn(self) -> None:

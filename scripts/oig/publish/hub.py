@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from oig.errors import PublishError, redact
+from oig.files import backoff_delay
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Left behind on the runner: checkpoints for resuming, optimizer state, the trainer's own logs.
@@ -128,11 +129,12 @@ def describe(exc: BaseException, repo_id: str) -> str:
 
 
 def with_retries(fn: Callable[[], T], *, what: str, repo_id: str, retries: int = 4, base_delay: float = 2.0,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call ``fn``; on a transient failure wait (exponential backoff with jitter) and try again.
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> T:
+    """Call ``fn``; on a transient failure wait and try again, ``retries`` extra attempts at most.
 
-    ``retries`` is the number of extra attempts. Full jitter (a random wait up to the backoff) keeps
-    several runners that failed together from retrying together.
+    The wait is ``files.backoff_delay``: exponential backoff with full jitter (a random wait up to
+    ``base_delay * 2**attempt``, at most a minute), which keeps several runners that failed together
+    from retrying together. ``rng`` (tests) picks the random part.
     """
     attempt = 0
     while True:
@@ -144,8 +146,7 @@ def with_retries(fn: Callable[[], T], *, what: str, repo_id: str, retries: int =
             if not is_transient(exc) or attempt >= retries:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
                 raise PublishError(redact(f"{what} failed{tries}: {describe(exc, repo_id)}")) from None
-            delay = min(MAX_DELAY_S, base_delay * 2**attempt)
-            sleep(delay / 2 + random.uniform(0, delay / 2))
+            sleep(backoff_delay(attempt, base_s=base_delay, cap_s=MAX_DELAY_S, rng=rng))
             attempt += 1
 
 
@@ -154,7 +155,7 @@ def with_retries(fn: Callable[[], T], *, what: str, repo_id: str, retries: int =
 
 def upload_model(model_dir: Path, repo_id: str, *, branch: str, token: str, endpoint: str, commit_message: str,
                  retries: int = 4, base_delay: float = 2.0, sleep: Callable[[float], None] = time.sleep,
-                 private: bool | None = None) -> str:
+                 private: bool | None = None, rng: random.Random | None = None) -> str:
     """Create the repo (and branch), upload the folder to the branch, return the commit sha."""
     from huggingface_hub import HfApi
 
@@ -173,4 +174,4 @@ def upload_model(model_dir: Path, repo_id: str, *, branch: str, token: str, endp
         return oid
 
     return with_retries(attempt, what=f"uploading {model_dir} to {repo_id} (branch {branch})", repo_id=repo_id,
-                        retries=retries, base_delay=base_delay, sleep=sleep)
+                        retries=retries, base_delay=base_delay, sleep=sleep, rng=rng)
