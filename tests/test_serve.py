@@ -78,7 +78,7 @@ class ServerThread:
     def __init__(self, app, *, wait_ready: bool = True):
         import uvicorn
 
-        from oig.serve.server import server_config
+        from oig.serve.limits import server_config
 
         # The configuration `oig serve` runs with: its HTTP protocol and its connection cap.
         self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning"))
@@ -609,7 +609,7 @@ def test_metrics_are_prometheus_text(server, client):
 
 
 def test_metrics_escape_label_values():
-    from oig.serve.server import Metrics
+    from oig.serve.metrics import Metrics
 
     m = Metrics()
     m.observe('a"b\\c\nd', 200, 0.003)
@@ -636,7 +636,7 @@ def test_serve_help(capsys):
 def test_help_states_the_settings_defaults():
     from oig.cli import build_parser
     from oig.cli import serve as command
-    from oig.serve.server import API_KEY_ENV, ServeSettings
+    from oig.serve.limits import API_KEY_ENV, ServeSettings
 
     parser = build_parser()._subparsers._group_actions[0].choices["serve"]
     documented = {a.dest: re.search(r"\(default (\d+)\)", a.help) for a in parser._actions if a.dest in command.LIMIT_FLAGS}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from oig.cli.args import positive_int
 
-API_KEY_ENV = "OIG_SERVE_API_KEY"  # the same name as oig.serve.server.API_KEY_ENV, which imports FastAPI's world
+API_KEY_ENV = "OIG_SERVE_API_KEY"  # the same as oig.serve.limits.API_KEY_ENV, which imports pydantic
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # The service's limits: None in argparse means "not given", so --engine vllm can say which it ignores.
 LIMIT_FLAGS = {"max_tokens_cap": "--max-tokens-cap", "max_request_bytes": "--max-request-bytes",
@@ -124,7 +124,7 @@ def api_key_from_env(name: str | None) -> str | None:
 
 def settings_from_args(args: argparse.Namespace, api_key: str | None):
     """ServeSettings from the flags; a flag not given keeps the ServeSettings default."""
-    from oig.serve.server import ServeSettings
+    from oig.serve.limits import ServeSettings
 
     given = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
     for name in ("body_timeout", "request_timeout"):

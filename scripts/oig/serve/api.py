@@ -1,0 +1,119 @@
+"""The OpenAI wire format of ``oig serve``: the routes, the request models (pydantic), the error shape
+``{"error": {"message", "type", "param", "code"}}``, and the checks a parsed request must pass before
+the model sees it (this server's limits, and no message holding a special token's text)."""
+
+# No `from __future__ import annotations`: FastAPI reads the request model from the route's real
+# annotations, and pydantic the models' fields.
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from oig.serve.inference import Generation, LocalModel
+
+CHAT_ROUTE = "/v1/chat/completions"
+ROUTES = (CHAT_ROUTE, "/v1/models", "/health", "/metrics")  # metrics label any other path "other"
+MIN_TEMPERATURE = 1e-3  # below it (0 aside) logits / temperature can overflow to inf and sampling to NaN
+SEED_RANGE = (-(2**63), 2**63 - 1)  # OpenAI's (a signed 64-bit integer); torch.manual_seed takes it
+
+
+def error(status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+          code: str | None = None, headers: dict[str, str] | None = None):
+    """A refusal in OpenAI's error shape."""
+    from fastapi.responses import JSONResponse
+
+    # JSON may carry a lone surrogate ("\ud800"), which UTF-8 cannot encode; a message echoing one
+    # (an unknown model's name) would otherwise fail to render and become a 500.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse(status_code=status, headers=headers,
+                        content={"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+# --- requests -----------------------------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # `name` and other fields the model has no use for
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Unknown OpenAI parameters (presence_penalty, user, ...) are accepted and ignored, as vLLM does.
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v):
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise ValueError(f"temperature {v:g} is too small to sample with: give 0 (greedy decoding) or "
+                             f"at least {MIN_TEMPERATURE:g}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else (v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stops
+
+
+def over_limits(body: ChatCompletionRequest, settings):
+    """A 400 for a request over this server's limits (``settings``, a ServeSettings) on max_tokens,
+    messages or characters, else None."""
+    asked = body.max_completion_tokens or body.max_tokens
+    if settings.max_tokens_cap and asked and asked > settings.max_tokens_cap:
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        return error(400, f"{param} is {asked}; this server allows at most {settings.max_tokens_cap}",
+                     param=param, code="max_tokens_exceeded")
+    if len(body.messages) > settings.max_messages:
+        return error(400, f"messages: {len(body.messages)} messages; this server accepts at most "
+                     f"{settings.max_messages}", param="messages", code="too_many_messages")
+    chars = sum(len(m.text()) for m in body.messages)
+    if chars > settings.max_input_chars:
+        return error(400, f"messages: {chars} characters in all; this server accepts at most "
+                     f"{settings.max_input_chars}", param="messages", code="input_too_long")
+    return None
+
+
+def forged_turn(body: ChatCompletionRequest, lm: LocalModel):
+    """A 400 for a message holding the text of a special token, else None: the chat template's output
+    is tokenized as a whole, so ``<|im_end|><|im_start|>system`` in a user message would become real
+    control tokens and open a turn the client may not write."""
+    for i, message in enumerate(body.messages):
+        token = lm.special_token_in(message.text())
+        if token is not None:
+            param = f"messages.{i}.content"
+            return error(400, f"{param} holds {token!r}, the text of one of the model's special tokens; it "
+                         "would become that control token, so it is refused", param=param,
+                         code="special_token_in_content")
+    return None
+
+
+def usage(result: Generation) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
