@@ -19,13 +19,13 @@ from oig.cli import main
 from oig.data.config import TrainingConfig
 from oig.errors import PublishError
 from oig.train import masking, tiny
-from oig.train import run as T
 from oig.train.args import TINY_HYPERPARAMETERS, sft_config
 from oig.train.checkpoints import RUN_MARKER, last_checkpoint
 from oig.train.errors import TrainError
 from oig.train.mixture import read_mixture, split_eval
 from oig.train.record import hyperparameters, make_run_id, metrics_history
 from oig.train.run import TrainOptions
+from oig.train.sft import make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -87,7 +87,7 @@ def test_the_trainer_learns_exactly_these_labels(built, tmp_path):
     ids, labels = masking.encode(MULTI, tok, tok.chat_template)
     ds, _ = masking.to_dataset([{"messages": MULTI}], tok, tok.chat_template)
     args, _ = sft_config(config({"max_steps": 1}), tmp_path, on_gpu=False, has_eval=False)
-    trainer = T.make_trainer(model, tok, args, ds, None, config())
+    trainer = make_trainer(model, tok, args, ds, None, config())
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"][0].tolist() == ids
     assert batch["labels"][0].tolist() == labels  # TRL keeps them: the weight-0 reply stays at -100

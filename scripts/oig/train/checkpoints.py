@@ -4,7 +4,7 @@ folder replaced whole.
 - ``lock_run_dir``: an exclusive ``flock`` for the whole run; a second run in the same folder stops at
   once instead of resuming from checkpoints that are being written.
 - ``last_checkpoint``: the newest complete checkpoint of this run (``RUN_MARKER`` says whose they
-  are).
+  are); ``resume_point`` and ``training`` wrap a trainer's ``train()`` with them.
 - ``save_model``: the final model written beside the old one, then swapped in, so a crash or a full
   disk never leaves half a model where model.yaml may point.
 """
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from oig import files
-from oig.train.args import merge_adapters
-from oig.train.errors import TrainError, disk_errors, write_problem
+from oig.train.args import cpu_threads, merge_adapters
+from oig.train.errors import TrainError, checkpoint_errors, disk_errors, write_problem
 
 LOCK_FILE = ".lock"  # in the run folder: held by the `oig train` running there (its pid inside)
 RUN_MARKER = "RUN_ID"  # beside the checkpoints: which run they belong to
@@ -111,6 +111,26 @@ def last_checkpoint(checkpoint_dir: Path, run_id: str | None = None) -> Path | N
         except (OSError, ValueError):
             shutil.rmtree(path, ignore_errors=True)
     return None
+
+
+def resume_point(checkpoint_dir: Path, run_id: str, state) -> Path | None:
+    """The checkpoint a trainer resumes from, for every process: the main one first clears another
+    run's checkpoints and marks the folder; the others then find what it left."""
+    with state.main_process_first():
+        return last_checkpoint(checkpoint_dir, run_id if state.is_main_process else None)
+
+
+@contextmanager
+def training(checkpoint_dir: Path, threads: int | None, out_of_memory: str):
+    """The block that trains: torch on ``threads`` CPU threads (None: unchanged); a checkpoint that
+    cannot be written, and running out of GPU memory (``out_of_memory`` says what to do), are one line."""
+    import torch
+
+    try:
+        with cpu_threads(threads), checkpoint_errors(checkpoint_dir):
+            yield
+    except torch.OutOfMemoryError:
+        raise TrainError(out_of_memory) from None
 
 
 # --- the model folder ---------------------------------------------------------------------------------------

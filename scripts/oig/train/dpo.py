@@ -18,10 +18,15 @@ import copy
 import json
 from pathlib import Path
 
-from oig.train.args import lora_config, uses_adapters
+from oig.train.args import dpo_config, lora_config, merge_adapters, use_bf16, uses_adapters
+from oig.train.checkpoints import resume_point, training
+from oig.train.context import RunContext
 from oig.train.errors import DPOError
+from oig.train.record import hyperparameters
 
 PREFERENCES_FILE = "preferences.jsonl"
+OUT_OF_MEMORY = ("out of GPU memory in DPO (it holds a reference model too): lower per_device_train_batch_size "
+                 "or max_length, or set lora")
 
 
 def read_preferences(mixture_dir: Path) -> list[dict]:
@@ -48,6 +53,20 @@ def as_conversations(pairs: list[dict]) -> list[dict]:
     """Both sides of every pair as plain conversations (what the tiny tokenizer is trained on)."""
     return [{"messages": p["prompt"] + p[side], **({"slice": p["slice"]} if "slice" in p else {})}
             for p in pairs for side in ("chosen", "rejected")]
+
+
+def train_dpo(ctx: RunContext, model, tokenizer, pairs: list[dict]):
+    """TRL's DPOTrainer on the pairs, from ``model`` (the SFT model, or the base model for DPO alone),
+    resuming when a checkpoint of this run is there; returns (trainer, training_log's dpo section)."""
+    model = merge_adapters(model, ctx.config)  # the SFT adapters become the weights DPO starts from
+    checkpoint_dir = ctx.run_dir / "dpo-checkpoints"
+    args, overrides = dpo_config(ctx.config, checkpoint_dir, on_gpu=ctx.on_gpu, tiny_model=ctx.tiny,
+                                 bf16=use_bf16(ctx.config, ctx.on_gpu))
+    resume = resume_point(checkpoint_dir, ctx.run_id, ctx.state)
+    trainer = make_trainer(model, tokenizer, pairs, args, ctx.config)
+    with training(checkpoint_dir, ctx.threads, OUT_OF_MEMORY):
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return trainer, summary(trainer, result, ctx.shown(resume), overrides)
 
 
 def make_trainer(model, tokenizer, pairs: list[dict], args, config):
@@ -93,3 +112,9 @@ def summary(trainer, result, resumed_from: str | None, overrides: dict) -> dict:
         "tiny_overrides": overrides or None,
         "metrics": history,
     }
+
+
+def log_fields_alone(trainer, config) -> dict:
+    """training_log's fields when DPO trained alone (no SFT data), in the order it writes them;
+    ``train`` adds the number of preference pairs to ``data``."""
+    return {"hyperparameters": hyperparameters(trainer.args, config), "data": {"train_examples": 0, "eval_examples": 0}}

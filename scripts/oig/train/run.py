@@ -1,36 +1,33 @@
 """oig train: build the mixture, fine-tune with TRL's SFTTrainer, evaluate, save, publish, log.
 
-The run, top to bottom (``train``):
+The run, top to bottom (``train``), each step in the module named after it:
 
-1. configuration: training.yaml, the base model (``--base-model`` or ``base_model``), git commit;
-   then the run folder is locked for the whole run (a second ``oig train`` there stops at once);
+1. configuration: training.yaml, the base model (``--base-model`` or ``base_model``), git commit
+   (``configure``); then the run folder is locked for the whole run (a second ``oig train`` there
+   stops at once; ``checkpoints``);
 2. the mixture: ``oig mix`` into the run folder (or an existing mixture folder), split into train
-   and eval by distinct conversation;
-3. the base model and tokenizer: ``tiny`` is built offline (``oig.train.tiny``), anything else loads with
-   ``from_pretrained``; a model without a chat template gets ChatML;
-4. tokenising: loss on assistant turns only, and never on an assistant turn with ``weight: 0``; text
-   in the data that spells one of the tokenizer's special tokens is refused first;
-5. training: ``SFTTrainer`` with checkpoints every ``save_steps``, resuming from the last complete
-   checkpoint in the run folder when there is one (an interrupted run, rerun, carries on);
-6. evaluation, saving, publishing (``oig.publish.publish``), then ``training_log`` and ``model.yaml``.
+   and eval by distinct conversation (``mixture``);
+3. the base model and tokenizer (``base``): ``tiny`` is built offline (``oig.train.tiny``), anything
+   else loads with ``from_pretrained``; a model without a chat template gets ChatML; text in the data
+   that spells one of the tokenizer's special tokens is refused;
+4. SFT (``sft``): loss on assistant turns only, and never on an assistant turn with ``weight: 0``;
+   checkpoints every ``save_steps``, resuming from the last complete checkpoint in the run folder when
+   there is one (an interrupted run, rerun, carries on); then the eval loss;
+5. DPO on the preference pairs with ``method: dpo`` (``dpo``), from the SFT model, or from the base
+   model when there is no SFT data;
+6. one ending for all three: saving, the record (``record``), the bug suite, publishing
+   (``oig.publish.publish``), then ``training_log`` and ``model.yaml`` (``finish``).
 
 The run folder is ``runs/<run_id>`` where the run id is a hash of what determines the run (commit,
 training.yaml, slices, base model), so rerunning the same command after a crash finds its
-checkpoints (with ``--output DIR``, the same DIR resumes). ``momentum`` goes to the optimizer in use:
-SGD's and RMSprop's momentum, or beta1 of Adam-style optimizers (Lion and LAMB too); for an optimizer
-without momentum, such as Adafactor, it is an error. ``train_loss`` in training_log is the mean loss of
-the steps this process trained (after a resume, the steps since the checkpoint).
+checkpoints (with ``--output DIR``, the same DIR resumes). ``momentum`` goes to the optimizer in use
+(``args``): SGD's and RMSprop's momentum, or beta1 of Adam-style optimizers (Lion and LAMB too); for
+an optimizer without momentum, such as Adafactor, it is an error.
 
 Under ``accelerate launch`` every process trains; only the main one locks the run folder, builds
 shared files first, publishes and writes the logs. torch, transformers and TRL are imported inside
-functions only.
-
-Model code never runs: training.yaml comes from pull requests, and a model folder or Hub repo can ship
-Python (``auto_map``) that ``trust_remote_code`` would import on the training machine, where the
-secrets are. Every ``from_pretrained`` passes ``trust_remote_code=False``; a base model whose config
-or tokenizer config asks for its own code, or whose ``model_type`` transformers does not know, is
-refused before it loads; ``model_init_kwargs`` may not set ``trust_remote_code`` or the other switches
-that load code or pickles; and a local folder as the base model needs ``--allow-local-base-model``.
+functions only. Model code never runs (``base``: ``trust_remote_code=False`` everywhere, a model
+that needs its own code refused before it loads, a local folder only with ``--allow-local-base-model``).
 
 A full disk or a read-only folder ends the run with one line naming the path and the cause; the
 model folder, training_log and model.yaml are replaced whole (temp file or folder, then rename), so
@@ -46,27 +43,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from oig import runlog
-from oig.train import dpo, tiny
-from oig.train.args import cpu_threads, dpo_config, lora_config, sft_config, tiny_cpu_threads, use_bf16
+from oig.train import dpo
 from oig.train.base import check_base_model, check_special_tokens, load_base
-from oig.train.checkpoints import last_checkpoint, lock_run_dir, save_model
-from oig.train.context import TrainOptions
-from oig.train.errors import TrainError, checkpoint_errors, disk_errors
+from oig.train.checkpoints import run_folder, save_model
+from oig.train.context import RunContext, TrainOptions
+from oig.train.errors import TrainError
 from oig.train.finish import bug_suite, finish, load_bugs
-from oig.train.masking import to_dataset
 from oig.train.mixture import build_mixture, read_mixture, split_eval
-from oig.train.record import (
-    display,
-    git_branch,
-    git_commit,
-    hardware,
-    hyperparameters,
-    iso,
-    last_logged,
-    make_run_id,
-    metrics_history,
-    rounded,
-)
+from oig.train.record import display, finished, git_branch, git_commit, hardware, iso, make_run_id
+from oig.train.sft import train_sft
 
 PUBLISH_MODES = ("none", "local", "hub")
 RUNS_DIR = "runs"
@@ -74,12 +59,72 @@ RUNS_DIR = "runs"
 
 def train(opts: TrainOptions) -> dict:
     """Run ``oig train``; returns the training_log dict (also written to ``root/training_log``)."""
+    # --- configuration: every check that needs no run folder, so a mistake costs seconds --------------
+    ctx = configure(opts)
+    config = ctx.config
+    if ctx.log["backend"] == "together":  # hosted fine-tuning: nothing trains here, torch is not needed
+        with run_folder(ctx.run_dir):
+            return _train_on_together(ctx)
+    ctx.state = _distributed_state()  # one process, or one per GPU under `accelerate launch`
+
+    # --- the run folder, locked: a second run there would resume from this one's checkpoints ----------
+    with run_folder(ctx.run_dir, lock=ctx.is_main):
+        # --- the mixture and the preference pairs ----------------------------------------------------
+        _build_mixture(ctx)
+        records, pairs = _read_training_data(ctx)
+
+        # --- the held-out split ----------------------------------------------------------------------
+        train_records, eval_records = (split_eval(records, config.oig.get("eval_size"), config.seed) if records
+                                       else ([], []))
+
+        # --- the base model and tokenizer ------------------------------------------------------------
+        import torch
+
+        ctx.on_gpu = torch.cuda.is_available()
+        conversations = records + dpo.as_conversations(pairs)
+        with ctx.state.main_process_first():
+            model, tokenizer, template = load_base(ctx.base_model, ctx.run_dir / "base", conversations, config,
+                                                   ctx.on_gpu)
+        # Text in a slice that spells a special token would become a real one: a contributor forging turns.
+        check_special_tokens(conversations, tokenizer)
+
+        # --- SFT: loss on assistant turns with weight 1 (none when DPO trains alone) -------------------
+        sft = train_sft(ctx, model, tokenizer, template, train_records, eval_records) if records else None
+        trainer = sft.trainer if sft else None
+
+        # --- DPO on the preference pairs, starting from the SFT model (method: dpo) --------------------
+        if pairs:
+            trainer, ctx.log["dpo"] = dpo.train_dpo(ctx, trainer.model if sft else model, tokenizer, pairs)
+
+        # --- saving ------------------------------------------------------------------------------------
+        save_model(trainer, tokenizer, ctx.model_dir, config)
+        if not trainer.is_world_process_zero():  # the main process publishes and writes the logs
+            return ctx.log
+
+        # --- the record: data, hyperparameters, losses, hardware ---------------------------------------
+        fields = sft.log_fields(ctx) if sft else dpo.log_fields_alone(trainer, config)
+        if pairs:
+            fields["data"]["preference_pairs"] = len(pairs)
+        ctx.log.update({**finished(ctx.started), **fields,
+                        "hardware": hardware(ctx.state.num_processes, ctx.threads)})
+        ctx.log["model"] = {"local_path": ctx.shown(ctx.model_dir)}
+
+        # --- the bug regression suite: the previous model and the new one answer each reported bug ------
+        if ctx.bugs is not None:
+            ctx.log.update(bug_suite(ctx.bugs, ctx.model_dir, opts.root))
+
+        # --- publishing, training_log, model.yaml ------------------------------------------------------
+        return finish(ctx.log, ctx.model_dir, config, opts)
+
+
+def configure(opts: TrainOptions) -> RunContext:
+    """training.yaml, the base model, publishing and the bug list, checked; the run id, folder and the
+    start of training_log. Nothing is written yet."""
     from oig.data.config import load_training_config
 
     started = time.time()
     if opts.publish not in PUBLISH_MODES:
         raise TrainError(f"unknown --publish {opts.publish!r}; expected one of {', '.join(PUBLISH_MODES)}")
-    # --- configuration ---------------------------------------------------------------------------------
     config = load_training_config(opts.config)
     base_model = opts.base_model or config.base_model
     if not base_model:
@@ -94,205 +139,53 @@ def train(opts: TrainOptions) -> dict:
     commit, branch = git_commit(opts.root), git_branch(opts.root)
     run_id = make_run_id(commit, base_model, opts)
     run_dir = Path(opts.output) if opts.output else Path(opts.root) / RUNS_DIR / run_id
-    run = {
+    log = {
         "run_id": run_id, "started_at": iso(started), "finished_at": None, "git_commit": commit,
         "git_branch": branch, "base_model": base_model, "backend": config.oig.get("backend", "trl"),
         "config": display(opts.config, opts.root), "output_dir": display(run_dir, opts.root),
     }
-
-    # --- the run folder, locked: a second run there would resume from this one's checkpoints ----------
-    if run["backend"] == "together":  # hosted fine-tuning: nothing trains here, torch is not needed
-        with lock_run_dir(run_dir), disk_errors():
-            mixture_dir = Path(opts.mixture) if opts.mixture else run_dir / "mixture"
-            if not opts.mixture:
-                build_mixture(opts, mixture_dir)
-            run["mixture"] = read_mixture(mixture_dir)[0]
-            return _train_on_together(mixture_dir, config, run, opts, started)
-    state = _distributed_state()  # one process, or one per GPU under `accelerate launch`
-    with lock_run_dir(run_dir) if state.is_main_process else contextlib.nullcontext(), disk_errors():
-        return _train_here(opts, config, run, run_dir, base_model, state, bugs, started)
+    return RunContext(opts=opts, config=config, base_model=base_model, run_dir=run_dir, log=log, started=started,
+                      bugs=bugs)
 
 
-def _train_here(opts: TrainOptions, config, run: dict, run_dir: Path, base_model: str, state, bugs,
-                started: float) -> dict:
-    """The mixture, the model, tokenising, training, saving and the logs, in this process (``train``)."""
-    run_id = run["run_id"]
-    # --- the mixture -----------------------------------------------------------------------------------
-    mixture_dir = Path(opts.mixture) if opts.mixture else run_dir / "mixture"
-    with state.main_process_first():  # the others wait, then read what the main process wrote
-        if not opts.mixture and state.is_main_process:
-            build_mixture(opts, mixture_dir)
-    method = config.oig.get("method", "sft")
-    manifest, records = read_mixture(mixture_dir, allow_empty=method == "dpo")
-    run["mixture"] = manifest
-    run["method"] = method
-    pairs = dpo.read_preferences(mixture_dir) if method == "dpo" else []
+def _build_mixture(ctx: RunContext) -> None:
+    """``oig mix`` into the run folder unless --mixture names one, by the main process; the others wait,
+    then read what it wrote."""
+    with ctx.state.main_process_first() if ctx.state is not None else contextlib.nullcontext():
+        if not ctx.opts.mixture and ctx.is_main:
+            build_mixture(ctx.opts, ctx.mixture_dir)
+
+
+def _read_training_data(ctx: RunContext) -> tuple[list[dict], list[dict]]:
+    """The mixture's conversations and, with ``method: dpo``, its preference pairs."""
+    method = ctx.config.oig.get("method", "sft")
+    manifest, records = read_mixture(ctx.mixture_dir, allow_empty=method == "dpo")
+    ctx.log["mixture"] = manifest
+    ctx.log["method"] = method
+    pairs = dpo.read_preferences(ctx.mixture_dir) if method == "dpo" else []
     if method == "dpo" and not pairs:
         raise TrainError("`method: dpo` needs preference pairs: add a `Preferences:` section to a slice")
-    if method != "dpo" and (mixture_dir / dpo.PREFERENCES_FILE).exists():
+    if method != "dpo" and (ctx.mixture_dir / dpo.PREFERENCES_FILE).exists():
         print("oig train: note: the slices' preference pairs are not used; set `method: dpo` to train on them",
               file=sys.stderr)
-
-    # --- the held-out split ----------------------------------------------------------------------------
-    train_records, eval_records = split_eval(records, config.oig.get("eval_size"), config.seed) if records else ([], [])
-
-    # --- the base model and tokenizer -------------------------------------------------------------------
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    conversations = records + dpo.as_conversations(pairs)
-    with state.main_process_first():
-        model, tokenizer, template = load_base(base_model, run_dir / "base", conversations, config, on_gpu)
-    # Text in a slice that spells a special token would become a real one: a contributor forging turns.
-    check_special_tokens(conversations, tokenizer)
-    if not records:  # DPO only: no SFT stage
-        return _dpo_only(run, model, tokenizer, pairs, config, run_dir, opts, state, on_gpu, base_model, started, bugs)
-
-    # --- tokenising: loss on assistant turns with weight 1 ----------------------------------------------
-    import datasets
-
-    datasets.disable_progress_bars()  # a bar per tiny map call drowns the training progress
-    assistant_only = config.training.get("assistant_only_loss", True)
-    train_ds, dropped = to_dataset(train_records, tokenizer, template, assistant_only)
-    eval_ds, _ = to_dataset(eval_records, tokenizer, template, assistant_only) if eval_records else (None, 0)
-    if train_ds is None:
-        raise TrainError("no conversation in the mixture has an assistant turn to learn (all weight 0?)")
-
-    # --- training --------------------------------------------------------------------------------------
-    args, tiny_overrides = sft_config(config, run_dir / "checkpoints", on_gpu=on_gpu,
-                                      has_eval=eval_ds is not None, tiny_model=base_model == tiny.NAME)
-    with state.main_process_first():
-        # The main process clears another run's checkpoints first; the others then find what it left.
-        resume = last_checkpoint(run_dir / "checkpoints", run_id if state.is_main_process else None)
-    trainer = make_trainer(model, tokenizer, args, train_ds, eval_ds, config)
-    try:
-        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)), checkpoint_errors(run_dir / "checkpoints"):
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-            eval_metrics = trainer.evaluate() if eval_ds is not None else {}
-    except torch.OutOfMemoryError:
-        raise TrainError("out of GPU memory: lower per_device_train_batch_size (raising gradient_accumulation_steps "
-                         "to keep the batch) or max_length, or set lora / load_in_4bit; rerunning resumes from the "
-                         "last checkpoint") from None
-
-    # --- DPO on the preference pairs, starting from the SFT model (method: dpo) ---------------------------
-    final = trainer
-    if pairs:
-        final, run["dpo"] = run_dpo(trainer.model, tokenizer, pairs, config, run_dir, on_gpu=on_gpu,
-                                    base_model=base_model, state=state, root=opts.root, run_id=run_id)
-
-    # --- saving ----------------------------------------------------------------------------------------
-    model_dir = run_dir / "model"
-    save_model(final, tokenizer, model_dir, config)
-    if not trainer.is_world_process_zero():  # the main process publishes and writes the logs
-        return run
-    finished = time.time()
-    tokens = int(getattr(trainer, "_total_train_tokens", 0) or 0)
-    runtime = float(result.metrics.get("train_runtime") or 0.0)
-    run.update({
-        "finished_at": iso(finished),
-        "duration_s": round(finished - started, 2),
-        "resumed_from": display(resume, opts.root) if resume else None,
-        "hyperparameters": hyperparameters(args, config),
-        "tiny_overrides": tiny_overrides or None,
-        "data": {"train_examples": len(train_records), "eval_examples": len(eval_records),
-                 "dropped_without_trainable_tokens": dropped, **({"preference_pairs": len(pairs)} if pairs else {})},
-        "metrics": metrics_history(trainer.state.log_history),
-        # A rerun of a finished run resumes at its last step and trains nothing: keep the last logged loss.
-        "train_loss": rounded(result.metrics.get("train_loss") if tokens else last_logged(trainer.state.log_history, "loss")),
-        "eval_loss": rounded(eval_metrics.get("eval_loss")),
-        "steps": trainer.state.global_step,
-        "train_runtime_s": round(runtime, 3),
-        "tokens": tokens,
-        "tokens_per_second": round(tokens / runtime, 1) if tokens and runtime > 0 else None,
-        "hardware": hardware(state.num_processes, tiny_cpu_threads(base_model, on_gpu)),
-    })
-    run["model"] = {"local_path": display(model_dir, opts.root)}
-
-    # --- the bug regression suite: the previous model and the new one answer each reported bug ----------
-    if bugs is not None:
-        run.update(bug_suite(bugs, model_dir, opts.root))
-
-    # --- publishing, training_log, model.yaml -----------------------------------------------------------
-    return finish(run, model_dir, config, opts)
+    return records, pairs
 
 
-# --- DPO ----------------------------------------------------------------------------------------------------
+def _train_on_together(ctx: RunContext) -> dict:
+    """``backend: together``: Together's hosted fine-tuning trains; nothing runs here."""
+    from oig.train.together import train_on_together
 
-
-def run_dpo(model, tokenizer, pairs: list[dict], config, run_dir: Path, *, on_gpu: bool, base_model: str, state,
-            root: Path, run_id: str):
-    """TRL's DPOTrainer on the pairs, from ``model``; returns (trainer, training_log's dpo section)."""
-    import torch
-
-    if hasattr(model, "merge_and_unload") and not config.oig.get("load_in_4bit"):
-        model = model.merge_and_unload()  # the SFT adapters become the weights DPO starts from
-    tiny_model = base_model == tiny.NAME
-    args, overrides = dpo_config(config, run_dir / "dpo-checkpoints", on_gpu=on_gpu, tiny_model=tiny_model,
-                                 bf16=use_bf16(config, on_gpu))
-    with state.main_process_first():
-        resume = last_checkpoint(run_dir / "dpo-checkpoints", run_id if state.is_main_process else None)
-    trainer = dpo.make_trainer(model, tokenizer, pairs, args, config)
-    try:
-        with cpu_threads(tiny_cpu_threads(base_model, on_gpu)), checkpoint_errors(run_dir / "dpo-checkpoints"):
-            result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except torch.OutOfMemoryError:
-        raise TrainError("out of GPU memory in DPO (it holds a reference model too): lower "
-                         "per_device_train_batch_size or max_length, or set lora") from None
-    return trainer, dpo.summary(trainer, result, display(resume, root) if resume else None, overrides)
-
-
-def _dpo_only(run: dict, model, tokenizer, pairs: list[dict], config, run_dir: Path, opts: TrainOptions, state,
-              on_gpu: bool, base_model: str, started: float, bugs) -> dict:
-    """``method: dpo`` with no SFT data: DPO from the base model, then save, publish and log."""
-    trainer, run["dpo"] = run_dpo(model, tokenizer, pairs, config, run_dir, on_gpu=on_gpu, base_model=base_model,
-                                  state=state, root=opts.root, run_id=run["run_id"])
-    model_dir = run_dir / "model"
-    save_model(trainer, tokenizer, model_dir, config)
-    if not trainer.is_world_process_zero():
-        return run
-    finished = time.time()
-    run.update({
-        "finished_at": iso(finished),
-        "duration_s": round(finished - started, 2),
-        "hyperparameters": hyperparameters(trainer.args, config),
-        "data": {"train_examples": 0, "eval_examples": 0, "preference_pairs": len(pairs)},
-        "hardware": hardware(state.num_processes, tiny_cpu_threads(base_model, on_gpu)),
-    })
-    run["model"] = {"local_path": display(model_dir, opts.root)}
-    if bugs is not None:
-        run.update(bug_suite(bugs, model_dir, opts.root))
-    return finish(run, model_dir, config, opts)
-
-
-# --- training ---------------------------------------------------------------------------------------------
-
-
-def make_trainer(model, tokenizer, args, train_ds, eval_ds, config):
-    from trl import SFTTrainer
-
-    peft_config = lora_config(config) if config.oig.get("lora") or config.oig.get("load_in_4bit") else None
-    try:
-        return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                          processing_class=tokenizer, peft_config=peft_config)
-    except ValueError as exc:
-        raise TrainError(f"the trainer refused the settings: {exc}") from None
+    _build_mixture(ctx)
+    ctx.log["mixture"] = read_mixture(ctx.mixture_dir)[0]
+    # --base-model overrides training.yaml here too.
+    result = train_on_together(ctx.mixture_dir, replace(ctx.config, base_model=ctx.base_model), ctx.log)
+    ctx.log.update({**finished(ctx.started), "together_job": result.get("job"), "model": result["model"],
+                    "published": {"mode": "together"}})
+    runlog.write_run_files(ctx.opts.root, ctx.log, runlog.model_document(result["model"], ctx.log))
+    return ctx.log
 
 
 def _distributed_state():
     from accelerate import PartialState
 
     return PartialState()
-
-
-def _train_on_together(mixture_dir: Path, config, run: dict, opts: TrainOptions, started: float) -> dict:
-    """``backend: together``: Together's hosted fine-tuning trains; nothing runs here."""
-    from oig.train.together import train_on_together
-
-    # --base-model overrides training.yaml here too.
-    result = train_on_together(mixture_dir, replace(config, base_model=run["base_model"]), run)
-    finished = time.time()
-    run.update({"finished_at": iso(finished), "duration_s": round(finished - started, 2),
-                "together_job": result.get("job"), "model": result["model"],
-                "published": {"mode": "together"}})
-    runlog.write_run_files(opts.root, run, runlog.model_document(result["model"], run))
-    return run
