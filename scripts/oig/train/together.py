@@ -6,12 +6,11 @@ model for model.yaml. Nothing trains on this machine.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from oig import files
 from oig.errors import TogetherError, redact
 from oig.together_client import POLL_S, _first_line, call, make_client, wait_for
 
@@ -25,27 +24,22 @@ def write_training_file(mixture_dir: Path) -> tuple[Path, int]:
     if not source.is_file():
         raise TogetherError(f"{source} does not exist: run `oig mix` (or `oig train`) to build the mixture first")
     target = Path(mixture_dir) / TRAIN_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{TRAIN_FILE}.", suffix=".tmp", dir=target.parent)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out, source.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    messages = record["messages"]
-                except (ValueError, KeyError, TypeError):
-                    raise TogetherError(f"{source}:{number}: not a mixture record (a JSON object with "
-                                        "messages)") from None
-                out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
-                count += 1
+    # Written beside the target and renamed over it: a bad line or a full disk leaves no half file.
+    with source.open(encoding="utf-8") as lines, files.atomic_output(target) as out:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                messages = record["messages"]
+            except (ValueError, KeyError, TypeError):
+                raise TogetherError(f"{source}:{number}: not a mixture record (a JSON object with "
+                                    "messages)") from None
+            out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+            count += 1
         if not count:
             raise TogetherError(f"{source} is empty: the mixture has no examples to train on")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return target, count
 
 
