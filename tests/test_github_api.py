@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from fake_github import FakeGitHub
 
+from oig import files
 from oig.bugs.github_api import GitHub, GitHubError, _next_link, check_repo
 
 TOKEN = "ghs_test_token"
@@ -16,9 +19,16 @@ def fake():
         yield gh
 
 
+class Ceiling:
+    """The jitter at its bound: the waits are backoff_delay's longest, 1, 2, 4, ... s."""
+
+    def uniform(self, low: float, high: float) -> float:
+        return high
+
+
 def client(fake: FakeGitHub, **kw) -> GitHub:
     sleeps: list[float] = []
-    gh = GitHub(fake.repo, TOKEN, api_url=fake.url, sleep=sleeps.append, **kw)
+    gh = GitHub(fake.repo, TOKEN, api_url=fake.url, sleep=sleeps.append, rng=Ceiling(), **kw)
     gh.sleeps = sleeps  # type: ignore[attr-defined]
     return gh
 
@@ -64,6 +74,17 @@ def test_retries_server_errors_with_backoff(fake):
     with client(fake) as gh:
         assert gh.issue(1)["number"] == 1
         assert gh.sleeps == [1.0, 2.0]
+
+
+def test_the_waits_are_jittered_below_a_doubling_bound(fake):
+    fake.add_issue(1, "body")
+    fake.fail_next(502, times=3)
+    sleeps: list[float] = []
+    with GitHub(fake.repo, TOKEN, api_url=fake.url, sleep=sleeps.append, rng=random.Random(7)) as gh:
+        assert gh.issue(1)["number"] == 1
+    assert len(sleeps) == 3 and all(0 <= s <= 2.0**n for n, s in enumerate(sleeps))
+    same = random.Random(7)  # the one formula, oig.files.backoff_delay, with the same draws
+    assert sleeps == [files.backoff_delay(n, rng=same) for n in range(3)]
 
 
 def test_retries_the_secondary_rate_limit_honouring_retry_after(fake):

@@ -6,8 +6,9 @@ Plain httpx, nothing else. The token comes only from ``GITHUB_TOKEN`` and never 
 - Lists follow the ``Link: rel="next"`` header, up to ``MAX_PAGES`` pages, and only on the API's own
   host: a next link elsewhere would carry the token there.
 - Server errors (5xx), 429 and the secondary rate limit (403 with ``Retry-After``, an exhausted
-  ``x-ratelimit-remaining`` or "secondary rate limit" in the message) are retried with backoff,
-  honouring ``Retry-After`` up to ``MAX_WAIT_S``. Every other failure is a :class:`GitHubError` that
+  ``x-ratelimit-remaining`` or "secondary rate limit" in the message) are retried with
+  ``oig.files.backoff_delay`` (full jitter under 1, 2, 4, ... s), honouring ``Retry-After`` up to
+  ``MAX_WAIT_S``. Every other failure is a :class:`GitHubError` that
   says what was being done and what to check.
 - A POST that creates a comment is never simply sent again: when a 502 follows a POST that GitHub
   carried out, a second POST would post the comment twice. :meth:`GitHub.upsert_comment` lists the
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from oig import files
 from oig.errors import OigError, redact
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -113,11 +116,12 @@ def _next_link(header: str | None) -> str | None:
 
 
 class GitHub:
-    """The REST API of one repository. ``sleep`` is injectable so tests of the retries take no time."""
+    """The REST API of one repository. ``sleep`` and ``rng`` (the jitter) are injectable so tests of the
+    retries take no time and know the waits."""
 
     def __init__(self, repo: str, token: str | None = None, *, api_url: str | None = None,
                  max_retries: int = 4, timeout: float = 30.0, sleep: Callable[[float], None] = time.sleep,
-                 transport: httpx.BaseTransport | None = None):
+                 rng: random.Random | None = None, transport: httpx.BaseTransport | None = None):
         self.repo = check_repo(repo)
         self.token = token if token is not None else token_from_env()
         self.api_url = (api_url or os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
@@ -125,6 +129,7 @@ class GitHub:
             raise GitHubError(f"GITHUB_API_URL must be an http(s) URL, not {self.api_url!r}")
         self.max_retries = max_retries
         self.sleep = sleep
+        self.rng = rng
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": API_VERSION,
                    "User-Agent": USER_AGENT}
         if self.token:
@@ -200,9 +205,8 @@ class GitHub:
             return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
                                   request=response.request)
 
-    @staticmethod
-    def _backoff(attempt: int, retry_after: float | None) -> float:
-        return retry_after if retry_after is not None else min(MAX_WAIT_S, 2.0**attempt)
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        return files.backoff_delay(attempt, cap_s=MAX_WAIT_S, retry_after_s=retry_after, rng=self.rng)
 
     def _result(self, response: httpx.Response, what: str, ok_missing: bool,
                 tries: int = 1) -> tuple[object, httpx.Headers]:
