@@ -51,7 +51,7 @@ def test_the_shipped_example_opens_with_the_schema_line_and_a_comment():
 
 
 def test_the_shipped_instructions_all_convert(tmp_path):
-    from oig.generate.run import prompt_of
+    from oig.generate.instructions import prompt_of
 
     rows = [json.loads(line) for line in (ROOT / "examples" / "instructions.jsonl").read_text().splitlines()]
     assert len(rows) == 20

@@ -19,7 +19,8 @@ from servers import LocalServer, hub_routes
 from oig.data.fetch import SourceOptions
 from oig.errors import FetchError, InvalidInput, OigError
 from oig.generate.config import load_config
-from oig.generate.run import generate, load_instructions, prompt_of
+from oig.generate.instructions import load_instructions, prompt_of
+from oig.generate.run import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

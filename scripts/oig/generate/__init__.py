@@ -1,9 +1,11 @@
 """``oig generate``: datasets made by asking several models and judging their answers.
 
-Modules, in pipeline order: ``config`` (the YAML config), ``store`` (every finished call, in SQLite),
-``clients`` (calls to Together and OpenAI-compatible servers: concurrency, rate limits, retries),
-``judges`` (prompts, verdicts, scores), ``run`` (the pipeline), ``export`` (SFT, preferences,
-battles, a slice file). Heavy libraries (together, transformers) are imported inside functions only.
+Modules, in pipeline order: ``schema`` and ``config`` (the YAML config), ``instructions`` (the prompts),
+``store`` (every finished call, in SQLite), ``clients`` (calls to Together and OpenAI-compatible
+servers: concurrency, rate limits, retries), ``calls`` (every call through the store, the budget, the
+counts), ``judges`` (prompts, verdicts, scores), ``record`` (one instruction's answers and verdicts),
+``run`` (the pipeline), ``export`` (SFT, preferences, battles, a slice file). Heavy libraries
+(together, transformers) are imported inside functions only.
 """
 
 from __future__ import annotations
