@@ -19,6 +19,7 @@ COMMANDS = [
     "validate",
     "mix",
     "train",
+    "report",
     "query",
     "serve",
     "commit",
