@@ -66,3 +66,12 @@ def redact(text: str, *names: str, values: tuple[str, ...] = ()) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+def secret(name: str, error: type[OigError], needs: str) -> str:
+    """The secret ``name`` from the environment, or ``error`` saying that ``needs`` (who needs what) it."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise error(f"{name} is not set: {needs} in the {name} environment variable (a repository secret in "
+                    "GitHub Actions)")
+    return value

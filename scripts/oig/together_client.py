@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import TypeVar
 
-from oig.errors import TogetherError, redact
+from oig.errors import TogetherError, redact, secret
 
 DEFAULT_BASE_URL = "https://api.together.ai"
 POLL_S = 20.0
@@ -35,11 +35,7 @@ def base_url(url: str | None = None) -> str:
 
 
 def api_key() -> str:
-    key = os.environ.get("TOGETHER_API_KEY", "").strip()
-    if not key:
-        raise TogetherError("TOGETHER_API_KEY is not set: Together needs an API key in the TOGETHER_API_KEY "
-                            "environment variable (a repository secret in GitHub Actions)")
-    return key
+    return secret("TOGETHER_API_KEY", TogetherError, "Together needs an API key")
 
 
 def make_client(url: str | None = None, *, key: str | None = None, max_retries: int = 2, timeout: float = 120.0):

@@ -12,8 +12,6 @@ from oig.cli.args import add_allow_local_sources, add_data_dir, positive_int, wh
 DEFAULT_CONFIG = Path("training.yaml")
 
 
-
-
 def register(sub) -> None:
     p = sub.add_parser(
         "mix",

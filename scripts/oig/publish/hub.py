@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from oig.errors import PublishError, redact
+from oig.errors import PublishError, redact, secret
 from oig.files import backoff_delay
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -32,11 +32,7 @@ def endpoint() -> str:
 
 
 def token() -> str:
-    value = os.environ.get("HF_TOKEN", "").strip()
-    if not value:
-        raise PublishError("HF_TOKEN is not set: publishing to the Hub needs a write token in the HF_TOKEN "
-                           "environment variable (a repository secret in GitHub Actions)")
-    return value
+    return secret("HF_TOKEN", PublishError, "publishing to the Hub needs a write token")
 
 
 def check_repo_id(repo_id: str) -> None:
