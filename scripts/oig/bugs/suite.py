@@ -47,7 +47,6 @@ from pathlib import Path
 
 from oig.bugs.render import ERROR_LIMIT, short, summarize
 from oig.bugs.report import BUG_LABEL, Bug, warn
-from oig.bugs.report import load_bugs as load_bugs  # oig.train.run imports it from here; it lives in report
 from oig.errors import redact
 from oig.runlog import ModelRef
 from oig.serve import locate, query

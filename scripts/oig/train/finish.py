@@ -4,6 +4,7 @@ seconds), publishing (``oig.publish.publish``), then training_log and model.yaml
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from oig import runlog
@@ -19,9 +20,9 @@ def load_bugs(opts: TrainOptions) -> list | None:
     """The reported bugs to check after training (``oig.bugs.suite``), or None when no source was given."""
     if opts.bugs is None and not opts.bugs_repo:
         return None
-    from oig.bugs import suite as bugs
+    from oig.bugs.report import load_bugs as load
 
-    return bugs.load_bugs(opts.bugs, opts.bugs_repo)
+    return load(opts.bugs, opts.bugs_repo)
 
 
 def bug_suite(bugs: list, model_dir: Path, root: Path) -> dict:
@@ -35,7 +36,7 @@ def bug_suite(bugs: list, model_dir: Path, root: Path) -> dict:
             ask_before = b.model_asker(Path(root) / runlog.MODEL_YAML)
         except OigError as exc:  # a broken model.yaml must not cost the run: judge against the report
             print(f"oig train: warning: not asking the previous model: {exc}", file=sys.stderr)
-    ask_after = b.section_asker({"local_path": str(Path(model_dir).resolve())})
+    ask_after = b.section_asker(runlog.ModelRef(local_path=str(Path(model_dir).resolve())))
     return b.log_section(b.run_suite(bugs, ask_before, ask_after))
 
 
@@ -61,9 +62,10 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
         raise
     run["published"] = {"mode": opts.publish}
     if section is not None:
-        if "local_path" in section:  # relative to the repository root, wherever the command runs
-            section = {**section, "local_path": display(model_dir, opts.root)}
-        run["model"] = section
+        ref = runlog.ModelRef.from_section(section)
+        if ref.local_path is not None:  # relative to the repository root, wherever the command runs
+            ref = replace(ref, local_path=display(model_dir, opts.root))
+        section = run["model"] = ref.section()
     # Both files or neither: a full disk leaves the previous training_log and model.yaml as they were.
     runlog.write_run_files(opts.root, run, runlog.model_document(section, run) if section is not None else None)
     return run
