@@ -62,3 +62,22 @@ def test_backoff_is_full_jitter_capped_and_honours_retry_after():
     assert all(0.0 <= backoff_delay(4, base_s=0.5, rng=rng) <= 8.0 for _ in range(200))
     assert backoff_delay(0, retry_after_s=7.5) == 7.5  # the server's wait wins
     assert backoff_delay(0, retry_after_s=900, cap_s=300) == 300 and backoff_delay(0, retry_after_s=-1) == 0.0
+
+
+def test_replace_folder_swaps_whole_or_keeps_the_old_one(tmp_path):
+    from oig.files import replace_folder
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights").write_text("old")
+
+    def broken(tmp):
+        tmp.mkdir()
+        (tmp / "weights").write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        replace_folder(target, broken)
+    assert (target / "weights").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    replace_folder(target, lambda tmp: (tmp.mkdir(), (tmp / "weights").write_text("new")))
+    assert (target / "weights").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -6,6 +6,8 @@ and synced, then renamed over it, so a crash, a full disk or a read-only folder 
 file where the old one was. A failure is a :class:`WriteError` naming the path and the cause, and no
 temp file is left behind.
 
+``replace_folder`` does the same for a folder (a saved model, a pull request's data/).
+
 ``backoff_delay`` is the one retry formula: exponential backoff with full jitter (a random wait between
 0 and ``base * 2**attempt``, capped), or the server's Retry-After when it sent one (capped too).
 """
@@ -15,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -109,6 +112,30 @@ def write_all_atomic(files: list[tuple[Path, str | bytes]]) -> None:
     finally:
         for _, tmp in pending:
             Path(tmp).unlink(missing_ok=True)
+
+
+def replace_folder(target: Path, write: Callable[[Path], object], *, hidden: bool = False) -> None:
+    """``write(tmp)`` creates and fills a new folder beside ``target``, which then replaces ``target`` whole: a crash
+    or a full disk never leaves half a folder where something points, and a failed ``write`` leaves the
+    previous folder as it was. ``write``'s own exceptions pass through (after the clean-up)."""
+    target = Path(target)
+    prefix = "." if hidden else ""
+    tmp = target.with_name(f"{prefix}{target.name}.tmp")
+    old = target.with_name(f"{prefix}{target.name}.old")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)  # creates the folder (save_pretrained does)
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not target.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def backoff_delay(attempt: int, *, base_s: float = 1.0, cap_s: float = 60.0, retry_after_s: float | None = None,

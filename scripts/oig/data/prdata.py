@@ -19,7 +19,6 @@ training.yaml made of the branch's Training section and the pull request's mixtu
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -150,23 +149,17 @@ def apply_pull_request(pr_dir: Path, root: Path = Path(".")) -> list[Problem]:
         raise InvalidInput(problems)
 
     # --- take the files: data/ replaced as a whole, training.yaml written atomically ------------------
-    from oig.files import write_atomic
+    from oig.files import replace_folder, write_atomic
 
-    staging = root / ".data.pr-staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    for path in files:
-        with open(path, "rb") as src:
-            data = src.read(yamlsafe.MAX_BYTES + 1)
-        (staging / path.name).write_bytes(data)
+    def copy_slices(staging: Path) -> None:
+        staging.mkdir()
+        for path in files:
+            with open(path, "rb") as src:
+                (staging / path.name).write_bytes(src.read(yamlsafe.MAX_BYTES + 1))
+
     if pr_bytes is not None:
         base_doc = yamlsafe.load(yamlsafe.decode(base_bytes)) if base_bytes is not None else {}
         pr_doc = yamlsafe.load(yamlsafe.decode(pr_bytes)) or {}
         write_atomic(base_path, _merged_training_yaml(base_doc or {}, pr_doc))
-    old = root / ".data.branch"
-    shutil.rmtree(old, ignore_errors=True)
-    if (root / "data").exists():
-        os.replace(root / "data", old)
-    os.replace(staging, root / "data")
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(root / "data", copy_slices, hidden=True)
     return problems

@@ -146,24 +146,12 @@ def save_model(trainer, tokenizer, model_dir: Path, config) -> None:
 
 
 def _replace_folder(target: Path, write) -> None:
-    """``write(tmp)`` into a folder beside ``target``, then swap it in whole: a crash or a full disk
-    never leaves half a model where model.yaml may point, and a failed save keeps the previous one."""
-    tmp = target.with_name(target.name + ".tmp")
-    old = target.with_name(target.name + ".old")
+    """``write(tmp)`` into a folder beside ``target``, then swap it in whole (``files.replace_folder``):
+    a failed save keeps the previous model, and a disk problem is one line."""
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        write(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
+        files.replace_folder(target, write)
     except Exception as exc:  # safetensors and torch raise their own types
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            with contextlib.suppress(OSError):
-                os.replace(old, target)
         why = write_problem(exc, target.parent)
         if why is None:
             raise
         raise TrainError(f"cannot save the model to {target}: {why}; the folder is as it was before") from None
-    shutil.rmtree(old, ignore_errors=True)
