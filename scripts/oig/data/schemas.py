@@ -179,6 +179,12 @@ SLICE_SCHEMA: dict = {
             "items": {"type": "integer", "minimum": 1},
             "uniqueItems": True,
         },
+        "holdout": {
+            "type": "boolean",
+            "description": "false: every example of this slice is trained on and none is held out for "
+            "evaluation (default true: the slice gives its share of eval_size when it has at least 10 "
+            "distinct examples).",
+        },
     },
 }
 
@@ -206,8 +212,11 @@ OIG_KEYS: dict[str, dict] = {
     },
     "eval_size": {
         "type": "number",
-        "exclusiveMinimum": 0,
-        "description": "Held-out evaluation examples: a count (>= 1) or a fraction of the mixture (< 1).",
+        "minimum": 0,
+        "description": "Held-out evaluation examples, taken per slice from its distinct examples before "
+        "the mixture is upsampled: a fraction (< 1) of each slice, or a count (>= 1) shared among the "
+        "slices in proportion to their distinct examples; 0 turns the split off (default 0.1, at most "
+        "1000). A slice under 10 distinct examples, or with `holdout: false`, is never held out.",
     },
     "backend": {
         "enum": ["trl", "together"],
