@@ -332,6 +332,75 @@ FIELD_BOUNDS: dict[str, dict] = {
 }
 
 
+# training.yaml's Eval and Gate sections: how `oig eval` measures a model and what a release must pass.
+# Folders are relative to the repository (checked by data.config: no absolute paths, no `..`).
+_SCORE_DROP = {"type": "number", "minimum": 0, "maximum": 1}
+EVAL_SCHEMA: dict = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "How `oig eval` measures a model: the eval suites, lm-evaluation-harness benchmarks and a "
+    "judged comparison with the previous model.",
+    "properties": {
+        "suites": {"type": "string", "minLength": 1, "default": "evals",
+                   "description": "The folder of eval suites (<name>.yaml), relative to the repository."},
+        "compare": {"type": "boolean", "default": True,
+                    "description": "Evaluate the previous model too, and report each suite's change."},
+        "lm_eval": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["tasks"],
+            "description": "Benchmarks through lm-evaluation-harness (the `eval` extra).",
+            "properties": {
+                "tasks": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
+                          "description": "lm-evaluation-harness task names, e.g. [hellaswag, arc_easy]."},
+                "limit": {"type": "integer", "minimum": 1, "description": "At most this many examples per task."},
+                "num_fewshot": {"type": "integer", "minimum": 0, "maximum": 100,
+                                "description": "Few-shot examples in each prompt (default: the task's own)."},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 4096, "default": 1,
+                               "description": "Examples per forward pass."},
+                "include_path": {"type": "string", "minLength": 1,
+                                 "description": "A folder of custom task YAMLs, relative to the repository."},
+            },
+        },
+        "judge": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["model", "base_url"],
+            "description": "The LLM judge of the comparison with the previous model: an OpenAI-compatible server.",
+            "properties": {
+                "model": {"type": "string", "minLength": 1, "description": "The judge's model id on the server."},
+                "base_url": {"type": "string", "pattern": "^https?://[^\\s]+$",
+                             "description": "The server's base URL, without /v1."},
+                "api_key_env": {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]*$",
+                                "description": "The environment variable holding the server's API key (never "
+                                "the key itself)."},
+            },
+        },
+        "comparison_suite": {"type": "string", "minLength": 1,
+                             "description": "The eval suite whose prompts both models answer for the judge."},
+    },
+}
+GATE_SCHEMA: dict = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "What a new model must pass against the previous one before it is released.",
+    "properties": {
+        "max_drop": {
+            "description": "The largest allowed drop of a suite's score (a share from 0 to 1: 0.05 is five "
+            "points) against the previous model: one number for every suite, or suite name -> number with "
+            "`default` for the suites not named.",
+            "anyOf": [_SCORE_DROP, {"type": "object", "minProperties": 1, "additionalProperties": _SCORE_DROP}],
+        },
+        "max_bugs_regressed": {"type": "integer", "minimum": 0, "default": 0,
+                               "description": "The most bug reports that may pass on the previous model and fail "
+                               "on the new one."},
+        "min_win_rate": {"type": "number", "minimum": 0, "maximum": 1,
+                         "description": "The new model's lowest allowed win rate in the judged comparison with "
+                         "the previous model (ties count half; needs Eval.judge)."},
+    },
+}
+
+
 def _sft_properties() -> dict[str, dict]:
     from oig.data.sftfields import fields
 
@@ -392,6 +461,8 @@ def training_schema() -> dict:
                 "description": "Number of examples in the mixture. Default: all examples available. At "
                 f"most {MIXTURE_TOTAL_FACTOR}x the examples available and {MAX_MIXTURE_TOTAL:,} in all.",
             },
+            "Eval": EVAL_SCHEMA,
+            "Gate": GATE_SCHEMA,
         },
     }
 
