@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from oig.data.evals import EVAL_SCHEMA
 from oig.data.slices import COLUMN_ROLES
 from oig.files import write_all_atomic
 
@@ -475,6 +476,7 @@ def rendered() -> dict[str, str]:
     return {
         "slice.schema.json": json.dumps(SLICE_SCHEMA, indent=2) + "\n",
         "training.schema.json": json.dumps(training_schema(), indent=2) + "\n",
+        "eval.schema.json": json.dumps(EVAL_SCHEMA, indent=2) + "\n",  # oig.data.evals
     }
 
 

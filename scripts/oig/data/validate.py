@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from oig import yamlsafe
-from oig.data import messages
+from oig.data import evals, messages
 from oig.data.config import parse_training_config
 from oig.data.schemas import SLICE_SCHEMA
 from oig.data.slices import SECTIONS, Slice, slice_from_document
@@ -332,11 +332,13 @@ def _slice_files(data_dir: Path, display_dir: str) -> tuple[list[Path], list[Pro
 
 
 def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = None) -> list[Problem]:
-    """Validate slice files, data folders and training.yaml. No paths: data/ and training.yaml here."""
+    """Validate slice files, data folders, training.yaml and eval suites (evals/, ``oig.data.evals``).
+    No paths: data/, training.yaml and evals/ here."""
     opts = opts or ValidateOptions()
     if not paths:
-        paths = [p for p in (Path("data"), Path(TRAINING_FILE)) if p.exists() or p.name == "data"]
-    problems: list[Problem] = []
+        paths = [p for p in (Path("data"), Path(TRAINING_FILE), Path(evals.EVALS_DIR)) if p.exists() or p.name == "data"]
+    problems = evals.validate_suites([p for p in paths if evals.is_suite_path(p) and p.exists()])
+    paths = [p for p in paths if not (evals.is_suite_path(p) and p.exists())]
     slice_files: list[Path] = []
     training_files: list[Path] = []
     for path in paths:
