@@ -134,3 +134,71 @@ def test_mixture_total_has_an_absolute_cap():
 def test_the_shipped_defaults_stay_within_the_bounds():
     config, problems = parse("Training:\n  report_to: none\n  save_total_limit: 2\n  max_steps: -1\n  epochs: 3\n")
     assert problems == [] and config.training["report_to"] == "none"
+
+
+def test_eval_and_gate_sections_map_onto_dataclasses():
+    config, problems = parse(
+        "Eval:\n  suites: evals/chat\n  compare: false\n  lm_eval:\n    tasks: [hellaswag, oig_tiny_mc]\n"
+        "    limit: 50\n    num_fewshot: 0\n    include_path: tests/data/lmeval\n"
+        "  judge: {model: judge-7b, base_url: 'http://127.0.0.1:8000', api_key_env: JUDGE_KEY}\n"
+        "  comparison_suite: chat\n"
+        "Gate:\n  max_drop: {math: 0.02, default: 0.05}\n  max_bugs_regressed: 1\n  min_win_rate: 0.45\n")
+    assert problems == []
+    ev, gate = config.eval, config.gate
+    assert (ev.suites, ev.compare, ev.comparison_suite) == ("evals/chat", False, "chat")
+    assert (ev.lm_eval.tasks, ev.lm_eval.limit, ev.lm_eval.num_fewshot, ev.lm_eval.batch_size) == (
+        ["hellaswag", "oig_tiny_mc"], 50, 0, 1)
+    assert ev.lm_eval.include_path == "tests/data/lmeval"
+    assert (ev.judge.model, ev.judge.base_url, ev.judge.api_key_env) == ("judge-7b", "http://127.0.0.1:8000", "JUDGE_KEY")
+    assert (gate.allowed_drop("math"), gate.allowed_drop("chat"), gate.max_bugs_regressed, gate.min_win_rate) == (
+        0.02, 0.05, 1, 0.45)
+
+
+def test_eval_and_gate_defaults_and_the_list_form():
+    config, problems = parse("Training: {lr: 0.001}\n")
+    assert problems == []
+    assert (config.eval.suites, config.eval.compare, config.eval.lm_eval, config.eval.judge) == ("evals", True, None, None)
+    assert (config.gate.max_drop, config.gate.max_bugs_regressed, config.gate.min_win_rate) == ({}, 0, None)
+    assert config.gate.allowed_drop("any") is None
+    config, problems = parse("Eval:\n  - compare: false\nGate:\n  - max_drop: 0.1\n")
+    assert problems == []
+    assert (config.eval.compare, config.gate.allowed_drop("any")) == (False, 0.1)
+
+
+def test_eval_and_gate_mistakes_name_the_nearest_key_with_lines():
+    config, problems = parse(
+        "Eval:\n  lm_eval:\n    tasks: [a]\n    limt: 3\n  judje: {}\n  compare: yes please\n"   # lines 1-6
+        "Gate:\n  max_drop: {math: 2, default: x}\n  max_bugs_regresed: 1\nEvals: {}\n")       # lines 7-10
+    assert config is None
+    got = {(p.line, p.message) for p in problems}
+    assert got == {
+        (4, "unknown key 'limt' at Eval.lm_eval; did you mean 'limit'? (valid keys: tasks, limit, num_fewshot, "
+            "batch_size, include_path)"),
+        (5, "unknown key 'judje' at Eval; did you mean 'judge'? (valid keys: suites, compare, lm_eval, judge, "
+            "comparison_suite)"),
+        (6, "Eval.compare must be true or false, not text ('yes please')"),
+        (8, "Gate.max_drop.math must be a number at least 0 and at most 1, not 2"),
+        (8, "Gate.max_drop.default must be a number at least 0 and at most 1, not text ('x')"),
+        (9, "unknown key 'max_bugs_regresed' at Gate; did you mean 'max_bugs_regressed'? (valid keys: max_drop, "
+            "max_bugs_regressed, min_win_rate)"),
+        (10, "unknown section 'Evals'; did you mean 'Eval'? (sections: Training, Mixture, MixtureTotal, Eval, Gate)"),
+    }
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("Eval:\n  suites: /etc\n", "Eval.suites must be a folder in the repository"),
+    ("Eval:\n  lm_eval: {tasks: [a], include_path: ../x}\n", "Eval.lm_eval.include_path must be a folder in the"),
+    ("Eval:\n  lm_eval: {limit: 3}\n", "Eval.lm_eval is missing the required key 'tasks'"),
+    ("Eval:\n  lm_eval: {tasks: []}\n", "Eval.lm_eval.tasks is empty"),
+    ("Eval:\n  judge: {model: m, base_url: 'ftp://x'}\n  comparison_suite: c\n", "must be an http:// or https:// URL"),
+    ("Eval:\n  judge: {model: m, base_url: 'http://x', api_key_env: sk-123}\n  comparison_suite: c\n",
+     "an environment variable's name"),
+    ("Eval:\n  judge: {model: m, base_url: 'http://x'}\n", "Eval.judge needs Eval.comparison_suite too"),
+    ("Gate:\n  min_win_rate: 0.5\n", "Gate.min_win_rate needs a judged comparison"),
+    ("Gate:\n  max_drop: .nan\n", "Gate.max_drop must be a finite number, not nan"),
+    ("Gate:\n  max_bugs_regressed: -1\n", "Gate.max_bugs_regressed must be a whole number at least 0"),
+])
+def test_eval_and_gate_values_that_cannot_work_are_errors(text, fragment):
+    config, problems = parse(text)
+    assert config is None
+    assert any(fragment in p.message and p.line > 1 for p in problems), [p.message for p in problems]

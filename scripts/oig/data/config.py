@@ -3,7 +3,9 @@
 Two spellings are accepted for each section: the seed's list of one-key mappings
 (``Training: [{lr: 0.0001}, {momentum: 0.99}]``) and a plain mapping (``Training: {lr: 0.0001}``).
 Training keys are TRL ``SFTConfig`` field names, the short names in ``schemas.ALIASES`` and oig's own
-keys (``schemas.OIG_KEYS``); anything else is an error that names the nearest valid key.
+keys (``schemas.OIG_KEYS``); anything else is an error that names the nearest valid key. ``Eval`` (how
+``oig eval`` measures a model) and ``Gate`` (what a release must pass) follow ``schemas.EVAL_SCHEMA`` and
+``schemas.GATE_SCHEMA``, with the same kind of messages.
 """
 
 from __future__ import annotations
@@ -16,11 +18,55 @@ from pathlib import Path
 from oig import yamlsafe
 from oig.data import messages
 from oig.data.messages import did_you_mean
-from oig.data.schemas import ALIASES, MAX_MIXTURE_TOTAL, OIG_KEYS, REFUSED_FIELDS, training_schema
+from oig.data.schemas import (
+    ALIASES,
+    EVAL_SCHEMA,
+    GATE_SCHEMA,
+    MAX_MIXTURE_TOTAL,
+    OIG_KEYS,
+    REFUSED_FIELDS,
+    training_schema,
+)
 from oig.errors import InvalidInput, Problem
 
-TOP_KEYS = ("Training", "Mixture", "MixtureTotal")
+TOP_KEYS = ("Training", "Mixture", "MixtureTotal", "Eval", "Gate")
 DEFAULT_SEED = 42
+
+
+@dataclass
+class LmEvalConfig:
+    tasks: list[str]
+    limit: int | None = None  # examples per task
+    num_fewshot: int | None = None  # None: each task's own
+    batch_size: int = 1
+    include_path: str | None = None  # a folder of custom task YAMLs, relative to the repository
+
+
+@dataclass
+class JudgeConfig:
+    model: str
+    base_url: str  # an OpenAI-compatible server, without /v1
+    api_key_env: str | None = None  # the variable's name; the key itself never appears in YAML
+
+
+@dataclass
+class EvalConfig:
+    suites: str = "evals"  # folder of eval suites, relative to the repository
+    compare: bool = True  # evaluate the previous model too
+    lm_eval: LmEvalConfig | None = None
+    judge: JudgeConfig | None = None
+    comparison_suite: str | None = None
+
+
+@dataclass
+class GateConfig:
+    max_drop: dict[str, float] = field(default_factory=dict)  # suite (or "default") -> largest allowed drop
+    max_bugs_regressed: int = 0
+    min_win_rate: float | None = None
+
+    def allowed_drop(self, suite: str) -> float | None:
+        """The largest drop allowed for this suite's score; None when the gate does not limit it."""
+        return self.max_drop.get(suite, self.max_drop.get("default"))
 
 
 @dataclass
@@ -32,6 +78,8 @@ class TrainingConfig:
     mixture_total: int | None = None
     seed: int = DEFAULT_SEED
     oig: dict = field(default_factory=dict)  # oig's own Training keys (momentum, eval_size, lora, ...)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
 
 @cache
@@ -201,12 +249,125 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
                               f"not {total!r}", key=False))
         total = None
 
+    # --- Eval and Gate ---------------------------------------------------------------------------
+    eval_doc = _section(doc, "Eval", EVAL_SCHEMA, problems, where)
+    gate_doc = _section(doc, "Gate", GATE_SCHEMA, problems, where)
+    eval_config, gate = _eval_and_gate(eval_doc, gate_doc, problems, where)
+
     seed = training.get("seed", DEFAULT_SEED)
     if any(p.severity == "error" for p in problems):
         return None, problems
     config = TrainingConfig(path=path, training=training, base_model=base_model, mixture=mixture,
-                            mixture_total=total, seed=int(seed), oig=oig)
+                            mixture_total=total, seed=int(seed), oig=oig, eval=eval_config, gate=gate)
     return config, problems
+
+
+def _section(doc: dict, name: str, schema: dict, problems: list, where) -> dict | None:
+    """A section checked against its schema, as a plain mapping (None when absent or wrong)."""
+    import jsonschema_rs
+
+    if doc.get(name) is None:
+        return None
+    section: dict = {}
+    at: dict[str, tuple] = {}  # where each key is: (name, key), or (name, i, key) in the list form
+    ok = True
+    for key, value, ypath in _entries(doc[name], name, problems, where):
+        if key in section:
+            problems.append(where(ypath, f"'{key}' is set twice in {name}; keep one"))
+            ok = False
+        section[key], at[key] = value, ypath
+    wrapper = {"type": "object", "properties": {name: schema}}
+    for err in jsonschema_rs.validator_for(wrapper).iter_errors({name: section}):
+        path = tuple(err.instance_path)
+        if _numbers(messages.value_at({name: section}, path), path):
+            continue  # NaN or an infinity: said once, below
+        for ypath, key, message in _schema_messages(err, {name: section}, wrapper, path):
+            problems.append(where(at.get(ypath[1], ypath[:2]) + ypath[2:] if len(ypath) > 1 else ypath, message,
+                                  key=key))
+        ok = False
+    for path, value in _numbers(section, (name,)):
+        problems.append(where(at[path[1]] + path[2:], f"{messages.path_text(path)} must be a finite number, "
+                              f"not {value}", key=False))
+        ok = False
+    return section if ok else None
+
+
+def _schema_messages(err, doc: dict, schema: dict, path: tuple) -> list[tuple[tuple, bool, str]]:
+    """(yaml path, point at the key?, message) for one jsonschema-rs error in Eval or Gate."""
+    common = messages.schema_problem(err, doc, schema, "training.yaml")
+    if common is not None:
+        return [common]
+    kind = type(err.kind).__name__
+    where = messages.path_text(path)
+    sub, value = messages.schema_at(schema, path), messages.value_at(doc, path)
+    if kind == "AnyOf":  # e.g. max_drop: a mapping was meant, so say what is wrong inside it
+        import jsonschema_rs
+
+        for branch in sub["anyOf"]:
+            if _type_ok(branch, value):
+                return [(path + tuple(e.instance_path), False,
+                         _wrong(messages.path_text(path + tuple(e.instance_path)),
+                                messages.schema_at(branch, tuple(e.instance_path)),
+                                messages.value_at(value, tuple(e.instance_path))))
+                        for e in jsonschema_rs.validator_for(branch).iter_errors(value)]
+    if kind == "Pattern" and path[-1] == "base_url":
+        return [(path, False, f"{where} must be an http:// or https:// URL, not {value!r}")]
+    if kind == "Pattern":
+        return [(path, False, f"{where} must be an environment variable's name (A-Z, 0-9, _), not {value!r}")]
+    if kind == "MinLength":
+        return [(path, False, f"{where} is empty; write the text or remove the key")]
+    if kind in ("MinItems", "MinProperties"):
+        return [(path, False, f"{where} is empty; add entries or remove it")]
+    return [(path, False, _wrong(where, sub, value))]
+
+
+def _wrong(where: str, schema: dict, value: object) -> str:
+    """``X must be a number at least 0 and at most 1, not 2``; with the kind of value when it is the wrong kind."""
+    if _type_ok(schema, value):  # the right kind of value, out of bounds
+        return f"{where} must be {_expected(schema)}, not {value!r}"
+    return messages.must_be(where, _expected(schema), value, fix=messages.quote_hint(schema.get("type"), value))
+
+
+def _numbers(node: object, path: tuple) -> list[tuple[tuple, float]]:
+    """NaN and infinities pass a schema's number type; no setting means them."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [(path, node)]
+    if isinstance(node, dict):
+        return [found for k, v in node.items() for found in _numbers(v, path + (k,))]
+    return []
+
+
+def _repo_folder(value: str) -> bool:
+    """A folder inside the repository: relative, and never up out of it."""
+    return not (value.startswith(("/", "\\")) or ":" in value or ".." in Path(value.replace("\\", "/")).parts)
+
+
+def _eval_and_gate(eval_doc: dict | None, gate_doc: dict | None, problems: list, where
+                   ) -> tuple[EvalConfig, GateConfig]:
+    """The checked Eval and Gate sections as dataclasses, and what the schema cannot say."""
+    ev, gate = dict(eval_doc or {}), dict(gate_doc or {})
+    lm = ev.pop("lm_eval", None)
+    judge = ev.pop("judge", None)
+    eval_config = EvalConfig(**ev, lm_eval=LmEvalConfig(**lm) if lm else None,
+                             judge=JudgeConfig(**judge) if judge else None)
+    for value, ypath in ((eval_config.suites, ("Eval", "suites")),
+                         (lm and lm.get("include_path"), ("Eval", "lm_eval", "include_path"))):
+        if value and not _repo_folder(value):
+            problems.append(where(ypath, f"{messages.path_text(ypath)} must be a folder in the repository, "
+                                  f"relative to it (no absolute path, no '..'), not {value!r}", key=False))
+    if (eval_config.judge is None) != (eval_config.comparison_suite is None) and eval_doc is not None:
+        have, lacking = ("judge", "comparison_suite") if eval_config.judge else ("comparison_suite", "judge")
+        problems.append(where(("Eval", have), f"Eval.{have} needs Eval.{lacking} too: the judged comparison "
+                              "asks the judge about both models' answers to that suite's prompts"))
+    max_drop = gate.get("max_drop")
+    gate_config = GateConfig(max_drop=max_drop if isinstance(max_drop, dict) else
+                             ({} if max_drop is None else {"default": max_drop}),
+                             max_bugs_regressed=gate.get("max_bugs_regressed", 0),
+                             min_win_rate=gate.get("min_win_rate"))
+    if gate_config.min_win_rate is not None and eval_config.judge is None:
+        problems.append(where(("Gate", "min_win_rate"), "Gate.min_win_rate needs a judged comparison: set "
+                              "Eval.judge and Eval.comparison_suite"))
+    return eval_config, gate_config
 
 
 def load_training_config(path: Path, slice_names=None) -> TrainingConfig:
