@@ -114,3 +114,31 @@ def test_cli_exit_codes_and_github_annotations(tmp_path, checkout, capsys, monke
     assert "every other setting is the branch's" in capsys.readouterr().err
     os.chdir(tmp_path)
     assert main(["pr-data", "missing", "--root", str(checkout)]) == 1
+
+
+BRANCH_EVAL = "Eval:\n  suites: evals\n  lm_eval: {tasks: [hellaswag], limit: 100}\nGate:\n  max_drop: 0.05\n"
+
+
+def test_a_pull_request_may_not_change_eval_or_gate(tmp_path, checkout):
+    (checkout / "training.yaml").write_text(BRANCH_TRAINING + BRANCH_EVAL)
+    looser = BRANCH_TRAINING + ("Eval:\n  suites: evals\n  lm_eval: {tasks: [hellaswag], limit: 1}\n"
+                                "Gate:\n  max_drop: 1\n  max_bugs_regressed: 100\n")
+    with pytest.raises(InvalidInput) as exc:
+        apply_pull_request(pull_request(tmp_path, looser), checkout)
+    [problem] = exc.value.problems
+    assert "changes: Eval.lm_eval, Gate.max_bugs_regressed, Gate.max_drop." in problem.message
+    # Dropping the sections is a change too.
+    with pytest.raises(InvalidInput) as exc:
+        apply_pull_request(pull_request(tmp_path / "second", BRANCH_TRAINING), checkout)
+    assert "changes: Eval.lm_eval, Eval.suites, Gate.max_drop." in exc.value.problems[0].message
+    assert (checkout / "training.yaml").read_text() == BRANCH_TRAINING + BRANCH_EVAL
+
+
+def test_the_branchs_eval_and_gate_stay_in_the_merged_training_yaml(tmp_path, checkout):
+    (checkout / "training.yaml").write_text(BRANCH_TRAINING + BRANCH_EVAL)
+    same = BRANCH_TRAINING.replace("greetings: 0.4", "fix: 0.5") + (
+        "Eval:\n  - suites: evals\n  - lm_eval: {tasks: [hellaswag], limit: 100}\nGate: {max_drop: 0.05}\n")
+    assert apply_pull_request(pull_request(tmp_path, same), checkout) == []
+    merged = yaml.safe_load((checkout / "training.yaml").read_text())
+    assert merged["Eval"] == yaml.safe_load(BRANCH_EVAL)["Eval"] and merged["Gate"] == {"max_drop": 0.05}
+    assert merged["Mixture"] == [{"fix": 0.5}]

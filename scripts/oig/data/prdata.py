@@ -8,8 +8,9 @@ what a data contributor may change:
 - the ``Mixture`` and ``MixtureTotal`` sections of its training.yaml.
 
 Everything else in training.yaml (base_model, hub_repo, backend, method, model_init_kwargs, every
-SFTConfig field) comes from the branch being trained. A pull request that changes any of it is refused
-with one error listing the keys; a maintainer who wants them merges it and trains the branch.
+SFTConfig field, and the Eval and Gate sections: how the model is measured and what a release must pass)
+comes from the branch being trained. A pull request that changes any of it is refused with one error
+listing the keys; a maintainer who wants them merges it and trains the branch.
 
 ``apply_pull_request`` checks a folder holding the pull request's ``data/`` and (optionally)
 ``training.yaml``, fetched as files, and on success replaces this checkout's ``data/`` and writes a
@@ -30,7 +31,7 @@ from oig.errors import InvalidInput, Problem
 
 PR_SECTIONS = ("Mixture", "MixtureTotal")  # what a pull request may change in training.yaml
 HEADER = (
-    "# training.yaml for a run on a pull request's data: the Training section is the branch's own, the\n"
+    "# training.yaml for a run on a pull request's data: Training, Eval and Gate are the branch's own, the\n"
     "# Mixture and MixtureTotal are the pull request's (oig pr-data).\n"
 )
 
@@ -75,8 +76,18 @@ def pr_slice_files(pr_dir: Path) -> tuple[list[Path], list[Problem]]:
     return files, problems
 
 
-def _training_view(data: bytes | None) -> dict[str, object]:
-    """The Training section's settings by their full names (aliases resolved), as written.
+def _items(section: object) -> list[tuple[str, object]]:
+    """A section's (key, value) pairs: a mapping, or the seed's list of one-key mappings."""
+    if isinstance(section, dict):
+        return [(str(k), v) for k, v in section.items()]
+    if isinstance(section, list):
+        return [(str(k), v) for item in section if isinstance(item, dict) and len(item) == 1 for k, v in item.items()]
+    return []
+
+
+def _settings_view(data: bytes | None) -> dict[str, object]:
+    """Every setting outside the pull request's sections, as written: Training's by their full names
+    (aliases resolved), every other section's as ``Section.key`` (``Eval.judge``, ``Gate.max_drop``).
 
     Read from the YAML itself, not from a checked config, so that a pull request whose training.yaml
     also has errors still gets the list of what it changes.
@@ -87,20 +98,26 @@ def _training_view(data: bytes | None) -> dict[str, object]:
         doc = yamlsafe.load(yamlsafe.decode(data))
     except yamlsafe.YamlError:
         return {}  # parse_training_config reports it, with its line
-    section = doc.get("Training") if isinstance(doc, dict) else None
-    if isinstance(section, dict):
-        items = list(section.items())
-    elif isinstance(section, list):
-        items = [next(iter(item.items())) for item in section if isinstance(item, dict) and len(item) == 1]
-    else:
-        items = []
-    return {ALIASES.get(str(k), str(k)): v for k, v in items}
+    if not isinstance(doc, dict):
+        return {}
+    view: dict[str, object] = {}
+    for section, value in doc.items():
+        if section in PR_SECTIONS or value is None:
+            continue
+        if section == "Training":
+            view.update({ALIASES.get(k, k): v for k, v in _items(value)})
+        elif isinstance(value, dict | list) and _items(value):
+            view.update({f"{section}.{k}": v for k, v in _items(value)})
+        else:
+            view[str(section)] = value
+    return view
 
 
 def changed_settings(base_bytes: bytes | None, pr_bytes: bytes, pr_display: str) -> tuple[list[str], list[Problem]]:
-    """The Training settings the pull request's training.yaml changes, and the problems it has."""
+    """The settings outside Mixture and MixtureTotal that the pull request's training.yaml changes, and
+    the problems it has."""
     _, problems = parse_training_config(pr_bytes, Path(TRAINING_FILE), pr_display)
-    base, pr = _training_view(base_bytes), _training_view(pr_bytes)
+    base, pr = _settings_view(base_bytes), _settings_view(pr_bytes)
     changed = sorted(k for k in base.keys() | pr.keys() if base.get(k, _MISSING) != pr.get(k, _MISSING))
     return changed, problems
 
@@ -111,9 +128,7 @@ _MISSING = object()
 def _merged_training_yaml(base_doc: dict, pr_doc: dict) -> str:
     import yaml
 
-    doc: dict = {}
-    if base_doc.get("Training") is not None:
-        doc["Training"] = base_doc["Training"]
+    doc = {k: v for k, v in base_doc.items() if k not in PR_SECTIONS and v is not None}  # Training, Eval, Gate
     for section in PR_SECTIONS:
         if pr_doc.get(section) is not None:
             doc[section] = pr_doc[section]
