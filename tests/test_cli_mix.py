@@ -25,12 +25,12 @@ def pairs(prefix: str, n: int) -> str:
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
-    """Slices a (100), b (10), c (40) and `Mixture: a: 0.5`: the documented example."""
+    """Slices a (100), b (10), c (40) and `Mixture: a: 0.5`: the documented example (no split: eval_size 0)."""
     data = tmp_path / "data"
     data.mkdir()
     for name, n in (("a", 100), ("b", 10), ("c", 40)):
         (data / f"{name}.yaml").write_text(pairs(name, n))
-    (tmp_path / "training.yaml").write_text("Training:\n  seed: 7\nMixture:\n  a: 0.5\n")
+    (tmp_path / "training.yaml").write_text("Training:\n  seed: 7\n  eval_size: 0\nMixture:\n  a: 0.5\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -52,11 +52,11 @@ def test_mix_writes_the_documented_example(repo, capsys):
     assert main(["mix", "--out", "out"]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [
-        "slice  available  weight   share  count  epochs",
-        "a            100     0.5   50.0%     75    0.75",
-        "b             10       -   10.0%     15    1.50",
-        "c             40       -   40.0%     60    1.50",
-        "total        150          100.0%    150    1.00",
+        "slice  available  eval  weight   share  count  epochs",
+        "a            100     0     0.5   50.0%     75    0.75",
+        "b             10     0       -   10.0%     15    1.50",
+        "c             40     0       -   40.0%     60    1.50",
+        "total        150     0          100.0%    150    1.00",
     ]
     assert "wrote 150 examples to out" in captured.err
     lines = (repo / "out" / "mixture.jsonl").read_text(encoding="utf-8").splitlines()
@@ -98,7 +98,7 @@ def test_plan_prints_markdown_and_writes_nothing(repo, capsys):
     assert main(["mix", "--plan", "--format", "markdown"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("### oig mix: 150 examples\n")
-    assert "| a | 100 | 0.5 | 50.0% | 75 | 0.75 |" in out
+    assert "| a | 100 | 0 | 0.5 | 50.0% | 75 | 0.75 |" in out
     assert not (repo / "out").exists()
     assert sorted(p.name for p in repo.iterdir() if p.name != "cache") == ["data", "training.yaml"]
 
@@ -107,7 +107,9 @@ def test_no_mixture_section_is_the_union(repo, capsys):
     (repo / "training.yaml").unlink()
     assert main(["mix", "--plan", "--format", "json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert [s["count"] for s in plan["slices"]] == [100, 10, 40] and plan["config"] == "training.yaml"
+    # No training.yaml: eval_size is unset, so 10% of each slice is held out first (10, 1 and 4).
+    assert [s["count"] for s in plan["slices"]] == [90, 9, 36] and plan["config"] == "training.yaml"
+    assert [s["held_out"] for s in plan["slices"]] == [10, 1, 4] and plan["eval"]["total"] == 15
 
 
 def test_warnings_go_to_stderr(repo, capsys):

@@ -359,13 +359,13 @@ def test_memory_stays_bounded_by_indexes_not_records(tmp_path):
 
 
 def test_text_table():
-    text = render_text(allocate({"a": 100, "b": 10, "c": 40}, {"a": 0.5}, None))
+    text = render_text(allocate({"a": 90, "b": 9, "c": 36}, {"a": 0.5}, 150, held_out={"a": 10, "b": 1, "c": 4}))
     assert text.splitlines() == [
-        "slice  available  weight   share  count  epochs",
-        "a            100     0.5   50.0%     75    0.75",
-        "b             10       -   10.0%     15    1.50",
-        "c             40       -   40.0%     60    1.50",
-        "total        150          100.0%    150    1.00",
+        "slice  available  eval  weight   share  count  epochs",
+        "a             90    10     0.5   50.0%     75    0.83",
+        "b              9     1       -   10.0%     15    1.67",
+        "c             36     4       -   40.0%     60    1.67",
+        "total        135    15          100.0%    150    1.11",
     ]
 
 
@@ -374,11 +374,11 @@ def test_markdown_table():
     md = render_markdown(alloc)
     lines = md.splitlines()
     assert lines[0] == "### oig mix: 2,000 examples"
-    assert lines[2] == "| slice | available | weight | share | count | epochs |"
-    assert lines[3] == "|:---|---:|---:|---:|---:|---:|"
-    assert lines[4] == "| a | 1,000 | 2 | 100.0% | 2,000 | 2.00 |"
-    assert lines[5] == "| b\\|c | 10 | - | 0.0% | 0 | 0.00 |"
-    assert lines[6] == "| **total** | **1,010** |  | **100.0%** | **2,000** | **1.98** |"
+    assert lines[2] == "| slice | available | eval | weight | share | count | epochs |"
+    assert lines[3] == "|:---|---:|---:|---:|---:|---:|---:|"
+    assert lines[4] == "| a | 1,000 | 0 | 2 | 100.0% | 2,000 | 2.00 |"
+    assert lines[5] == "| b\\|c | 10 | 0 | - | 0.0% | 0 | 0.00 |"
+    assert lines[6] == "| **total** | **1,010** | **0** |  | **100.0%** | **2,000** | **1.98** |"
     assert "- ⚠️ Mixture weights add up to 2, more than 1" in md
 
 

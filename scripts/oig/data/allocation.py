@@ -17,6 +17,8 @@ The same words are in the training.yaml JSON Schema and the README:
   to take the rest: a warning, and they are scaled up to add up to 1.
 - A weight for a slice that does not exist is an error naming the nearest slice; a slice left with
   no share (or with a share too small to round to one example) is a warning.
+- The slice sizes are what is left for training: the examples held out for evaluation
+  (``oig.data.split``) are taken out of each slice first, and weights never repeat them.
 - Counts add up to the total exactly: each slice gets the whole part of share x total, and the
   examples left over go one each to the largest fractional parts, ties to the name that sorts first.
 """
@@ -40,6 +42,7 @@ class SliceShare:
     weight: float | None  # as configured; None when the slice is not listed in Mixture
     share: float  # of the final mixture, 0 to 1
     count: int
+    held_out: int = 0  # distinct examples held out for evaluation, not part of available
 
     @property
     def epochs(self) -> float:
@@ -73,10 +76,12 @@ def _problem(message: str, where: str) -> Problem:
 
 
 def allocate(
-    available: dict[str, int], weights: dict[str, float] | None, total: int | None, where: str = WHERE
+    available: dict[str, int], weights: dict[str, float] | None, total: int | None, where: str = WHERE,
+    held_out: dict[str, int] | None = None,
 ) -> Allocation:
     """Counts per slice from slice sizes, Mixture weights and a total (see the module docstring).
 
+    ``available``: each slice's examples for training; ``held_out``: those it holds out (shown only).
     Pure: no files. Raises InvalidInput (pointing at ``where``) for weights of unknown slices,
     weights that are not numbers >= 0, a bad total, or a mixture that cannot be made.
     """
@@ -154,7 +159,9 @@ def allocate(
                             f"{total}: raise its weight or the total")
         elif not available[n]:
             warnings.append(f"slice '{n}' has no examples")
-    rows = [SliceShare(n, available[n], _weight(weights, n), float(shares[n]), counts[n]) for n in names]
+    held = held_out or {}
+    rows = [SliceShare(n, available[n], _weight(weights, n), float(shares[n]), counts[n], held.get(n, 0))
+            for n in names]
     return Allocation(total, rows, warnings)
 
 

@@ -1,7 +1,8 @@
 """``oig mix``: slices and training.yaml in, one weighted mixture (``mixture.jsonl`` and its manifest) out.
 
 The stage reads as its pipeline: load and check the slices and training.yaml, materialize each slice
-as JSONL, decide how many examples each gets (``oig.data.allocation``, where the written meaning of
+as JSONL, hold out each slice's share of eval_size (``oig.data.split``: distinct examples, before any
+upsampling), decide how many of the rest each gets (``oig.data.allocation``, where the written meaning of
 Mixture weights lives), then stream the mixture file (``oig.data.mixwriter``: selection, order and
 the manifest). The table of shares that ``oig mix --plan`` and the PR summary show is here too.
 """
@@ -16,17 +17,18 @@ from oig.data.mixwriter import plan, write_mixture
 
 # --- the table ------------------------------------------------------------------------------------
 
-COLUMNS = ("slice", "available", "weight", "share", "count", "epochs")
+COLUMNS = ("slice", "available", "eval", "weight", "share", "count", "epochs")  # available: left for training
 
 
 def table_rows(allocation: Allocation) -> list[tuple[str, ...]]:
     """One row of text cells per slice, then the total."""
-    rows = [(s.name, f"{s.available:,}", "-" if s.weight is None else f"{s.weight:g}", f"{s.share:.1%}",
+    rows = [(s.name, f"{s.available:,}", f"{s.held_out:,}", "-" if s.weight is None else f"{s.weight:g}", f"{s.share:.1%}",
              f"{s.count:,}", f"{s.epochs:.2f}") for s in allocation.slices]
     available = sum(s.available for s in allocation.slices)
     epochs = allocation.total / available if available else 0.0
     share = sum(s.share for s in allocation.slices)
-    rows.append(("total", f"{available:,}", "", f"{share:.1%}", f"{allocation.total:,}", f"{epochs:.2f}"))
+    held_out = sum(s.held_out for s in allocation.slices)
+    rows.append(("total", f"{available:,}", f"{held_out:,}", "", f"{share:.1%}", f"{allocation.total:,}", f"{epochs:.2f}"))
     return rows
 
 
@@ -47,7 +49,7 @@ def _md(cell: str) -> str:
 def render_markdown(allocation: Allocation, title: str = "oig mix") -> str:
     """A GitHub-flavoured Markdown table, as the PR workflow shows it in the step summary."""
     lines = [f"### {title}: {allocation.total:,} examples\n", "| " + " | ".join(COLUMNS) + " |",
-             "|:---|---:|---:|---:|---:|---:|"]
+             "|:---|---:|---:|---:|---:|---:|---:|"]
     rows = table_rows(allocation)
     for r in rows[:-1]:
         lines.append("| " + " | ".join(_md(c) for c in r) + " |")
@@ -74,6 +76,7 @@ def mix(data_dir: Path, config_path: Path, out_dir: Path | None, *, total: int |
     from oig.data.config import load_training_config
     from oig.data.fetch import SourceOptions
     from oig.data.sources import materialize, materialize_preferences
+    from oig.data.split import hold_out, no_split
     from oig.data.validate import ValidateOptions, load_slices
 
     data_dir, config_path = Path(data_dir), Path(config_path)
@@ -85,16 +88,23 @@ def mix(data_dir: Path, config_path: Path, out_dir: Path | None, *, total: int |
     # --- every slice as JSONL (a slice holding only preference pairs takes no part in the SFT mix) --
     opts = SourceOptions(allow_local=allow_local, base_dir=base_dir)
     materialized = [materialize(s, opts) for s in slices if s.io_pairs or s.huggingface or s.openai_jsonl]
-    # --- how many examples of each ----------------------------------------------------------------
+    # --- the held-out split: each slice's share of eval_size, from its distinct examples -------------
+    if not materialized:
+        split = no_split([])
+    else:
+        split = hold_out(materialized, config.oig.get("eval_size"), seed, {s.name for s in slices if not s.holdout},
+                         where=str(config_path))
+    # --- how many examples of each, from what is left for training ------------------------------------
     if not materialized and any(s.has_preferences for s in slices):  # preference pairs only: DPO alone
         allocation = Allocation(total=0, slices=[], warnings=["no slice has SFT examples: the mixture is empty "
                                                               "and only the preference pairs are written"])
     else:
-        allocation = allocate({m.name: m.count for m in materialized}, config.mixture,
-                              config.mixture_total if total is None else total, where=str(config_path))
+        allocation = allocate(split.train_counts(), config.mixture, config.mixture_total if total is None else total,
+                              where=str(config_path), held_out=split.held_out)
+    allocation.warnings[:0] = split.warnings
     if plan_only or out_dir is None:
-        return MixResult(allocation, plan(allocation, seed, materialized, config_path), None)
-    # --- the mixture and its manifest -------------------------------------------------------------
+        return MixResult(allocation, plan(allocation, seed, materialized, config_path, split=split), None)
+    # --- the mixture, the held-out examples and the manifest ------------------------------------------
     preferences = [materialize_preferences(s, opts) for s in slices if s.has_preferences]
-    manifest = write_mixture(Path(out_dir), materialized, allocation, seed, config_path, preferences)
+    manifest = write_mixture(Path(out_dir), materialized, allocation, seed, config_path, preferences, split)
     return MixResult(allocation, manifest, Path(out_dir))

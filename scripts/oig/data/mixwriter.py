@@ -1,5 +1,8 @@
 """The mixture file: which of a slice's examples go where, streamed into ``mixture.jsonl`` with its manifest.
 
+Held out first: the examples ``oig.data.split`` holds out of a slice for evaluation go into ``eval.jsonl``
+(one line each, slices by name, each in index order), and the slice's n below counts only the rest.
+
 Selection of a slice's k examples out of n: k // n full passes over the slice, each in a fresh
 shuffled order, then k % n examples sampled without replacement. Each slice draws from its own
 random stream seeded from (seed, slice name), so adding a slice does not reshuffle the others.
@@ -25,13 +28,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from oig.data.allocation import Allocation
 from oig.errors import InvalidInput, OigError, Problem
 from oig.files import WriteError, atomic_output, write_atomic
 
+if TYPE_CHECKING:
+    from oig.data.split import Split
+
 MIXTURE_FILE = "mixture.jsonl"
+EVAL_FILE = "eval.jsonl"
 MANIFEST_FILE = "manifest.json"
 PREFERENCES_FILE = "preferences.jsonl"
 _LINE_HEAD = b'{"messages":['
@@ -114,25 +121,39 @@ def selection(n: int, k: int, rng: random.Random) -> Iterator[int]:
         yield from rng.sample(range(n), rest)
 
 
-def _lines(data: SliceData, index: _Index, k: int, seed: int, rank: int, fd: int) -> Iterator[tuple[float, int, bytes]]:
-    """The slice's output lines with their interleaving keys (fraction of the file, slice rank)."""
-    head = b'{"slice":' + json.dumps(data.name, ensure_ascii=False).encode() + b","
-    offsets, last = index.offsets, len(index.offsets) - 2
-    pread, twice_k = os.pread, 2 * k
-    for j, i in enumerate(selection(len(offsets) - 1, k, random.Random(slice_seed(seed, data.name)))):
-        start, size = offsets[i], offsets[i + 1] - offsets[i]
-        line = pread(fd, size, start)
-        if len(line) != size:
-            raise InvalidInput([Problem(str(data.path), i + 1, 1, "error",
-                                        f"slice '{data.name}' changed while it was being mixed; run again")])
-        if index.missing_newline and i == last:
-            line += b"\n"
-        yield (2 * j + 1) / twice_k, rank, head + line[1:]
+def _head(name: str) -> bytes:
+    return b'{"slice":' + json.dumps(name, ensure_ascii=False).encode() + b","
+
+
+def _read_line(data: SliceData, index: _Index, i: int, fd: int) -> bytes:
+    """Line i of the slice file, newline-terminated, by its offsets."""
+    start, size = index.offsets[i], index.offsets[i + 1] - index.offsets[i]
+    line = os.pread(fd, size, start)
+    if len(line) != size:
+        raise InvalidInput([Problem(str(data.path), i + 1, 1, "error",
+                                    f"slice '{data.name}' changed while it was being mixed; run again")])
+    if index.missing_newline and i == len(index.offsets) - 2:
+        line += b"\n"
+    return line
+
+
+def _lines(data: SliceData, index: _Index, k: int, seed: int, rank: int, fd: int,
+           keep: Sequence[int] | None = None) -> Iterator[tuple[float, int, bytes]]:
+    """The slice's output lines with their interleaving keys (fraction of the file, slice rank).
+    ``keep``: the line indices that may be trained on (None: all)."""
+    head, twice_k = _head(data.name), 2 * k
+    n = len(index.offsets) - 1 if keep is None else len(keep)
+    for j, i in enumerate(selection(n, k, random.Random(slice_seed(seed, data.name)))):
+        yield (2 * j + 1) / twice_k, rank, head + _read_line(data, index, i if keep is None else keep[i], fd)[1:]
 
 
 def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Allocation, seed: int,
-                  config: Path | str | None = None, preferences: Sequence[SliceData] = ()) -> dict:
+                  config: Path | str | None = None, preferences: Sequence[SliceData] = (),
+                  split: Split | None = None) -> dict:
     """Write ``mixture.jsonl`` and ``manifest.json`` under out_dir (atomically). Returns the manifest.
+
+    With a split, its held-out examples go into ``eval.jsonl`` (always written, empty when nothing is
+    held out), the allocation's counts are drawn from the rest, and the manifest's ``eval`` lists them.
 
     Preference pairs (for DPO) are not weighted: every pair of every slice goes, in slice order, into
     ``preferences.jsonl`` (one ``{"slice", "prompt", "chosen", "rejected"}`` per line), listed in the
@@ -145,9 +166,11 @@ def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Alloca
         raise ValueError(f"no slice file for {', '.join(missing)}")
     # --- index every slice that contributes -------------------------------------------------------
     indexes = {s.name: _index(by_name[s.name]) for s in allocation.slices}
-    manifest = plan(allocation, seed, slices, config, {n: i.sha256 for n, i in indexes.items()})
+    manifest = plan(allocation, seed, slices, config, {n: i.sha256 for n, i in indexes.items()}, split)
     try:
-        manifest |= _write(out_dir, by_name, indexes, allocation, seed)
+        manifest |= _write(out_dir, by_name, indexes, allocation, seed, split)
+        if split is not None:
+            manifest["eval"]["sha256"] = _write_eval(out_dir, by_name, indexes, split)
         if preferences:
             manifest["preferences"] = _write_preferences(out_dir, preferences)
         # The manifest comes last: it vouches for the mixture file written above.
@@ -158,7 +181,7 @@ def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Alloca
 
 
 def _write(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Index], allocation: Allocation,
-           seed: int) -> dict:
+           seed: int, split: Split | None) -> dict:
     """Stream the interleaved lines into mixture.jsonl, hashing as it goes."""
     digest = hashlib.sha256()
     with atomic_output(out_dir / MIXTURE_FILE, "wb") as f, ExitStack() as stack:
@@ -168,7 +191,8 @@ def _write(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Ind
                 data = by_name[share.name]
                 fd = os.open(data.path, os.O_RDONLY)
                 stack.callback(os.close, fd)
-                streams.append(_lines(data, indexes[share.name], share.count, seed, rank, fd))
+                keep = split.slices[share.name].keep if split is not None else None
+                streams.append(_lines(data, indexes[share.name], share.count, seed, rank, fd, keep))
         buffer: list[bytes] = []
         size = 0
         for _, _, line in heapq.merge(*streams):
@@ -181,11 +205,27 @@ def _write(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Ind
     return {"mixture": MIXTURE_FILE, "sha256": digest.hexdigest()}
 
 
+def _write_eval(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Index], split: Split) -> str:
+    """eval.jsonl: one ``{"slice", "messages"}`` line per held-out example, in the manifest's order."""
+    digest = hashlib.sha256()
+    with atomic_output(out_dir / EVAL_FILE, "wb") as f:
+        for name in sorted(split.slices):
+            if split.slices[name].held_out:
+                data, head = by_name[name], _head(name)
+                fd = os.open(data.path, os.O_RDONLY)
+                try:
+                    for i in split.slices[name].held_out:
+                        _hashed_write(f, digest, head + _read_line(data, indexes[name], i, fd)[1:])
+                finally:
+                    os.close(fd)
+    return digest.hexdigest()
+
+
 def _write_preferences(out_dir: Path, slices: Sequence[SliceData]) -> dict:
     digest = hashlib.sha256()
     with atomic_output(out_dir / PREFERENCES_FILE, "wb") as f:
         for data in slices:
-            head = b'{"slice":' + json.dumps(data.name, ensure_ascii=False).encode() + b","
+            head = _head(data.name)
             with open(data.path, "rb") as src:
                 for line in src:
                     _hashed_write(f, digest, head + line[1:])  # each line is a compact JSON object: splice the slice in
@@ -199,17 +239,27 @@ def _hashed_write(f: BinaryIO, digest, data: bytes) -> None:
 
 
 def plan(allocation: Allocation, seed: int, slices: Sequence[SliceData] = (), config: Path | str | None = None,
-         checksums: dict[str, str] | None = None) -> dict:
+         checksums: dict[str, str] | None = None, split: Split | None = None) -> dict:
     """The manifest's content without the mixture file: what ``--plan --format json`` prints."""
     by_name = {s.name: s for s in slices}
     rows = []
     for s in allocation.slices:
         data = by_name.get(s.name)
         rows.append({
-            "name": s.name, "available": s.available, "weight": s.weight, "share": s.share, "count": s.count,
-            "epochs": s.epochs,
+            "name": s.name, "available": s.available, "held_out": s.held_out, "weight": s.weight, "share": s.share,
+            "count": s.count, "epochs": s.epochs,
             "sha256": (checksums or {}).get(s.name) or (data.sha256 if data else None) or None,
             "pins": list(data.pins) if data else [],
         })
-    return {"config": None if config is None else str(config), "seed": seed, "total": allocation.total,
-            "slices": rows, "warnings": list(allocation.warnings)}
+    manifest = {"config": None if config is None else str(config), "seed": seed, "total": allocation.total,
+                "slices": rows, "warnings": list(allocation.warnings)}
+    if split is not None:
+        examples = split.examples()
+        manifest["eval"] = {
+            "file": EVAL_FILE, "sha256": None, "eval_size": split.eval_size, "min_distinct": split.min_distinct,
+            "total": len(examples),
+            "slices": [{"name": n, "distinct": s.distinct, "held_out": len(s.held_out), "why": s.why}
+                       for n, s in sorted(split.slices.items())],
+            "examples": examples,  # {"slice", "index"}: index is the example's 0-based place in its slice
+        }
+    return manifest

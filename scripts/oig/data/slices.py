@@ -7,7 +7,8 @@ A slice file holds any of three sections, alone or together::
     OpenAIJsonl:  [{link, sha256?, limit?}, ...]
     Preferences:  [{prompt, chosen, rejected} | {link, sha256?, limit?}, ...]   # DPO pairs, not SFT
 
-plus optional metadata: description, license, source, fixes (issue numbers this slice fixes).
+plus optional metadata: description, license, source, fixes (issue numbers this slice fixes), and
+``holdout: false`` to keep every example in training (none held out for evaluation, ``oig.data.split``).
 Validation (``oig.data.validate``) checks the document against ``schemas/slice.schema.json`` first; the
 functions here assume a valid document and only shape it.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SECTIONS = ("IOPairs", "HuggingFace", "OpenAIJsonl", "Preferences")
-METADATA = ("description", "license", "source", "fixes")
+METADATA = ("description", "license", "source", "fixes", "holdout")
 
 # Column roles an explicit Hugging Face `columns` mapping may name (role -> column in the dataset).
 COLUMN_ROLES = (
@@ -70,6 +71,7 @@ class Slice:
     license: str | None = None
     source: str | None = None
     fixes: list[int] = field(default_factory=list)
+    holdout: bool = True  # False: nothing of this slice is held out for evaluation
 
     @property
     def is_local(self) -> bool:
@@ -116,4 +118,5 @@ def slice_from_document(path: Path, doc: dict) -> Slice:
         license=doc.get("license"),
         source=doc.get("source"),
         fixes=list(doc.get("fixes") or []),
+        holdout=doc.get("holdout", True),
     )

@@ -1,0 +1,159 @@
+"""The held-out split: which distinct examples of each slice are kept out of training for evaluation.
+
+It happens in ``oig mix``, per slice, on the slice's distinct examples and before the mixture
+weights upsample anything, so a repeated example never sits on both sides and the weights apply to
+what is trained on:
+
+- ``eval_size`` (training.yaml, Training section) below 1 is a fraction of each slice's distinct
+  examples; a whole number of 1 or more is a count shared among the slices in proportion to their
+  distinct examples. Either way the held-out total (the fraction of all distinct examples that
+  may be held out, rounded half up, or the count) is shared by largest remainder, ties to the name
+  that sorts first. Unset: 0.1, at most 1000 examples in all. ``0`` turns the split off.
+- A slice with fewer than ``MIN_DISTINCT`` (10) distinct examples, or with ``holdout: false``, stays
+  whole in training: a one-example fix slice is always trained on. At most half of the distinct
+  examples that may be held out are (a larger eval_size is capped, with a warning), so a slice never gives its last.
+- An example that also appears in another slice is never held out (it would be trained on there).
+  Repeats of a held-out example inside its slice are kept out of training too; eval gets one copy.
+- Which examples: a sample drawn from the slice's own random stream (seed, slice name), so adding a
+  slice does not change what the others hold out.
+
+Examples are named by slice and index: the 0-based line of the slice's materialized JSONL, which for
+inline pairs is the position in ``IOPairs`` (linked datasets follow, in order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from array import array
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol
+
+from oig.data.mixwriter import slice_seed
+from oig.errors import InvalidInput, Problem
+
+MIN_DISTINCT = 10  # distinct examples a slice needs before any of it is held out
+DEFAULT_FRACTION = Fraction(1, 10)
+MAX_DEFAULT = 1000  # examples held out when eval_size is unset; a larger set only slows evaluation
+
+
+class SliceLines(Protocol):
+    name: str
+    path: Path
+    count: int
+
+
+@dataclass(frozen=True)
+class SliceSplit:
+    name: str
+    count: int  # lines of the slice
+    distinct: int
+    held_out: list[int] = field(default_factory=list)  # indices, one per distinct held-out example, ascending
+    keep: array | None = None  # indices trained on (repeats included); None: every line
+    why: str = "held out"  # or why nothing is: "holdout: false", "fewer than 10 distinct examples", ...
+
+    @property
+    def train_count(self) -> int:
+        return self.count if self.keep is None else len(self.keep)
+
+
+@dataclass(frozen=True)
+class Split:
+    eval_size: float | None  # as configured
+    slices: dict[str, SliceSplit]
+    warnings: list[str] = field(default_factory=list)
+    min_distinct: int = MIN_DISTINCT
+
+    @property
+    def enabled(self) -> bool:
+        return self.eval_size != 0
+
+    @property
+    def held_out(self) -> dict[str, int]:
+        return {n: len(s.held_out) for n, s in self.slices.items()}
+
+    def train_counts(self) -> dict[str, int]:
+        return {n: s.train_count for n, s in self.slices.items()}
+
+    def examples(self) -> list[dict]:
+        """The held-out examples, by slice (sorted by name) and index."""
+        return [{"slice": n, "index": i} for n in sorted(self.slices) for i in self.slices[n].held_out]
+
+
+def no_split(slices: Sequence[SliceLines], eval_size: float | None = 0) -> Split:
+    return Split(eval_size, {s.name: SliceSplit(s.name, s.count, s.count, why="eval_size 0") for s in slices})
+
+
+def _line_keys(data: SliceLines) -> list[bytes]:
+    """A 16-byte digest of each line: equal lines are the same example (the files are compact JSON)."""
+    try:
+        with open(data.path, "rb") as f:
+            return [hashlib.blake2b(line.rstrip(b"\n"), digest_size=16).digest() for line in f]
+    except OSError as exc:
+        raise InvalidInput([Problem(str(data.path), 0, 0, "error",
+                                    f"cannot read slice '{data.name}': {exc.strerror}")]) from exc
+
+
+def _target(eval_size: float | None, spare: int, where: str) -> int:
+    """How many examples are held out in all, from the examples that may be held out."""
+    if eval_size is None:
+        return min(int(DEFAULT_FRACTION * spare + Fraction(1, 2)), MAX_DEFAULT)
+    if isinstance(eval_size, bool) or not isinstance(eval_size, int | float) or not 0 <= eval_size < float("inf"):
+        raise InvalidInput([Problem(where, 0, 0, "error", f"eval_size must be a number >= 0, not {eval_size!r}")])
+    if eval_size < 1:
+        return int(Fraction(repr(float(eval_size))) * spare + Fraction(1, 2))
+    if not float(eval_size).is_integer():
+        raise InvalidInput([Problem(where, 0, 0, "error", f"eval_size {eval_size:g} is neither a whole count "
+                                    "nor a fraction below 1")])
+    return int(eval_size)
+
+
+def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, whole: Collection[str] = (),
+             where: str = "training.yaml") -> Split:
+    """Choose each slice's held-out examples (see the module docstring). ``whole``: slices with
+    ``holdout: false``. Raises InvalidInput for an eval_size that is neither a fraction nor a count."""
+    if eval_size == 0:
+        return no_split(slices)
+    keys = {s.name: _line_keys(s) for s in slices}
+    found_in = Counter(k for ks in keys.values() for k in set(ks))
+    distinct = {n: len(set(ks)) for n, ks in keys.items()}
+    eligible = sorted(n for n in keys if n not in whole and distinct[n] >= MIN_DISTINCT)
+    spare = sum(distinct[n] for n in eligible)
+    total = _target(eval_size, spare, where)
+    warnings: list[str] = []
+    if total > spare // 2:
+        warnings.append(f"eval_size {eval_size:g} asks for {total} held-out examples, but at most half of the {spare} "
+                        f"distinct examples that may be held out (slices with at least {MIN_DISTINCT} and no "
+                        f"`holdout: false`) are: {spare // 2} are held out")
+        total = spare // 2
+    # --- each slice's share of the total: largest remainder, ties to the name that sorts first ------
+    quotas = {n: Fraction(total * distinct[n], spare) for n in eligible}
+    counts = {n: int(q) for n, q in quotas.items()}
+    for n in sorted(eligible, key=lambda n: (-(quotas[n] - counts[n]), n))[:total - sum(counts.values())]:
+        counts[n] += 1
+
+    out: dict[str, SliceSplit] = {}
+    for s in slices:
+        n = s.name
+        if n not in counts:
+            why = "holdout: false" if n in whole else f"fewer than {MIN_DISTINCT} distinct examples"
+            out[n] = SliceSplit(n, s.count, distinct[n], why=why)
+            continue
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(keys[n]):
+            first.setdefault(k, i)
+        candidates = [k for k in first if found_in[k] == 1]  # in no other slice
+        want = counts[n]
+        if len(candidates) < want:
+            warnings.append(f"slice '{n}' holds out {len(candidates)} examples, not {want}: the others also "
+                            "appear in another slice")
+            want = len(candidates)
+        held = set(random.Random(slice_seed(seed, f"eval\0{n}")).sample(candidates, want))
+        keep = array("q", (i for i, k in enumerate(keys[n]) if k not in held))
+        out[n] = SliceSplit(n, s.count, distinct[n], sorted(first[k] for k in held), keep if held else None,
+                            "held out" if held else "its share of eval_size rounds to 0")
+    return Split(eval_size, out, warnings)
