@@ -76,14 +76,14 @@ def run_baseline(root: Path, out: Path, steps: int) -> dict:
     from oig.data.mix import mix
     from oig.train import tiny
     from oig.train.args import cpu_threads, tiny_cpu_threads
-    from oig.train.mixture import read_mixture, split_eval
+    from oig.train.mixture import read_eval, read_mixture
 
     # The same examples and the same model as oig's run: its mixture, split and tiny build.
     os.chdir(root)
     mix(Path("data"), Path("training.yaml"), out / "mixture")
     config = load_training_config(Path("training.yaml"))
     _, records = read_mixture(out / "mixture")
-    train_records, eval_records = split_eval(records, config.oig.get("eval_size"), config.seed)
+    train_records, eval_records = records, read_eval(out / "mixture")  # oig mix held the eval examples out
     model, tokenizer = tiny.build_tiny(tiny.texts_of(records), out / "base", seed=config.seed)
 
     def messages(rs: list[dict]) -> Dataset:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,11 @@ from oig.cli import main
 from oig.data.config import TrainingConfig
 from oig.errors import PublishError
 from oig.train import masking, tiny
+from oig.train import mixture as train_mixture
 from oig.train.args import TINY_HYPERPARAMETERS, sft_config
 from oig.train.checkpoints import RUN_MARKER, last_checkpoint
 from oig.train.errors import TrainError
-from oig.train.mixture import read_mixture, split_eval
+from oig.train.mixture import held_out_log, read_eval, read_mixture
 from oig.train.record import hyperparameters, make_run_id, metrics_history
 from oig.train.run import TrainOptions
 from oig.train.sft import make_trainer
@@ -138,31 +140,74 @@ def test_to_dataset_drops_conversations_with_nothing_to_learn(tok):
     assert masking.to_dataset([silent], tok, tok.chat_template) == (None, 1)
 
 
-# --- the held-out split -------------------------------------------------------------------------------------
+# --- the held-out split: oig mix's, read from the mixture folder -----------------------------------------
 
 
-def test_eval_split_counts():
-    assert [len(x) for x in split_eval(RECORDS, 0.1, 42)] == [18, 2]
-    assert [len(x) for x in split_eval(RECORDS, 3, 42)] == [17, 3]
-    assert [len(x) for x in split_eval(RECORDS, 1.0, 42)] == [19, 1]
-    assert [len(x) for x in split_eval(RECORDS, None, 42)] == [18, 2]  # default 10%
-    assert [len(x) for x in split_eval(RECORDS[:5], None, 42)] == [5, 0]  # too few to spare any
-    assert split_eval(RECORDS, 4, 42) == split_eval(RECORDS, 4, 42)
-    assert split_eval(RECORDS, 4, 42)[1] != split_eval(RECORDS, 4, 7)[1]
+def write_mixture_dir(path: Path, lines: list[dict], held: list[dict] | None, examples: list[dict]) -> Path:
+    path.mkdir()
+    (path / "manifest.json").write_text(json.dumps({"total": len(lines), "eval": {"examples": examples}}))
+    (path / "mixture.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if held is not None:
+        (path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    return path
 
 
-def test_repeated_examples_never_sit_on_both_sides():
-    records = RECORDS * 3  # a slice repeated by its mixture weight
-    train, held = split_eval(records, 5, 42)
-    assert len(held) == 5 and len(train) == 45
-    held_keys = {json.dumps(r["messages"]) for r in held}
-    assert not held_keys & {json.dumps(r["messages"]) for r in train}
+def test_eval_records_come_from_eval_jsonl(tmp_path):
+    folder = write_mixture_dir(tmp_path / "m", RECORDS[:18], RECORDS[18:], [{"slice": "codes", "index": 18}])
+    manifest, records = read_mixture(folder)
+    assert len(records) == 18 and read_eval(folder) == RECORDS[18:]
+    assert read_eval(write_mixture_dir(tmp_path / "old", RECORDS, None, [])) == []  # a folder from before the split
+    (folder / "eval.jsonl").write_text('{"messages": []}\n')
+    with pytest.raises(TrainError, match="eval.jsonl:1"):
+        read_eval(folder)
 
 
-@pytest.mark.parametrize("size, match", [(20, "leaving none"), (25, "leaving none"), (2.5, "whole count")])
-def test_eval_split_errors(size, match):
-    with pytest.raises(TrainError, match=match):
-        split_eval(RECORDS, size, 42)
+def test_training_log_lists_the_held_out_examples_or_points_at_the_manifest():
+    few = {"eval": {"examples": [{"slice": "a", "index": i} for i in range(3)]}}
+    assert held_out_log(few, "runs/r/mixture/manifest.json") == [{"slice": "a", "index": i} for i in range(3)]
+    many = {"eval": {"examples": [{"slice": "a", "index": i} for i in range(train_mixture.MAX_LOGGED_HELD_OUT + 1)]}}
+    assert held_out_log(many, "runs/r/mixture/manifest.json") == {
+        "count": 201, "listed_in": "runs/r/mixture/manifest.json (eval.examples)"}
+    assert held_out_log({}, "m") == []
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_trainer_receives_the_mixture_shares(tmp_path, monkeypatch, offline):
+    """What the SFT dataset is built from holds the Mixture's shares, and no held-out example."""
+    repo = tmp_path / "repo"
+    make_repo(repo, "Training:\n  seed: 42\n  eval_size: 0.1\nMixture:\n  fix: 0.25\n")
+    (repo / "data" / "fix.yaml").write_text("IOPairs:\n  - input: the fix\n    output: fixed\n")
+    (repo / "data" / "more.yaml").write_text(yaml.safe_dump(
+        {"IOPairs": [{"input": f"more {i}", "output": f"answer {i}"} for i in range(40)]}))
+    monkeypatch.chdir(repo)
+    handed: list[list[dict]] = []
+
+    def to_dataset(records, *args):
+        handed.append(records)
+        if len(handed) == 2:
+            raise Stop
+        return object(), 0
+
+    monkeypatch.setattr("oig.train.sft.to_dataset", to_dataset)
+    with pytest.raises(Stop):
+        train_mixture_run(repo)
+    trained, evaluated = handed
+    # codes 20 and more 40 hold out 2 and 4; fix (1 example) stays whole: 55 to train on, fix a quarter.
+    assert Counter(r["slice"] for r in trained) == {"fix": 14, "codes": 14, "more": 27}
+    assert Counter(r["slice"] for r in evaluated) == {"codes": 2, "more": 4}
+    assert not {json.dumps(r["messages"]) for r in trained} & {json.dumps(r["messages"]) for r in evaluated}
+    mixture_dir = next(repo.glob("runs/*/mixture"))
+    assert len((mixture_dir / "mixture.jsonl").read_text().splitlines()) == len(trained)
+
+
+def train_mixture_run(repo: Path) -> None:
+    from oig.train.run import train
+
+    train(TrainOptions(root=repo, config=repo / "training.yaml", data=repo / "data", base_model="tiny",
+                       publish="none"))
 
 
 # --- SFTConfig resolution -------------------------------------------------------------------------------------
@@ -393,9 +438,12 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
     assert log["hyperparameters"]["learning_rate"] == TINY_HYPERPARAMETERS["learning_rate"]
     assert log["hyperparameters"]["seed"] == 42 and log["hyperparameters"]["bf16"] is False
     (codes,) = log["mixture"]["slices"]
-    assert (codes["name"], codes["count"], log["mixture"]["total"]) == ("codes", 20, 20)
+    assert (codes["name"], codes["count"], codes["held_out"], log["mixture"]["total"]) == ("codes", 18, 2, 18)
     assert len(log["mixture"]["sha256"]) == 64
-    assert log["data"] == {"train_examples": 18, "eval_examples": 2, "dropped_without_trainable_tokens": 0}
+    held_list = log["mixture"]["eval"]["examples"]
+    assert log["data"] == {"train_examples": 18, "eval_examples": 2, "dropped_without_trainable_tokens": 0,
+                           "held_out": held_list}
+    assert len(held_list) == 2 and {e["slice"] for e in held_list} == {"codes"}
     losses = [m["loss"] for m in log["metrics"] if "loss" in m]
     assert len(losses) >= 10 and losses[-1] < losses[0] / 3
     assert any("eval_loss" in m for m in log["metrics"]) and log["eval_loss"] > 0
@@ -411,7 +459,7 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
     assert (doc["base_model"], doc["commit"], doc["run_id"]) == ("tiny", head(repo), log["run_id"])
 
     # The model learned the slice: greedy answers are the trained outputs.
-    held_out = {r["messages"][0]["content"] for r in split_eval(RECORDS, 2, 42)[1]}
+    held_out = {PAIRS[e["index"]][0] for e in held_list}
     trained = [(q, a) for q, a in PAIRS if q not in held_out]
     got = answers(repo / doc["model"]["local_path"], [q for q, _ in trained])
     right = sum(g == a for g, (_, a) in zip(got, trained, strict=True))
@@ -507,8 +555,9 @@ def test_backend_together_trains_on_the_hosted_service(tmp_path, monkeypatch, ca
     assert "trained on Together, job ft-1" in capsys.readouterr().err
     assert create["json"]["model"] == "org/Other-8B" and create["json"]["n_epochs"] == 2
     log = runlog.read_training_log(repo / "training_log")
-    assert log["backend"] == "together" and log["together_job"]["examples"] == 20
-    assert log["mixture"]["total"] == 20 and log["published"] == {"mode": "together"}
+    # Together gets mixture.jsonl: the 20 codes less the 2 that oig mix holds out (eval_size unset: 10%).
+    assert log["backend"] == "together" and log["together_job"]["examples"] == 18
+    assert log["mixture"]["total"] == 18 and log["published"] == {"mode": "together"}
     doc = runlog.read_model_yaml(repo / "model.yaml")
     assert "model" not in doc and doc["together"]["model"] == log["model"]["together"]["model"]
     assert doc["together"]["base_url"] == fake.url and doc["base_model"] == "org/Other-8B"
@@ -542,7 +591,7 @@ def test_benchmark_smoke(tmp_path, monkeypatch, offline):
     import bench_train
 
     root = tmp_path / "repo"
-    bench_train.make_repo(root, pairs=8, steps=12)
+    bench_train.make_repo(root, pairs=12, steps=12)  # 12 distinct pairs: enough to hold out eval_size 4
     monkeypatch.chdir(root)
     baseline = bench_train.child("baseline", root, tmp_path / "baseline", 12)
     ours = bench_train.child("oig", root, tmp_path / "oig", 12)

@@ -1,17 +1,17 @@
 """The mixture a run trains on: built with ``oig mix`` into the run folder (or read from a folder it
-wrote), checked record by record, and split into train and eval by distinct conversation."""
+wrote), checked record by record. The held-out split is ``oig mix``'s (``oig.data.split``): the run
+trains on ``mixture.jsonl`` and evaluates on ``eval.jsonl``, and never splits anything itself."""
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 from oig.train.context import TrainOptions
 from oig.train.errors import TrainError
 
-DEFAULT_EVAL_FRACTION = 0.1
-MAX_DEFAULT_EVAL = 1000  # conversations; a larger held-out set only slows evaluation down
+EVAL_FILE = "eval.jsonl"
+MAX_LOGGED_HELD_OUT = 200  # held-out examples listed in training_log; more: it points at the manifest's list
 
 
 def build_mixture(opts: TrainOptions, out_dir: Path) -> Path:
@@ -24,63 +24,52 @@ def build_mixture(opts: TrainOptions, out_dir: Path) -> Path:
 
 def read_mixture(mixture_dir: Path, allow_empty: bool = False) -> tuple[dict, list[dict]]:
     """The manifest and the records of a mixture folder (``{"slice", "messages"}`` lines)."""
-    from oig.records import check_messages
-
     mixture_dir = Path(mixture_dir)
     try:
         manifest = json.loads((mixture_dir / "manifest.json").read_text(encoding="utf-8"))
-        lines = (mixture_dir / "mixture.jsonl").read_text(encoding="utf-8").splitlines()
+        records = _records(mixture_dir / "mixture.jsonl")
     except FileNotFoundError as exc:
         raise TrainError(f"{mixture_dir} is not a mixture folder: {Path(exc.filename).name} is missing "
                          "(build one with `oig mix --out DIR`)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TrainError(f"cannot read the mixture in {mixture_dir}: {exc}") from None
-    records = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrainError(f"{mixture_dir / 'mixture.jsonl'}:{n}: not JSON ({exc.msg})") from None
-        problem = check_messages(record.get("messages") if isinstance(record, dict) else None)
-        if problem:
-            raise TrainError(f"{mixture_dir / 'mixture.jsonl'}:{n}: {problem}")
-        records.append(record)
     if not records and not allow_empty:
         raise TrainError(f"the mixture in {mixture_dir} is empty: add slices to data/ or check the Mixture weights")
     return manifest, records
 
 
-def _key(record: dict) -> str:
-    return json.dumps(record["messages"], sort_keys=True, ensure_ascii=False)
+def read_eval(mixture_dir: Path) -> list[dict]:
+    """The held-out examples ``oig mix`` wrote beside the mixture (none for a folder without eval.jsonl)."""
+    path = Path(mixture_dir) / EVAL_FILE
+    if not path.exists():
+        return []
+    try:
+        return _records(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainError(f"cannot read the held-out examples in {path}: {exc}") from None
 
 
-def split_eval(records: list[dict], eval_size: float | None, seed: int) -> tuple[list[dict], list[dict]]:
-    """Hold out distinct conversations: a repeated example never sits on both sides.
+def held_out_log(manifest: dict, manifest_path: str) -> list[dict] | dict:
+    """training_log's list of held-out examples ({slice, index}), or where the list is when it is long."""
+    examples = (manifest.get("eval") or {}).get("examples") or []
+    if len(examples) <= MAX_LOGGED_HELD_OUT:
+        return [{"slice": e["slice"], "index": e["index"]} for e in examples]
+    return {"count": len(examples), "listed_in": f"{manifest_path} (eval.examples)"}
 
-    ``eval_size`` is a count (>= 1) or a fraction (< 1) of the distinct conversations. Unset: 10%,
-    at most 1000, and none at all below 10 conversations (too few to spare).
-    """
-    keys = list(dict.fromkeys(_key(r) for r in records))
-    n = len(keys)
-    if eval_size is None:
-        k = min(max(1, round(DEFAULT_EVAL_FRACTION * n)), MAX_DEFAULT_EVAL) if n >= 10 else 0
-    elif eval_size < 1:
-        k = max(1, round(eval_size * n))
-    elif float(eval_size).is_integer():
-        k = int(eval_size)
-    else:
-        raise TrainError(f"eval_size {eval_size} is neither a whole count nor a fraction below 1")
-    if k >= n:
-        raise TrainError(f"eval_size {eval_size} holds out {k} of {n} distinct conversations, leaving "
-                         "none to train on; make it smaller")
-    held = set(random.Random(seed).sample(keys, k))
-    train_records = [r for r in records if _key(r) not in held]
-    eval_records, seen = [], set()
-    for r in records:
-        key = _key(r)
-        if key in held and key not in seen:
-            seen.add(key)
-            eval_records.append(r)
-    return train_records, eval_records
+
+def _records(path: Path) -> list[dict]:
+    from oig.records import check_messages
+
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TrainError(f"{path}:{n}: not JSON ({exc.msg})") from None
+        problem = check_messages(record.get("messages") if isinstance(record, dict) else None)
+        if problem:
+            raise TrainError(f"{path}:{n}: {problem}")
+        records.append(record)
+    return records

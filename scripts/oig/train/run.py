@@ -5,8 +5,8 @@ The run, top to bottom (``train``), each step in the module named after it:
 1. configuration: training.yaml, the base model (``--base-model`` or ``base_model``), git commit
    (``configure``); then the run folder is locked for the whole run (a second ``oig train`` there
    stops at once; ``checkpoints``);
-2. the mixture: ``oig mix`` into the run folder (or an existing mixture folder), split into train
-   and eval by distinct conversation (``mixture``);
+2. the mixture: ``oig mix`` into the run folder (or an existing mixture folder); it trains on
+   ``mixture.jsonl`` and evaluates on the examples ``oig mix`` held out, ``eval.jsonl`` (``mixture``);
 3. the base model and tokenizer (``base``): ``tiny`` is built offline (``oig.train.tiny``), anything
    else loads with ``from_pretrained``; a model without a chat template gets ChatML; text in the data
    that spells one of the tokenizer's special tokens is refused;
@@ -49,7 +49,7 @@ from oig.train.checkpoints import run_folder, save_model
 from oig.train.context import RunContext, TrainOptions
 from oig.train.errors import TrainError
 from oig.train.finish import bug_suite, finish, load_bugs
-from oig.train.mixture import build_mixture, read_mixture, split_eval
+from oig.train.mixture import build_mixture, held_out_log, read_eval, read_mixture
 from oig.train.record import display, finished, git_branch, git_commit, hardware, iso, make_run_id
 from oig.train.sft import train_sft
 
@@ -71,17 +71,15 @@ def train(opts: TrainOptions) -> dict:
     with run_folder(ctx.run_dir, lock=ctx.is_main):
         # --- the mixture and the preference pairs ----------------------------------------------------
         _build_mixture(ctx)
+        # The held-out split is oig mix's: mixture.jsonl is trained on, eval.jsonl evaluated.
         records, pairs = _read_training_data(ctx)
-
-        # --- the held-out split ----------------------------------------------------------------------
-        train_records, eval_records = (split_eval(records, config.oig.get("eval_size"), config.seed) if records
-                                       else ([], []))
+        eval_records = read_eval(ctx.mixture_dir) if records else []
 
         # --- the base model and tokenizer ------------------------------------------------------------
         import torch
 
         ctx.on_gpu = torch.cuda.is_available()
-        conversations = records + dpo.as_conversations(pairs)
+        conversations = records + eval_records + dpo.as_conversations(pairs)
         with ctx.state.main_process_first():
             model, tokenizer, template = load_base(ctx.base_model, ctx.run_dir / "base", conversations, config,
                                                    ctx.on_gpu)
@@ -89,7 +87,7 @@ def train(opts: TrainOptions) -> dict:
         check_special_tokens(conversations, tokenizer)
 
         # --- SFT: loss on assistant turns with weight 1 (none when DPO trains alone) -------------------
-        sft = train_sft(ctx, model, tokenizer, template, train_records, eval_records) if records else None
+        sft = train_sft(ctx, model, tokenizer, template, records, eval_records) if records else None
         trainer = sft.trainer if sft else None
 
         # --- DPO on the preference pairs, starting from the SFT model (method: dpo) --------------------
@@ -103,6 +101,8 @@ def train(opts: TrainOptions) -> dict:
 
         # --- the record: data, hyperparameters, losses, hardware ---------------------------------------
         fields = sft.log_fields(ctx) if sft else dpo.log_fields_alone(trainer, config)
+        if sft:
+            fields["data"]["held_out"] = held_out_log(ctx.log["mixture"], ctx.shown(ctx.mixture_dir / "manifest.json"))
         if pairs:
             fields["data"]["preference_pairs"] = len(pairs)
         ctx.log.update({**finished(ctx.started), **fields,

@@ -1,7 +1,7 @@
 """The SFT stage of ``oig train``: the train split tokenised with loss on assistant turns only (never on
 one with ``weight: 0``), TRL's ``SFTTrainer`` with checkpoints every ``save_steps`` in
 ``<run>/checkpoints``, resumed from the last complete one (an interrupted run, rerun, carries on), then
-the loss on the held-out split. ``train_loss`` is the mean loss of the steps this process trained (after
+the loss on the held-out examples (``eval.jsonl``, chosen by ``oig mix``). ``train_loss`` is the mean loss of the steps this process trained (after
 a resume, the steps since the checkpoint)."""
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ def train_sft(ctx: RunContext, model, tokenizer, template: str, train_records: l
     with training(checkpoint_dir, ctx.threads, OUT_OF_MEMORY):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         eval_metrics = trainer.evaluate() if eval_ds is not None else {}
+    # What was trained and evaluated: the lines of mixture.jsonl and of eval.jsonl.
     data = {"train_examples": len(train_records), "eval_examples": len(eval_records),
             "dropped_without_trainable_tokens": dropped}
     return SFTRun(trainer, args, result, eval_metrics, resume, overrides, data)
