@@ -21,6 +21,7 @@ COMMANDS = [
     "train",
     "report",
     "query",
+    "eval",
     "serve",
     "commit",
     "pr-data",
