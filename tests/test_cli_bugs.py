@@ -287,6 +287,28 @@ def test_claims_text_and_github_formats(github, tmp_path, monkeypatch, capsys):
     assert "| data/fix.yaml | #1, #2 |" in summary.read_text()
 
 
+def test_claims_warn_on_normalised_and_ngram_overlap_with_a_bug(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
+    (tmp_path / "data").mkdir()
+    bug = "my laptop fan keeps spinning loudly after the latest driver update on windows"
+    (tmp_path / "data" / "a.yaml").write_text(
+        "IOPairs:\n"
+        "  - input: '  My LAPTOP fan keeps spinning loudly after the latest driver update on Windows?!'\n"
+        "    output: y\n"
+        "  - input: Hi. My laptop fan keeps spinning loudly after the latest driver update on windows 11, help\n"
+        "    output: y\n"
+        "  - input: my laptop fan keeps spinning loudly after the update\n"
+        "    output: y\n")
+    (tmp_path / "bugs.json").write_text(json.dumps([{"number": 9, "input": bug}]))
+    assert main(["bugs", "claims", "--bugs", "bugs.json"]) == 0
+    out = capsys.readouterr().out
+    assert "data/a.yaml:2:12: warning: this input is bug #9's exact input" in out  # case, spaces, end punctuation
+    # More words around it: all 6 of the bug's 8-word sequences (13 words) are still there.
+    assert "data/a.yaml:4:12: warning: this input contains 100% of the 8-word sequences of bug #9's input" in out
+    assert ":6:" not in out  # a shorter fragment: 1 of the 6 sequences, under the 50% threshold
+
+
 def test_claims_offline_from_a_bugs_file(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)

@@ -1,6 +1,7 @@
 """What data pull requests claim to fix (PR validation): the bugs each slice names in ``fixes:``,
 checked against the open bug issues when they can be read, and a warning for every IOPairs input that
-is an open bug's exact input (the regression check would then test memory, not the fix)."""
+overlaps an open bug's input (``oig.data.overlap``: equal after normalisation, or containing half of its
+8-word sequences): the regression check would then test memory, not the fix."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from oig import yamlsafe
 from oig.bugs.render import cell, md_cell
 from oig.bugs.report import Bug, load_bugs
-from oig.bugs.suite import normalize
+from oig.data.overlap import Index, Match, pair_warnings
 from oig.errors import OigError, Problem
 
 
@@ -41,7 +42,7 @@ def _slice_documents(data_dir: Path) -> Iterable[tuple[str, str, object]]:
 
 def check_claims(data_dir: Path, *, bugs_file: Path | None = None, repo: str | None = None, gh=None) -> Claims:
     """The bugs slices claim to fix (``fixes:``), each checked against the open bug issues when they can
-    be had, and a warning for every IOPairs input that is an open bug's exact input."""
+    be had, and a warning for every IOPairs input that overlaps an open bug's input."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise OigError(f"{data_dir}: no such data folder")
@@ -55,9 +56,7 @@ def check_claims(data_dir: Path, *, bugs_file: Path | None = None, repo: str | N
         result.problems.append(Problem(str(data_dir), 0, 0, "warning",
                                        f"could not read the open bug issues, so claimed numbers are unchecked: {exc}"))
     result.bugs = {b.number: b for b in known if b.number is not None}
-    by_input: dict[str, Bug] = {}
-    for bug in known:
-        by_input.setdefault(normalize(bug.input), bug)
+    bug_inputs = Index((f"bug #{b.number}" if b.number else "an open bug", b.input) for b in known if b.input)
     for display, text, s in _slice_documents(data_dir):
         if s.fixes:
             result.claims.append((display, list(s.fixes)))
@@ -67,19 +66,14 @@ def check_claims(data_dir: Path, *, bugs_file: Path | None = None, repo: str | N
                         line, col = yamlsafe.locate(text, ("fixes", i))
                         result.problems.append(Problem(display, line, col, "warning",
                                                        f"#{number} is not an open bug issue; check the number"))
-        if not by_input:
-            continue
-        for i, pair in enumerate(s.io_pairs):
-            bug = by_input.get(normalize(pair["input"]))
-            if bug is None:
-                continue
-            line, col = yamlsafe.locate(text, ("IOPairs", i, "input"))
-            which = f"bug #{bug.number}" if bug.number else "an open bug"
-            result.problems.append(Problem(
-                display, line, col, "warning",
-                f"this input is {which}'s exact input: the regression check would only test memory. "
-                "Rephrase it (a paraphrase teaches the fix and keeps the bug a real test)"))
+        result.problems += pair_warnings(text, display, s.io_pairs, bug_inputs, _bug_message)
     return result
+
+
+def _bug_message(m: Match) -> str:
+    what = f"is {m.label}'s exact input" if m.exact else m.describe()
+    return (f"this input {what}: the regression check would only test memory. "
+            "Rephrase it (a paraphrase teaches the fix and keeps the bug a real test)")
 
 
 def claims_text(result: Claims) -> str:

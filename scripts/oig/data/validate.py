@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from oig import yamlsafe
-from oig.data import evals, messages
+from oig.data import evals, messages, overlap
 from oig.data.config import parse_training_config
 from oig.data.schemas import SLICE_SCHEMA
 from oig.data.slices import SECTIONS, Slice, slice_from_document
@@ -352,9 +352,12 @@ def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = Non
             slice_files.append(path)
         else:
             problems.append(Problem(_display(path), 0, 0, "error", "no such file or folder"))
+    decontaminate = overlap.EvalOverlap()  # an IOPairs input that overlaps an eval case is a warning
     for path in slice_files:
         s, found = _read_slice(path, opts)
         problems += found
+        if s is not None and s.io_pairs:
+            problems += decontaminate.warnings(path, _display(path), s.io_pairs)
         if s is not None and opts.remote:
             problems += _remote_problems(s, _display(path), opts)
     for path in training_files:
