@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from oig import yamlsafe
+from oig import checks, yamlsafe
 from oig.bugs.render import plain, short
 from oig.errors import OigError
 
@@ -33,6 +33,7 @@ FIELDS = (
     ("output", "Model output", True),
     ("expected", "Expected output", False),
     ("model_version", "Model version", False),
+    ("check", "Check", False),  # the form's optional dropdown: how the answer is checked (oig.checks)
 )
 _LABEL_KEYS = {label.casefold(): key for key, label, _ in FIELDS}
 _HEADING = re.compile(r" {0,3}#{1,6}[ \t]*(.+?)[ \t]*#*[ \t]*")
@@ -56,10 +57,26 @@ class Bug:
     model_version: str | None = None
     number: int | None = None
     title: str | None = None
+    check: str | None = None  # one of checks.BUG_KINDS; None: similar, the default
 
     def to_dict(self) -> dict:
-        return {"input": self.input, "output": self.output, "expected": self.expected,
-                "model_version": self.model_version, "number": self.number}
+        out = {"input": self.input, "output": self.output, "expected": self.expected,
+               "model_version": self.model_version, "number": self.number}
+        return out | ({"check": self.check} if self.check else {})
+
+
+def check_problem(check: object, expected: str | None, where: str) -> str | None:
+    """Why a bug's check cannot be used, or None. ``where`` names the field for the message."""
+    if check is None:
+        return None
+    if check not in checks.BUG_KINDS:
+        return f"{where} must be one of {', '.join(checks.BUG_KINDS)}, not {str(check)[:40]!r}"
+    if check == "regex" and expected is not None:
+        try:
+            re.compile(expected)
+        except re.error as exc:
+            return f"the expected output is checked as a regular expression but is not one ({exc})"
+    return None
 
 
 # --- parsing reports -----------------------------------------------------------------------------------
@@ -153,10 +170,15 @@ def parse_body(body: str, *, number: int | None = None, title: str | None = None
         if "\n" in version or len(version) > VERSION_LIMIT:
             problems.append(f"**Model version** should be one line of at most {VERSION_LIMIT} characters: the "
                             "`revision` from model.yaml.")
+    check = values.get("check")
+    if check is not None:
+        check = check.split(":", 1)[0].strip().casefold()  # the dropdown's option: "contains: ..."
+    if why := check_problem(check, values.get("expected"), "**Check**"):
+        problems.append(f"{why}.")
     if problems:
         raise BugReportError(problems)
     return Bug(input=values["input"], output=values["output"], expected=values.get("expected"),  # type: ignore[arg-type]
-               model_version=version, number=number, title=short(title, 256) if title else None)
+               model_version=version, number=number, title=short(title, 256) if title else None, check=check)
 
 
 def parse_event(payload: object) -> Bug:
@@ -236,7 +258,7 @@ def warn(message: str) -> None:
 
 def bug_from_dict(item: object) -> Bug:
     """A Bug from one entry of a --bugs file: ``{input, output?, expected?, model_version?, number?,
-    title?}``, or an issue object (``{number, body, ...}``) parsed like a report."""
+    title?, check?}`` (check: similar, exact, contains or regex; ``oig.checks``), or an issue object (``{number, body, ...}``) parsed like a report."""
     if not isinstance(item, dict):
         raise BugReportError(["an entry is not an object"])
     if "body" in item and "input" not in item:
@@ -259,14 +281,17 @@ def bug_from_dict(item: object) -> Bug:
     number = item.get("number")
     if number is not None and (not isinstance(number, int) or isinstance(number, bool) or number < 1):
         problems.append("`number` must be a positive issue number")
-    unknown = sorted(set(item) - {"input", "output", "expected", "model_version", "number", "title"})
+    if why := check_problem(item.get("check"), values["expected"], "`check`"):
+        problems.append(why)
+    unknown = sorted(set(item) - {"input", "output", "expected", "model_version", "number", "title", "check"})
     if unknown:
         problems.append(f"unknown key(s) {', '.join(map(str, unknown))} (valid: input, output, expected, "
-                        "model_version, number, title)")
+                        "model_version, number, title, check)")
     if problems:
         raise BugReportError(problems)
     return Bug(input=text, output=values["output"], expected=values["expected"],  # type: ignore[arg-type]
-               model_version=values["model_version"], number=number, title=values["title"])
+               model_version=values["model_version"], number=number, title=values["title"],
+               check=item.get("check"))
 
 
 def _file_entries(path: Path) -> list:

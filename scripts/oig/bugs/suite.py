@@ -3,16 +3,18 @@ Reading reports and lists of bugs is ``oig.bugs.report``; how results look and w
 ``oig.bugs.render``; the GitHub side (the report check on each issue, results after training),
 ``oig.bugs.github``; what data PRs claim to fix, ``oig.bugs.claims``.
 
-Judging an answer against a bug's expected output, in order:
+Judging an answer against a bug's expected output uses the shared checker (``oig.checks``) with the
+bug's ``check`` (a --bugs entry's ``check:``, the form's *Check* dropdown), in order:
 
-1. **equal** after normalisation: Unicode NFKC, case folded, runs of whitespace made one space,
-   whitespace and punctuation stripped from both ends ("Paris." == "paris");
-2. else **similar**: difflib's ratio of the normalised texts is at least ``threshold`` (default 0.9).
-   Texts over ``RATIO_CHARS`` characters score the smaller of ``quick_ratio`` over the whole texts
-   and ``ratio`` over their first ``RATIO_CHARS`` characters, which bounds a comparison to ~0.4 s;
-3. else the optional **judge model** decides (an OpenAI-compatible endpoint asked for
+1. the check: by default **similar**, what oig has always done: **equal** after normalisation
+   (Unicode NFKC, case folded, runs of whitespace made one space, whitespace and punctuation stripped
+   from both ends: "Paris." == "paris"), else difflib's ratio of the normalised texts is at least
+   ``threshold`` (default 0.9; bounded in time for long texts). A bug may ask for **exact**,
+   **contains** ("Paris" passes "The capital of France is Paris.") or **regex** (the expected output
+   is a Python regular expression) instead;
+2. else the optional **judge model** decides (an OpenAI-compatible endpoint asked for
    ``{"pass": bool}``); an answer it does not give in that form is unknown, never a crash;
-4. else the answer fails.
+3. else the answer fails.
 
 A bug without an expected output fails when the answer equals the reported bad output after
 normalisation, and is otherwise unknown unless the judge model decides.
@@ -36,18 +38,18 @@ labels the issue with its outcome (``LABELS``).
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from oig import checks
 from oig.bugs.render import ERROR_LIMIT, short, summarize
 from oig.bugs.report import BUG_LABEL, Bug, warn
-from oig.errors import redact
+from oig.checks import normalize, similarity
+from oig.errors import OigError, redact
 from oig.runlog import ModelRef
 from oig.serve import locate, query
 
@@ -69,37 +71,10 @@ LABELS = {  # name -> (colour, description) for labels created when missing
 }
 FIXED_COLOR = "1d76db"
 
-DEFAULT_THRESHOLD = 0.9
-RATIO_CHARS = 2000
+DEFAULT_THRESHOLD = checks.DEFAULT_THRESHOLD
 
 
 # --- judging ---------------------------------------------------------------------------------------------
-
-
-def _strip_ends(text: str) -> str:
-    start, end = 0, len(text)
-    while start < end and (text[start].isspace() or unicodedata.category(text[start]).startswith("P")):
-        start += 1
-    while end > start and (text[end - 1].isspace() or unicodedata.category(text[end - 1]).startswith("P")):
-        end -= 1
-    return text[start:end]
-
-
-def normalize(text: str) -> str:
-    """NFKC, case folded, whitespace runs as one space, whitespace and punctuation off both ends."""
-    return _strip_ends(" ".join(unicodedata.normalize("NFKC", text).casefold().split()))
-
-
-def similarity(a: str, b: str) -> float:
-    """difflib's ratio of two normalised texts (bounded in time for long texts; see the module doc)."""
-    if a == b:
-        return 1.0
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    if max(len(a), len(b)) <= RATIO_CHARS:
-        return matcher.ratio()
-    bound = matcher.quick_ratio()
-    head = difflib.SequenceMatcher(None, a[:RATIO_CHARS], b[:RATIO_CHARS], autojunk=False).ratio()
-    return min(bound, head)
 
 
 Judge = Callable[..., "bool | None"]  # judge(input, answer, expected, reported) -> pass, or None
@@ -118,12 +93,16 @@ def judge_answer(answer: str | None, bug: Bug, *, threshold: float = DEFAULT_THR
     if answer is None:
         return Judgment(None, None, "no answer")
     if bug.expected is not None:
-        got, want = normalize(answer), normalize(bug.expected)
-        if got == want:
-            return Judgment(True, 1.0, "equal")
-        score = round(similarity(got, want), 4)
-        if score >= threshold:
-            return Judgment(True, score, "similar")
+        kind = bug.check or "similar"
+        if kind == "similar":
+            similar = checks.similar(answer, bug.expected, threshold)
+            score = similar.score
+            if similar.passed:
+                return Judgment(True, score, "equal" if similar.detail == "equal" else "similar")
+        else:
+            score = None if kind == "regex" else round(similarity(normalize(answer), normalize(bug.expected)), 4)
+            if checks.check(kind, answer, bug.expected).passed:
+                return Judgment(True, score, kind)
         if judge is not None:
             verdict = _ask_judge(judge, bug, answer)
             return Judgment(verdict, score, "judge" if verdict is not None else "judge gave no verdict")
@@ -314,7 +293,26 @@ def section_asker(model: ModelRef | dict, base_dir: Path = Path("."), *, max_tok
 def evaluate(bugs: list[Bug], model_yaml: Path, *, compare: Path | None = None, judge: Judge | None = None,
              threshold: float = DEFAULT_THRESHOLD, base_url: str | None = None) -> list[dict]:
     """``oig bugs eval``: the suite against the model in ``model_yaml``; before is the model in
-    ``compare`` when given, else the output each reporter saw."""
-    after = model_asker(model_yaml, base_url)
-    before = model_asker(compare, base_url) if compare is not None else None
+    ``compare`` when given, else the output each reporter saw. A model that cannot answer the first
+    bug (one that cannot be loaded, a server that is down) is an OigError, not a suite of unknowns."""
+    after = _answering(model_asker(model_yaml, base_url), bugs, model_yaml)
+    before = _answering(model_asker(compare, base_url), bugs, compare) if compare is not None else None
     return run_suite(bugs, before, after, judge, threshold=threshold)
+
+
+def _answering(ask: Callable[[str], str], bugs: list[Bug], source: Path) -> Callable[[str], str]:
+    """``ask``, checked on the first bug now; that answer is kept for the suite's own question."""
+    if not bugs:
+        return ask
+    first = bugs[0].input
+    answer, error = _ask(ask, bugs[0])
+    if error:
+        raise OigError(f"the model in {source} cannot be asked: {error}")
+    kept = [answer]
+
+    def ask_again(text: str) -> str:
+        if kept and text == first:
+            return kept.pop()
+        return ask(text)
+
+    return ask_again
