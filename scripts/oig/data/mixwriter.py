@@ -28,14 +28,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from oig.data.allocation import Allocation
+from oig.data.split import Split, slice_seed
 from oig.errors import InvalidInput, OigError, Problem
 from oig.files import WriteError, atomic_output, write_atomic
-
-if TYPE_CHECKING:
-    from oig.data.split import Split
 
 MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -103,11 +101,6 @@ def _index(data: SliceData) -> _Index:
         raise InvalidInput([Problem(display, 0, 0, "error", f"slice '{data.name}' changed after it was "
                                     "materialized (sha256 differs); materialize it again")])
     return _Index(offsets, sha, bool(found) and not line.endswith(b"\n"))
-
-
-def slice_seed(seed: int, name: str) -> int:
-    """A stable per-slice seed, the same in every process and Python version (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:8], "big")
 
 
 def selection(n: int, k: int, rng: random.Random) -> Iterator[int]:

@@ -33,7 +33,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
-from oig.data.mixwriter import slice_seed
 from oig.errors import InvalidInput, Problem
 
 MIN_DISTINCT = 10  # distinct examples a slice needs before any of it is held out
@@ -82,6 +81,11 @@ class Split:
     def examples(self) -> list[dict]:
         """The held-out examples, by slice (sorted by name) and index."""
         return [{"slice": n, "index": i} for n in sorted(self.slices) for i in self.slices[n].held_out]
+
+
+def slice_seed(seed: int, name: str) -> int:
+    """A stable per-slice seed, the same in every process and Python version (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{name}".encode()).digest()[:8], "big")
 
 
 def no_split(slices: Sequence[SliceLines], eval_size: float | None = 0) -> Split:
