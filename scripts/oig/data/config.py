@@ -4,8 +4,8 @@ Two spellings are accepted for each section: the seed's list of one-key mappings
 (``Training: [{lr: 0.0001}, {momentum: 0.99}]``) and a plain mapping (``Training: {lr: 0.0001}``).
 Training keys are TRL ``SFTConfig`` field names, the short names in ``schemas.ALIASES`` and oig's own
 keys (``schemas.OIG_KEYS``); anything else is an error that names the nearest valid key. ``Eval`` (how
-``oig eval`` measures a model) and ``Gate`` (what a release must pass) follow ``schemas.EVAL_SCHEMA`` and
-``schemas.GATE_SCHEMA``, with the same kind of messages.
+``oig eval`` measures a model) and ``Gate`` (what a release must pass) follow ``schemas.EVAL_SECTION_SCHEMA`` and
+``schemas.GATE_SECTION_SCHEMA``, with the same kind of messages.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from oig.data import messages
 from oig.data.messages import did_you_mean
 from oig.data.schemas import (
     ALIASES,
-    EVAL_SCHEMA,
-    GATE_SCHEMA,
+    EVAL_SECTION_SCHEMA,
+    GATE_SECTION_SCHEMA,
     MAX_MIXTURE_TOTAL,
     OIG_KEYS,
     REFUSED_FIELDS,
@@ -250,8 +250,8 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
         total = None
 
     # --- Eval and Gate ---------------------------------------------------------------------------
-    eval_doc = _section(doc, "Eval", EVAL_SCHEMA, problems, where)
-    gate_doc = _section(doc, "Gate", GATE_SCHEMA, problems, where)
+    eval_doc = _section(doc, "Eval", EVAL_SECTION_SCHEMA, problems, where)
+    gate_doc = _section(doc, "Gate", GATE_SECTION_SCHEMA, problems, where)
     eval_config, gate = _eval_and_gate(eval_doc, gate_doc, problems, where)
 
     seed = training.get("seed", DEFAULT_SEED)

@@ -336,7 +336,7 @@ FIELD_BOUNDS: dict[str, dict] = {
 # training.yaml's Eval and Gate sections: how `oig eval` measures a model and what a release must pass.
 # Folders are relative to the repository (checked by data.config: no absolute paths, no `..`).
 _SCORE_DROP = {"type": "number", "minimum": 0, "maximum": 1}
-EVAL_SCHEMA: dict = {
+EVAL_SECTION_SCHEMA: dict = {
     "type": "object",
     "additionalProperties": False,
     "description": "How `oig eval` measures a model: the eval suites, lm-evaluation-harness benchmarks and a "
@@ -381,7 +381,7 @@ EVAL_SCHEMA: dict = {
                              "description": "The eval suite whose prompts both models answer for the judge."},
     },
 }
-GATE_SCHEMA: dict = {
+GATE_SECTION_SCHEMA: dict = {
     "type": "object",
     "additionalProperties": False,
     "description": "What a new model must pass against the previous one before it is released.",
@@ -462,8 +462,8 @@ def training_schema() -> dict:
                 "description": "Number of examples in the mixture. Default: all examples available. At "
                 f"most {MIXTURE_TOTAL_FACTOR}x the examples available and {MAX_MIXTURE_TOTAL:,} in all.",
             },
-            "Eval": EVAL_SCHEMA,
-            "Gate": GATE_SCHEMA,
+            "Eval": EVAL_SECTION_SCHEMA,
+            "Gate": GATE_SECTION_SCHEMA,
         },
     }
 
