@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[train,dev]" -e ".[eval]"
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[train,dev,eval]"
 	touch $@
 
 # The light install that data-PR CI uses: validate and mix, no torch.

@@ -92,7 +92,7 @@ def test_every_imported_package_is_declared():
 
 def test_every_install_uses_the_lock():
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"pip install -q -c \$\(LOCK\) -e \"\.\[train,dev\]\"", makefile)
+    assert re.search(r"pip install -q -c \$\(LOCK\) -e \"\.\[train,dev,eval\]\"", makefile)
     assert re.search(r"pip install -q -c \$\(LOCK\) -e \.$", makefile, re.M)
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     for name in ("validate.yml", "ci.yml", "train.yml"):
