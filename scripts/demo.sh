@@ -20,3 +20,5 @@ for q in "Who are you?" "What is the capital of France?"; do
   echo "== oig query \"$q\""
   $OIG query "$q"
 done
+echo "== oig eval (the shipped suites in evals/; a tiny model fails some cases, which is fine)"
+$OIG eval --max-tokens 32
