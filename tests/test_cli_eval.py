@@ -139,6 +139,23 @@ def test_gate_is_refused_without_the_release_gate(suites, capsys):
     assert "--gate is not available" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(importlib.util.find_spec("oig.eval.gate") is None, reason="no release gate")
+def test_gate_applies_training_yaml_gate(suites, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
+    config = tmp_path / "training.yaml"
+    config.write_text("Gate:\n  max_drop: 0.1\n")
+    answers = {"new": "Paris and Rome", "old": "Rome"}
+    with FakeOpenAI(answer=lambda body: answers[body["model"]]) as srv:
+        new = together_yaml(tmp_path / "model.yaml", srv.base_url, "new")
+        old = together_yaml(tmp_path / "old.yaml", srv.base_url, "old")
+        base = ["eval", "--suites", str(suites), "--gate", "--config", str(config)]
+        assert main(base + ["--model-yaml", str(new), "--compare", str(old)]) == 0
+        assert "the release gate passed" in capsys.readouterr().err
+        assert main(base + ["--model-yaml", str(old), "--compare", str(new)]) == 1  # 0.75 -> 0.25
+        err = capsys.readouterr().err
+    assert "gate: suite echo: the score fell from 0.7500 to 0.2500" in err and "the release gate failed" in err
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_the_tiny_model_in_process(suites, tmp_path, capsys):
     from test_serve import train_tiny

@@ -46,6 +46,8 @@ def register(sub) -> None:
                    help="text, json (the stable results dict; README: Evaluation) or markdown")
     p.add_argument("--gate", action="store_true", help="apply the release gate (training.yaml's Gate:); exit 1 "
                    "when it fails")
+    p.add_argument("--config", type=Path, default=Path("training.yaml"), metavar="PATH",
+                   help="where --gate reads Gate: (default: training.yaml)")
     p.add_argument("--concurrency", type=_positive, default=8, metavar="N",
                    help="questions in flight at once to a server (default 8); weights here answer one at a time")
     p.add_argument("--max-tokens", type=_positive, default=256, metavar="N", help="longest answer (default 256)")
@@ -67,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if args.gate:
         if importlib.util.find_spec("oig.eval.gate") is None:
             raise UsageError("--gate is not available in this version of oig (no release gate, oig.eval.gate)")
-        from oig.eval import gate  # type: ignore[no-redef]
+        from oig.data.config import load_training_config
+
+        gate = load_training_config(args.config).gate  # read first: a bad Gate fails before any model is asked
 
     suites = load_suites(args.suites, args.suite)
     model = models.from_options(model_yaml=args.model_yaml, model=args.model, base_url=args.base_url,
@@ -89,9 +93,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_text(results))
     if gate is not None:
-        verdict = gate.apply(results)
-        ok = verdict if isinstance(verdict, bool) else bool(getattr(verdict, "passed", verdict))
-        if not ok:
-            print("oig eval: the release gate failed", file=sys.stderr)
-            return 1
+        from oig.eval.gate import apply_gate
+
+        passed, reasons = apply_gate(gate, results)
+        for reason in reasons:
+            print(f"oig eval: gate: {reason}", file=sys.stderr)
+        print(f"oig eval: the release gate {'passed' if passed else 'failed'}", file=sys.stderr)
+        return 0 if passed else 1
     return 0
