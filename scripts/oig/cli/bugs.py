@@ -48,9 +48,10 @@ def register(sub) -> None:
 
     q = bugs_sub.add_parser("eval", help="run the bug suite against the current model and print a table",
                             description="Ask the model in model.yaml each bug's input and judge the answer "
-                            "against the expected output (equal after normalisation, else difflib ratio >= "
-                            "--threshold, else the optional judge model). 'Before' is the model in --compare, "
-                            "or the output each reporter saw.")
+                            "against the expected output with the bug's check (by default similar: equal after "
+                            "normalisation, else difflib ratio >= --threshold; or exact, contains, regex), else "
+                            "the optional judge model. 'Before' is the model in --compare, or the output each "
+                            "reporter saw. Exit 1 when a model cannot answer (--compare included).")
     q.add_argument("--model-yaml", type=Path, default=Path("model.yaml"), help="the model to check (default: model.yaml)")
     q.add_argument("--compare", type=Path, metavar="MODEL_YAML",
                    help="a previous model.yaml to ask as 'before' (default: the reported outputs)")
