@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 from fake_hub import FakeHub
 from fake_together import FakeTogether
 
@@ -224,3 +225,29 @@ def test_a_failed_deployment_says_the_model_is_on_the_hub(repo, monkeypatch):
                                                r"Together failed: .*DEPLOYMENT_STATE_FAILED"):
             publish(model, mode="hub", run=make_run(), config=make_config(hub_repo="org/m"), together=True,
                     sleep=lambda s: None)
+
+
+def test_the_model_card_carries_eval_scores_as_model_index(repo, monkeypatch):
+    monkeypatch.chdir(repo)
+    run = make_run("main")
+    run["evals"] = {"suites": {"smoke": {"score": 0.8571, "cases": 7}, "broken": {"score": None}},
+                    "lm_eval": {"tasks": {"arc_easy": {"acc": 0.61, "acc_stderr": 0.02}}}}
+    card = build_model_card(run, make_config(), hub_repo="org/oig-chat", branch="main")
+    meta = yaml.safe_load(card.split("---")[1])
+    [entry] = meta["model-index"]
+    assert entry["name"] == "org/oig-chat"
+    got = {(r["dataset"]["name"], m["type"], m["value"]) for r in entry["results"] for m in r["metrics"]}
+    assert got == {("smoke", "accuracy", 0.8571), ("arc_easy", "acc", 0.61)}
+
+
+def test_a_candidate_that_failed_the_gate_goes_to_its_own_hub_branch_only(repo, monkeypatch):
+    model = repo / "runs" / "r1" / "model"
+    with FakeHub(token=TOKEN) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        section = publish(model, mode="hub", run=make_run("main"), config=make_config(hub_repo="org/oig-chat"),
+                          candidate=True)
+        candidate = fake.files("org/oig-chat", "candidate-main")
+        main_files = fake.files("org/oig-chat", "main")
+    assert section["branch"] == "candidate-main" and "model.safetensors" in candidate
+    assert main_files == {}  # never over the branch's model
+    assert publish(model, mode="local", run=make_run(), config=make_config(), candidate=True) is None

@@ -473,3 +473,12 @@ def test_pre_commit_hook_command_on_the_files_it_would_pass(monkeypatch, capsys)
 def test_train_workflow_never_allows_a_local_base_model():
     text = (WORKFLOW_DIR / "train.yml").read_text()
     assert "--allow-local-base-model" not in text and "--allow-local-sources" not in text
+
+
+def test_train_workflow_can_override_the_release_gate_on_a_maintainers_word():
+    doc = load(WORKFLOW_DIR / "train.yml")
+    inputs = doc["on"]["workflow_dispatch"]["inputs"]
+    assert inputs["override_gate"]["type"] == "boolean" and inputs["override_gate"]["default"] is False
+    [(_, job)] = jobs(doc)
+    assert job["env"]["OVERRIDE_GATE"] == "${{ inputs.override_gate }}"
+    assert 'if [ "$OVERRIDE_GATE" = true ]; then args+=(--override-gate); fi' in step(doc, "Train")["run"]

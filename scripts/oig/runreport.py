@@ -3,7 +3,9 @@
 What it shows: the run, its base model and steps; the final train and eval loss, speed and duration;
 where the model went; the loss curve (Markdown: a Mermaid chart of at most ``CHART_POINTS`` evenly
 spaced steps, the last one always among them); and a table of a sample of ``TABLE_ROWS`` steps plus
-the last ``TABLE_ROWS`` evaluations, which are the numbers that matter.
+the last ``TABLE_ROWS`` evaluations, which are the numbers that matter; the release gate's verdict and
+a table of the eval suites (score, previous model's score, the change, with 95% intervals) when the run
+has them.
 
 It reads only training_log (``oig.runlog.RunLog``), so it sits in the core beside it: any stage may
 render a run (the model card, the end of ``oig train``) without importing another stage.
@@ -45,6 +47,46 @@ def _where(log: RunLog) -> tuple[str, str | None]:
     return model.hub_repo or model.local_path or "not published", model.revision
 
 
+def _pct(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) else "-"
+
+
+def _interval(pair: object, signed: bool = False) -> str:
+    if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(v, int | float) for v in pair)):
+        return ""
+    fmt = "{:+.1%}" if signed else "{:.1%}"
+    return f" [{fmt.format(pair[0])}, {fmt.format(pair[1])}]"
+
+
+def evaluation_rows(log: RunLog) -> list[tuple[str, str, str, str]]:
+    """(suite, score [95% CI], previous score, change [95% CI]) for each eval suite of the run."""
+    evals = log.extra.get("evals") if isinstance(log.extra, dict) else None
+    suites = evals.get("suites") if isinstance(evals, dict) else None
+    rows = []
+    for name, entry in sorted((suites or {}).items()):
+        if not isinstance(entry, dict):
+            continue
+        before = entry.get("previous") if isinstance(entry.get("previous"), dict) else {}
+        delta = entry.get("delta")
+        rows.append((str(name), f"{_pct(entry.get('score'))}{_interval(entry.get('ci95'))} of {entry.get('cases')}",
+                     _pct(before.get("score")) if before else "-",
+                     (f"{delta:+.1%}" if isinstance(delta, int | float) else "-")
+                     + _interval(entry.get("delta_ci95"), signed=True)))
+    return rows
+
+
+def _gate_line(log: RunLog) -> str | None:
+    gate = log.extra.get("gate") if isinstance(log.extra, dict) else None
+    if not isinstance(gate, dict):
+        return None
+    if gate.get("passed"):
+        return "- release gate: passed"
+    reasons = "; ".join(str(r) for r in gate.get("reasons") or [])
+    verdict = "failed, overridden by a maintainer (published anyway)" if gate.get("overridden") else \
+        "failed: the model was not published over the branch's model"
+    return f"- release gate: {verdict}" + (f" ({reasons})" if reasons else "")
+
+
 def training_markdown(log: RunLog) -> str:
     """The run as Markdown for a GitHub job summary."""
     rows, train, evals, table = _curve(log)
@@ -60,6 +102,12 @@ def training_markdown(log: RunLog) -> str:
         out += ["```mermaid\nxychart-beta\n  title \"Training loss by step\"",
                 f"  x-axis \"step\" [{', '.join(str(s) for s, _ in points)}]",
                 f"  y-axis \"loss\"\n  line [{', '.join(f'{v:.4g}' for _, v in points)}]\n```\n"]
+    if (gate := _gate_line(log)) is not None:
+        out.insert(4, gate)
+    if suites := evaluation_rows(log):
+        out += ["### Evaluation\n", "| suite | score [95% CI] | previous | change [95% CI] |", "|---|---:|---:|---:|"]
+        out += [f"| {name} | {score} | {before} | {delta} |" for name, score, before, delta in suites]
+        out.append("")
     if rows:
         out.append("| step | loss | eval loss |\n|---:|---:|---:|")
         out += [f"| {r['step']} | {_number(r.get('loss'))} | {_number(evals.get(r['step']))} |" for r in table]
@@ -79,4 +127,9 @@ def training_text(log: RunLog) -> str:
         cells += [(str(r["step"]), _number(r.get("loss")), _number(evals.get(r["step"]))) for r in table]
         widths = [max(len(row[i]) for row in cells) for i in range(3)]
         out += [""] + ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    if (gate := _gate_line(log)) is not None:
+        out.insert(3, gate[2:])
+    if suites := evaluation_rows(log):
+        out += ["", "evaluation (suite: score [95% CI], previous, change [95% CI]):"]
+        out += [f"  {name}: {score}, previous {before}, change {delta}" for name, score, before, delta in suites]
     return "\n".join(out) + "\n"

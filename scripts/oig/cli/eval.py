@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument("--model-name", metavar="NAME", help="with --base-url: the model to ask it for "
                    "(default: model.yaml's, else the first it serves)")
     p.add_argument("--compare", type=Path, metavar="MODEL_YAML", help="the previous model.yaml, scored beside it")
-    p.add_argument("--suites", type=Path, default=Path("evals"), metavar="DIR",
+    p.add_argument("--suites", type=Path, default=None, metavar="DIR",
                    help="a folder of suites or one suite file (default: evals)")
     p.add_argument("--suite", action="append", metavar="NAME", help="run only this suite (repeatable)")
     p.add_argument("--judge-model", metavar="MODEL", help="the judge for judged cases (overrides the suites' judge)")
@@ -59,21 +59,22 @@ def run(args: argparse.Namespace) -> int:
     from oig.errors import UsageError
     from oig.eval import models
     from oig.eval.render import render_markdown, render_text
-    from oig.eval.run import run_eval
+    from oig.serve import locate
 
     if args.model_name and not args.base_url:
         raise UsageError("--model-name needs --base-url")
     if args.model and args.base_url:
         raise UsageError("--model loads weights here; --base-url asks a server: pass one of them")
-    gate = None
-    if args.gate:
-        if importlib.util.find_spec("oig.eval.gate") is None:
-            raise UsageError("--gate is not available in this version of oig (no release gate, oig.eval.gate)")
-        from oig.data.config import load_training_config
+    from oig.data.config import load_training_config
+    from oig.eval import stage
 
-        gate = load_training_config(args.config).gate  # read first: a bad Gate fails before any model is asked
-
-    suites = load_suites(args.suites, args.suite)
+    if args.gate and importlib.util.find_spec("oig.eval.gate") is None:
+        raise UsageError("--gate is not available in this version of oig (no release gate, oig.eval.gate)")
+    # training.yaml's Eval: (suites folder, lm-eval tasks, judged comparison) and Gate:, read first: a
+    # mistake there fails before any model is asked. No training.yaml: the defaults.
+    config = load_training_config(args.config)
+    suites = load_suites(args.suites if args.suites is not None else Path(config.eval.suites if config.eval else "evals"),
+                         args.suite)
     model = models.from_options(model_yaml=args.model_yaml, model=args.model, base_url=args.base_url,
                                 model_name=args.model_name, max_tokens=args.max_tokens, concurrency=args.concurrency)
     previous = None
@@ -84,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
             raise models.EvalError(f"--compare {args.compare}: {exc}") from None
     judge = models.judge_model(args.judge_model, args.judge_base_url, concurrency=args.concurrency) \
         if args.judge_model else None
-    results = run_eval(suites, model, previous=previous, judge=judge, concurrency=args.concurrency)
+    weights = model.where.ref if isinstance(model.where, locate.Weights) else None  # lm-eval loads weights
+    results = stage.evaluate(config, model, previous, suites=suites, judge=judge, lm_eval_model=weights,
+                             concurrency=args.concurrency)
 
     if args.format == "json":
         print(json.dumps(results, indent=2, ensure_ascii=False))
@@ -92,10 +95,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render_markdown(results))
     else:
         sys.stdout.write(render_text(results))
-    if gate is not None:
-        from oig.eval.gate import apply_gate
-
-        passed, reasons = apply_gate(gate, results)
+    if args.gate:
+        passed, reasons = stage.gate(config, results)
         for reason in reasons:
             print(f"oig eval: gate: {reason}", file=sys.stderr)
         print(f"oig eval: the release gate {'passed' if passed else 'failed'}", file=sys.stderr)

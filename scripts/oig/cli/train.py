@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--mixture", type=Path, default=None, metavar="DIR",
                    help="train on a mixture `oig mix --out DIR` already wrote instead of building one")
     add_allow_local_sources(p)
+    p.add_argument("--override-gate", action="store_true",
+                   help="publish the model even when training.yaml's Gate fails (a maintainer's decision; "
+                   "training_log records it)")
     bugs = p.add_mutually_exclusive_group()
     bugs.add_argument("--bugs", type=Path, default=None, metavar="FILE",
                       help="after training, ask the previous and the new model each bug in FILE (JSON, JSONL or "
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                              together=args.together, output=args.output, mixture=args.mixture,
                              allow_local_sources=args.allow_local_sources,
                              allow_local_base_model=args.allow_local_base_model, bugs=args.bugs,
-                             bugs_repo=args.bugs_repo))
+                             bugs_repo=args.bugs_repo, override_gate=args.override_gate))
     if log.get("finished_at") is None:  # a secondary process under accelerate: the main one reports
         return 0
     if log.get("together_job"):

@@ -228,6 +228,26 @@ def _usage(model_ref: str, revision: str | None) -> list[str]:
     ]
 
 
+def eval_results(run: dict) -> list:
+    """The run's eval suite scores (and lm-eval metrics) as model-index entries (huggingface_hub.EvalResult)."""
+    from huggingface_hub import EvalResult
+
+    evals = run.get("evals") if isinstance(run.get("evals"), dict) else {}
+    out = []
+    for name, entry in sorted((evals.get("suites") or {}).items()):
+        if isinstance(entry, dict) and isinstance(entry.get("score"), int | float):
+            out.append(EvalResult(task_type="text-generation", dataset_type="oig-eval-suite", dataset_name=str(name),
+                                  metric_type="accuracy", metric_name=f"{name} pass rate",
+                                  metric_value=round(float(entry["score"]), 4)))
+    lm = evals.get("lm_eval") if isinstance(evals.get("lm_eval"), dict) else {}
+    for task, metrics in sorted((lm.get("tasks") or {}).items()):
+        for metric, value in sorted((metrics or {}).items()):
+            if isinstance(value, int | float) and not metric.endswith("_stderr"):
+                out.append(EvalResult(task_type="text-generation", dataset_type=str(task), dataset_name=str(task),
+                                      metric_type=str(metric), metric_value=round(float(value), 4)))
+    return out
+
+
 def build_model_card(run: dict, config, *, hub_repo: str | None = None, branch: str | None = None,
                      data_dir: Path = Path("data"), loss_curve: str | None = LOSS_CURVE_FILE,
                      local_path: Path | None = None) -> str:
@@ -255,6 +275,10 @@ def build_model_card(run: dict, config, *, hub_repo: str | None = None, branch: 
         tags=TAGS + ([f"branch-{branch}"] if branch and branch != "main" else []),
     )
     title = hub_repo or (local_path.name if local_path else "oig model")
+    results = eval_results(run)
+    if results:  # the Hub shows model-index as the model's evaluation results
+        data.model_name = title
+        data.eval_results = results
     model_ref = hub_repo or (str(local_path) if local_path else "PATH")
     body = [
         f"# {_cell(title)}",

@@ -27,8 +27,12 @@ MODES = ("none", "local", "hub")
 
 
 def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = False,
-            data_dir: Path = Path("data"), retries: int = 4, sleep: Callable[[float], None] = time.sleep) -> dict | None:
+            data_dir: Path = Path("data"), retries: int = 4, sleep: Callable[[float], None] = time.sleep,
+            candidate: bool = False) -> dict | None:
     """Publish ``model_dir`` and return the ``model`` section for model.yaml (None for mode none).
+
+    ``candidate``: the model failed the release gate; only a Hub run publishes it, to the branch
+    ``candidate-<branch>``, never over the branch's model (local and none publish nothing: None).
 
     ``run`` is the training_log dict, ``config`` the TrainingConfig. ``retries`` and ``sleep`` govern
     the backoff between failed Hub uploads (tests pass a sleep that returns at once).
@@ -37,7 +41,7 @@ def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = F
         raise PublishError(f"unknown publish mode {mode!r}; expected one of {', '.join(MODES)}")
     if together and mode != "hub":
         raise PublishError("Together deploys models from the Hugging Face Hub: use --publish hub with --together")
-    if mode == "none":
+    if mode == "none" or (candidate and mode != "hub"):
         return None
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
@@ -55,6 +59,8 @@ def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = F
         hub.check_repo_id(repo_id)
         token = hub.token()
         branch = hub.branch_name(run.get("git_branch"))
+        if candidate:
+            branch = hub.sanitize_branch(f"candidate-{branch}")
 
     # --- the model card and loss curve, beside the weights ------------------------------------------
     modelcard.write_model_card(model_dir, run, config, hub_repo=repo_id, branch=branch, data_dir=data_dir)

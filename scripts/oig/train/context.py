@@ -28,6 +28,7 @@ class TrainOptions:
     allow_local_base_model: bool = False  # a folder as the base model (it may carry code and pickles)
     bugs: Path | None = None  # a bug list file for the regression suite (offline)
     bugs_repo: str | None = None  # or OWNER/NAME: its open issues labelled `bug`
+    override_gate: bool = False  # publish even when training.yaml's Gate fails (recorded in training_log)
 
 
 @dataclass

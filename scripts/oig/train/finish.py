@@ -46,13 +46,18 @@ def bug_suite(bugs: list, model_dir: Path, root: Path) -> dict:
 def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
     """Publish, then write training_log and (when something was published) model.yaml.
 
-    A failed publish still writes training_log, saying so, and leaves model.yaml as it was.
+    A failed publish still writes training_log, saying so, and leaves model.yaml as it was. A failed
+    release gate (training_log's ``gate``) publishes nothing over the branch's model: a Hub run uploads
+    the model to the branch ``candidate-<branch>`` instead, training_log says so, model.yaml stays, and
+    the run ends with a TrainError; ``--override-gate`` publishes as usual and the override is recorded.
     """
     from oig.publish.publish import publish
 
+    gate = run.get("gate") or {}
+    held_back = gate.get("passed") is False and not gate.get("overridden")
     try:
-        section = publish(Path(model_dir), mode=opts.publish, run=run, config=config, together=opts.together,
-                          data_dir=Path(opts.data))
+        section = publish(Path(model_dir), mode=opts.publish, run=run, config=config,
+                          together=opts.together and not held_back, data_dir=Path(opts.data), candidate=held_back)
     except OigError as exc:
         run["published"] = {"mode": opts.publish, "error": str(exc)}
         try:
@@ -60,6 +65,16 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
         except runlog.RunLogError as log_exc:
             raise TrainError(f"{exc}; and {log_exc}") from None
         raise
+    if held_back:
+        run["published"] = {"mode": opts.publish, "held_back": "the release gate failed"}
+        if section is not None and section.get("hub_repo"):
+            run["published"]["candidate"] = {k: section[k] for k in ("hub_repo", "branch", "revision") if k in section}
+        runlog.write_training_log(opts.root, run)
+        where = (f"; it is on the Hub branch {section['branch']} of {section['hub_repo']}"
+                 if section is not None and section.get("hub_repo") else "")
+        raise TrainError("the release gate failed, so the model was not published over the branch's model and "
+                         f"model.yaml is unchanged{where}: " + "; ".join(gate.get("reasons") or ["no reason given"])
+                         + ". A maintainer can publish it anyway with --override-gate (recorded in training_log)")
     run["published"] = {"mode": opts.publish}
     if section is not None:
         ref = runlog.ModelRef.from_section(section)

@@ -15,8 +15,11 @@ The run, top to bottom (``train``), each step in the module named after it:
    there is one (an interrupted run, rerun, carries on); then the eval loss;
 5. DPO on the preference pairs with ``method: dpo`` (``dpo``), from the SFT model, or from the base
    model when there is no SFT data;
-6. one ending for all three: saving, the record (``record``), the bug suite, publishing
-   (``oig.publish.publish``), then ``training_log`` and ``model.yaml`` (``finish``).
+6. one ending for all three: saving, the record (``record``), the eval suites for the new and the
+   previous model (``evaluate``), the bug suite, the release gate, publishing (``oig.publish.publish``),
+   then ``training_log`` and ``model.yaml`` (``finish``). A model that fails training.yaml's Gate is not
+   published over the branch's model (a Hub run uploads it to the branch ``candidate-<branch>``),
+   model.yaml stays as it was, and the run exits 1; ``--override-gate`` publishes it anyway, recorded.
 
 The run folder is ``runs/<run_id>`` where the run id is a hash of what determines the run (commit,
 training.yaml, slices, base model), so rerunning the same command after a crash finds its
@@ -43,11 +46,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from oig import runlog
+from oig.eval.stage import for_log
 from oig.train import dpo
 from oig.train.base import check_base_model, check_special_tokens, load_base
 from oig.train.checkpoints import run_folder, save_model
 from oig.train.context import RunContext, TrainOptions
 from oig.train.errors import TrainError
+from oig.train.evaluate import evaluate_run, release_gate
 from oig.train.finish import bug_suite, finish, load_bugs
 from oig.train.mixture import build_mixture, held_out_log, read_eval, read_mixture
 from oig.train.record import display, finished, git_branch, git_commit, hardware, iso, make_run_id
@@ -109,9 +114,19 @@ def train(opts: TrainOptions) -> dict:
                         "hardware": hardware(ctx.state.num_processes, ctx.threads)})
         ctx.log["model"] = {"local_path": ctx.shown(ctx.model_dir)}
 
+        # --- evaluation: the new model and the previous one (model.yaml before this run) on the suites --
+        evals = evaluate_run(ctx)
+        if evals is not None:
+            ctx.log["evals"] = for_log(evals)
+
         # --- the bug regression suite: the previous model and the new one answer each reported bug ------
         if ctx.bugs is not None:
             ctx.log.update(bug_suite(ctx.bugs, ctx.model_dir, opts.root))
+
+        # --- the release gate: a model that fails it is not published over the branch's model ---------
+        gate = release_gate(ctx, evals)
+        if gate is not None:
+            ctx.log["gate"] = gate
 
         # --- publishing, training_log, model.yaml ------------------------------------------------------
         return finish(ctx.log, ctx.model_dir, config, opts)
