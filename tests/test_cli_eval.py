@@ -170,3 +170,28 @@ def test_the_tiny_model_in_process(suites, tmp_path, capsys):
                  "--suites", str(suites), "--format", "json", "--max-tokens", "16"]) == 0
     s = json.loads(capsys.readouterr().out)["suites"]["echo"]
     assert s["delta"] == 0.0 and s["delta_ci95"] == [0.0, 0.0]
+
+
+def test_a_judged_comparison_named_in_training_yaml_runs_with_compare(suites, tmp_path, capsys, monkeypatch):
+    import re
+
+    monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
+
+    def answer(body):
+        if body["model"] == "judge":  # prefers the answer that names Paris, in either order
+            first = re.search(r"<answer_A>\n(.*?)\n</answer_A>", body["messages"][-1]["content"], re.S).group(1)
+            return json.dumps({"winner": "A" if "Paris" in first else "B", "rationale": "names Paris"})
+        return "Paris and Rome" if body["model"] == "new" else "Rome"
+
+    with FakeOpenAI(answer=answer) as srv:
+        config = tmp_path / "training.yaml"
+        config.write_text(f"Eval:\n  judge: {{model: judge, base_url: {srv.base_url}}}\n  comparison_suite: echo\n")
+        new = together_yaml(tmp_path / "model.yaml", srv.base_url, "new")
+        old = together_yaml(tmp_path / "old.yaml", srv.base_url, "old")
+        assert main(["eval", "--model-yaml", str(new), "--compare", str(old), "--suites", str(suites),
+                     "--config", str(config), "--format", "json"]) == 0
+        judged = [r for r in srv.chat_requests() if r.body["model"] == "judge"]
+    comparison = json.loads(capsys.readouterr().out)["comparison"]
+    # 4 prompts, each judged in both orders; the new model names Paris in every answer, the old never.
+    assert len(judged) == 8 and comparison["wins"] == 4 and comparison["win_rate"] == 1.0
+    assert comparison["unreadable"] == 0 and comparison["ci95"][1] == 1.0

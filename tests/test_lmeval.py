@@ -83,3 +83,23 @@ def test_an_unknown_task_names_the_nearest_one(offline, tiny):
     with pytest.raises(OigError, match="unknown lm-eval task 'oig_tiny_mcq'; did you mean 'oig_tiny_mc'"):
         run_lm_eval(model, LmEvalConfig(tasks=["oig_tiny_mcq"], include_path=TASK_DIR), tokenizer=tokenizer,
                     root=ROOT)
+
+
+def test_oig_eval_runs_the_lm_eval_tasks_training_yaml_names(offline, tiny, one_torch_thread, tmp_path, capsys):
+    from oig.cli import main
+
+    model, tokenizer = tiny
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    config = tmp_path / "training.yaml"
+    config.write_text(f"Eval:\n  lm_eval:\n    tasks: [oig_tiny_mc]\n    include_path: {TASK_DIR}\n    limit: 4\n")
+    suites = tmp_path / "evals"
+    suites.mkdir()
+    (suites / "one.yaml").write_text("cases:\n  - input: Say hi.\n    reference: hi\n")
+    assert main(["eval", "--model", str(folder), "--config", str(config), "--suites", str(suites),
+                 "--format", "json", "--max-tokens", "4"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    task = results["lm_eval"]["tasks"]["oig_tiny_mc"]
+    assert isinstance(task["acc"], float) and results["lm_eval"]["limit"] == 4
+    assert results["suites"]["one"]["cases"] == 1
