@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_mix.py
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info scripts/*.egg-info
