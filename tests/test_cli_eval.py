@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -133,13 +132,6 @@ def test_usage_errors_and_help(suites, capsys):
     assert "--compare MODEL_YAML" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(importlib.util.find_spec("oig.eval.gate") is not None, reason="the release gate exists")
-def test_gate_is_refused_without_the_release_gate(suites, capsys):
-    assert main(["eval", "--gate", "--base-url", "http://127.0.0.1:9", "--suites", str(suites)]) == 2
-    assert "--gate is not available" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(importlib.util.find_spec("oig.eval.gate") is None, reason="no release gate")
 def test_gate_applies_training_yaml_gate(suites, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TOGETHER_API_KEY", "test-key")
     config = tmp_path / "training.yaml"

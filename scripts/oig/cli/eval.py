@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -68,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
     from oig.data.config import load_training_config
     from oig.eval import stage
 
-    if args.gate and importlib.util.find_spec("oig.eval.gate") is None:
-        raise UsageError("--gate is not available in this version of oig (no release gate, oig.eval.gate)")
     # training.yaml's Eval: (suites folder, lm-eval tasks, judged comparison) and Gate:, read first: a
     # mistake there fails before any model is asked. No training.yaml: the defaults.
     config = load_training_config(args.config)
