@@ -1,6 +1,6 @@
 """A local stand-in for the Hugging Face Hub's upload API, for offline tests of huggingface_hub 2.4.
 
-It answers what ``HfApi.create_repo``, ``create_branch``, ``upload_folder`` (preupload, then an NDJSON
+It answers what ``HfApi.whoami``, ``create_repo``, ``create_branch``, ``upload_folder`` (preupload, then an NDJSON
 commit) and ``repo_info`` send, stores the committed files per repo and branch so tests can read
 them back, and records every request so tests can assert what the SDK sent. ``fail_commits`` makes
 the first N commit requests fail with ``fail_status`` (a flaky Hub).
@@ -30,8 +30,13 @@ class Branch:
 
 
 class FakeHub(ThreadedFake):
-    def __init__(self, token: str = "hf_test_token", fail_commits: int = 0, fail_status: int = 503):
+    def __init__(self, token: str = "hf_test_token", fail_commits: int = 0, fail_status: int = 503,
+                 user: str = "org", orgs: dict[str, str] | None = None, role: str = "write",
+                 scoped: list[dict] | None = None):
         self.token = token
+        # What GET /api/whoami-v2 says of the token: its user, {org: roleInOrg}, its role (read, write,
+        # fineGrained) and, for fineGrained, its scoped permissions ([{"entity": {...}, "permissions": [...]}]).
+        self.user, self.orgs, self.role, self.scoped = user, orgs or {}, role, scoped or []
         self.fail_commits = fail_commits
         self.fail_status = fail_status
         self.repos: dict[str, dict[str, Branch]] = {}
@@ -92,6 +97,8 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.lock:
             if method == "POST" and path == "/api/repos/create":
                 return self._create_repo(json.loads(raw or b"{}"))
+            if method == "GET" and path == "/api/whoami-v2":
+                return self._whoami()
             if method == "POST" and path == "/api/validate-yaml":
                 return self._reply(200, {"errors": [], "warnings": []})
             if len(parts) >= 4 and parts[:2] == ["api", "models"]:
@@ -115,6 +122,15 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._reply(200, {"id": repo_id, "modelId": repo_id, "sha": branch.head, "private": False,
                                              "siblings": [{"rfilename": p} for p in sorted(branch.files)]})
         self._error(404, f"no route for {method} {path} in the fake Hub")
+
+    def _whoami(self) -> None:
+        fake = self.fake
+        token = {"displayName": "oig", "role": fake.role}
+        if fake.role == "fineGrained":
+            token["fineGrained"] = {"canReadGatedRepos": False, "global": [], "scoped": fake.scoped}
+        self._reply(200, {"type": "user", "name": fake.user, "fullname": fake.user,
+                          "orgs": [{"name": n, "roleInOrg": r} for n, r in fake.orgs.items()],
+                          "auth": {"type": "access_token", "accessToken": token}})
 
     def _create_repo(self, payload: dict) -> None:
         repo_id = f"{payload.get('organization')}/{payload.get('name')}"

@@ -8,7 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
-from fake_hub import FakeHub
+from fake_hub import Branch, FakeHub
 
 from oig.errors import PublishError
 from oig.publish import hub
@@ -194,3 +194,16 @@ def test_endpoint(monkeypatch):
     assert hub.endpoint() == "https://huggingface.co"
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:5000/")
     assert hub.endpoint() == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize("hub_kwargs", [
+    {},  # a write token, the user's own namespace
+    {"user": "me", "orgs": {"org": "contributor"}},
+    {"role": "fineGrained", "scoped": [{"entity": {"type": "model", "name": "org/m"}, "permissions": ["repo.write"]}]},
+])
+def test_check_access_passes_a_token_that_may_write(hub_kwargs):
+    with FakeHub(**hub_kwargs) as fake:
+        hub.check_access("org/m", branch="text2sql", token=TOKEN, endpoint=fake.url)  # a new repo
+        fake.repos["org/m"] = {"main": Branch()}
+        hub.check_access("org/m", branch="text2sql", token=TOKEN, endpoint=fake.url)  # a new branch
+        assert "/api/whoami-v2" in fake.paths("GET")

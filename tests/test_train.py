@@ -21,6 +21,7 @@ from oig.data.config import TrainingConfig
 from oig.errors import PublishError
 from oig.train import masking, tiny
 from oig.train import mixture as train_mixture
+from oig.train import run as run_module
 from oig.train.args import TINY_HYPERPARAMETERS, sft_config
 from oig.train.checkpoints import RUN_MARKER, last_checkpoint
 from oig.train.errors import TrainError
@@ -380,6 +381,34 @@ def test_publishing_settings_are_checked_before_training(tmp_path, monkeypatch, 
     assert not (tmp_path / "runs").exists()  # nothing was trained
 
 
+@pytest.mark.parametrize(("hub_kwargs", "token", "message"), [
+    (None, None, "HF_TOKEN is not set"),
+    ({}, "hf_wrong", "refused the token (HTTP 401)"),
+    ({"role": "read"}, "hf_test_token", "read-only token"),
+    ({"user": "someone"}, "hf_test_token", "cannot write to org/model"),
+    ({"user": "someone", "orgs": {"org": "read"}}, "hf_test_token", "cannot write to org/model"),
+    ({"role": "fineGrained", "scoped": [{"entity": {"type": "org", "name": "org"}, "permissions": ["repo.content.read"]}]},
+     "hf_test_token", "without `repo.write`"),
+])
+def test_hub_access_is_checked_before_training(tmp_path, monkeypatch, capsys, hub_kwargs, token, message):
+    import huggingface_hub.constants
+    from fake_hub import FakeHub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    make_repo(tmp_path, "Training:\n  base_model: tiny\n  hub_repo: org/model\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    with FakeHub(**(hub_kwargs or {})) as fake:
+        monkeypatch.setenv("HF_ENDPOINT", fake.url)
+        if token:
+            monkeypatch.setenv("HF_TOKEN", token)
+        assert main(["train", "--publish", "hub"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "nothing was trained" in err and "Traceback" not in err
+    assert token is None or token not in err
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
 def test_no_base_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(make_repo(tmp_path, "Training:\n  seed: 1\n"))
     assert main(["train"]) == 1
@@ -576,6 +605,7 @@ def test_a_failed_publish_keeps_the_model_and_model_yaml(tmp_path, monkeypatch, 
         raise PublishError("the upload to org/model failed after 5 attempts: 503 Service Unavailable")
 
     monkeypatch.setattr(publish, "publish", upload_fails)
+    monkeypatch.setattr(run_module, "check_hub_access", lambda repo_id, branch: None)  # a token that may write
     assert main(["train", "--base-model", "tiny", "--publish", "hub"]) == 1
     assert "503 Service Unavailable" in capsys.readouterr().err
     assert (repo / "model.yaml").read_text() == "previous model.yaml\n"

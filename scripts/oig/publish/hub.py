@@ -171,3 +171,52 @@ def upload_model(model_dir: Path, repo_id: str, *, branch: str, token: str, endp
 
     return with_retries(attempt, what=f"uploading {model_dir} to {repo_id} (branch {branch})", repo_id=repo_id,
                         retries=retries, base_delay=base_delay, sleep=sleep, rng=rng)
+
+
+# --- before training: the token, the repo and the branch -----------------------------------------------
+
+WRITE_ROLES = ("admin", "write", "contributor")  # roles in an organisation that may push to its repos
+
+
+def check_access(repo_id: str, *, branch: str, token: str, endpoint: str, retries: int = 2,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+    """Fail now, not after hours of training, when the upload would be refused: the token must be valid
+    and able to write (a write token, or a fine-grained one with ``repo.write`` on the repo or its
+    namespace), the namespace must be the token's user or an organisation where it may write, and the
+    repo, when it exists, must be readable with the token (the branch is created from main if new)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token)
+    who = with_retries(lambda: api.whoami(), what="checking HF_TOKEN", repo_id=repo_id, retries=retries,
+                       sleep=sleep)
+    user = who.get("name") or "?"
+    access = (who.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role")
+    namespace = repo_id.split("/")[0]
+    if role == "read":
+        raise PublishError(f"HF_TOKEN is a read-only token (user {user}); publishing to {repo_id} needs a write "
+                           "token (huggingface.co/settings/tokens)")
+    if role == "fineGrained":
+        scoped = ((access.get("fineGrained") or {}).get("scoped")) or []
+        allowed = any("repo.write" in (s.get("permissions") or [])
+                      and (s.get("entity") or {}).get("name") in (namespace, repo_id) for s in scoped)
+        if not allowed:
+            raise PublishError(f"HF_TOKEN is a fine-grained token without `repo.write` on {repo_id} or {namespace}; "
+                               "give it write access to the repo or its namespace")
+    writable = {user} | {o.get("name") for o in who.get("orgs") or [] if o.get("roleInOrg", "write") in WRITE_ROLES}
+    if namespace not in writable:
+        raise PublishError(f"HF_TOKEN (user {user}) cannot write to {repo_id}: {namespace} is neither the token's "
+                           "user nor an organisation where it has write access; fix hub_repo in training.yaml or "
+                           "the token")
+
+    def repo_state() -> None:
+        try:
+            api.repo_info(repo_id, revision=branch)
+        except Exception as exc:
+            # 404: a new repo (created in a namespace the token may write) or a new branch (made from main).
+            if _status(exc) != 404:
+                raise
+
+    with_retries(repo_state, what=f"checking {repo_id} (branch {branch})", repo_id=repo_id, retries=retries,
+                 sleep=sleep)
+

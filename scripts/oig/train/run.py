@@ -152,6 +152,8 @@ def configure(opts: TrainOptions) -> RunContext:
     check_base_model(base_model, config, opts)  # a folder needs a flag; nothing may run the model's code
     bugs = load_bugs(opts)  # before training: a bad bug list fails in seconds, not after hours
     commit, branch = git_commit(opts.root), git_branch(opts.root)
+    if opts.publish == "hub":
+        check_hub_access(config.oig["hub_repo"], branch)
     run_id = make_run_id(commit, base_model, opts)
     run_dir = Path(opts.output) if opts.output else Path(opts.root) / RUNS_DIR / run_id
     log = {
@@ -161,6 +163,20 @@ def configure(opts: TrainOptions) -> RunContext:
     }
     return RunContext(opts=opts, config=config, base_model=base_model, run_dir=run_dir, log=log, started=started,
                       bugs=bugs)
+
+
+def check_hub_access(repo_id: str, git_branch_name: str | None) -> None:
+    """HF_TOKEN set, valid and able to write to ``hub_repo`` on the run's branch, before training."""
+    from oig.errors import PublishError
+    from oig.publish import hub
+
+    try:
+        hub.check_repo_id(repo_id)
+        token = hub.token()
+        branch = hub.branch_name(git_branch_name)
+        hub.check_access(repo_id, branch=branch, token=token, endpoint=hub.endpoint())
+    except PublishError as exc:
+        raise TrainError(f"--publish hub: {exc}; nothing was trained") from None
 
 
 def _build_mixture(ctx: RunContext) -> None:
