@@ -125,6 +125,13 @@ def test_the_model_card_shows_the_repository_state(repo, monkeypatch):
     assert "[community/oig](https://github.com/community/oig)" in body
 
 
+def test_a_dpo_run_is_tagged_dpo(repo):
+    meta = build_model_card({**make_run(), "method": "dpo"}, make_config()).split("\n---\n", 1)[0]
+    assert "- dpo" in meta and "- sft" not in meta
+    meta = build_model_card({**make_run(), "method": "sft"}, make_config()).split("\n---\n", 1)[0]
+    assert "- sft" in meta and "- dpo" not in meta
+
+
 def test_card_without_metrics_or_slices(repo):
     run = {"run_id": "r", "base_model": "tiny"}
     card = build_model_card(run, make_config(), data_dir=repo / "nowhere", loss_curve=None)

@@ -215,7 +215,7 @@ def train_mixture_run(repo: Path) -> None:
 
 
 def test_defaults_on_cpu(tmp_path):
-    args, overrides = sft_config(config({"learning_rate": 1e-4, "output_dir": "elsewhere"}), tmp_path,
+    args, overrides = sft_config(config({"learning_rate": 1e-4}), tmp_path,
                                  on_gpu=False, has_eval=True)
     assert overrides == {}
     assert args.output_dir == str(tmp_path)  # oig decides where checkpoints go
@@ -250,6 +250,16 @@ def test_momentum_goes_to_the_optimizer_in_use(tmp_path):
 def test_bad_trainer_settings_are_a_clear_error(tmp_path):
     with pytest.raises(TrainError, match="training.yaml"):
         sft_config(config({"lr_scheduler_type": "sideways"}), tmp_path, on_gpu=False, has_eval=False)
+
+
+def test_fields_oig_owns_are_refused_even_without_validation(tmp_path):
+    # A config built in code skips `oig validate`; the trainer must not drop these without a word.
+    cfg = config({"hub_model_id": "org/x", "push_to_hub": True, "output_dir": "elsewhere", "learning_rate": 1e-4})
+    with pytest.raises(TrainError) as err:
+        sft_config(cfg, tmp_path, on_gpu=False, has_eval=False)
+    for key in ("hub_model_id", "push_to_hub", "output_dir"):
+        assert key in str(err.value)
+    assert "oig publishes the model itself" in str(err.value)
 
 
 def test_recorded_hyperparameters(tmp_path):

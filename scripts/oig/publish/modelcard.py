@@ -18,7 +18,7 @@ from oig.files import WriteError, atomic_output, write_atomic
 
 CARD_FILE = "README.md"
 LOSS_CURVE_FILE = "loss_curve.png"
-TAGS = ["oig", "trl", "sft", "text-generation"]
+TAGS = ["oig", "trl", "sft", "text-generation"]  # an SFT run; a DPO run says `dpo` instead (``tags``)
 _HF_DATASET = re.compile(r"^(?:https?://(?:www\.)?huggingface\.co/datasets/)?([\w.-]+/[\w.-]+?)/?$")
 
 
@@ -248,6 +248,12 @@ def eval_results(run: dict) -> list:
     return out
 
 
+def tags(run: dict) -> list[str]:
+    """The card's tags: the training method as run (``method: dpo`` is DPO, after SFT when there was data)."""
+    method = run.get("method") or "sft"
+    return [method if t == "sft" else t for t in TAGS]
+
+
 def build_model_card(run: dict, config, *, hub_repo: str | None = None, branch: str | None = None,
                      data_dir: Path = Path("data"), loss_curve: str | None = LOSS_CURVE_FILE,
                      local_path: Path | None = None) -> str:
@@ -272,7 +278,7 @@ def build_model_card(run: dict, config, *, hub_repo: str | None = None, branch: 
         license_name="see-model-card",
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=TAGS + ([f"branch-{branch}"] if branch and branch != "main" else []),
+        tags=tags(run) + ([f"branch-{branch}"] if branch and branch != "main" else []),
     )
     title = hub_repo or (local_path.name if local_path else "oig model")
     results = eval_results(run)

@@ -102,9 +102,10 @@ def trainer_config(config_class, config, output_dir: Path, *, on_gpu: bool, tiny
     ``defaults`` fill what training.yaml leaves unset, ``fixed`` replace whatever it says. A value the
     config class refuses is ``error`` naming ``where``.
     """
+    check_refused(config.training, error, where)
     fields = {f.name for f in dataclasses.fields(config_class)}
     kw = {k: v for k, v in config.training.items()
-          if k not in OWNED and k not in APPLIED_ELSEWHERE and (k in fields or not shared_only)}
+          if k not in APPLIED_ELSEWHERE and (k in fields or not shared_only)}
     kw["trust_remote_code"] = False  # the trainer loads nothing itself, and must never run model code
     overrides = {}
     if tiny_model:
@@ -139,6 +140,17 @@ def trainer_config(config_class, config, output_dir: Path, *, on_gpu: bool, tiny
         return config_class(output_dir=str(output_dir), **kw), overrides
     except (ValueError, TypeError) as exc:
         raise error(f"{where}: {exc}") from None
+
+
+def check_refused(training: dict, error: type[OigError] = TrainError, where: str = "training.yaml") -> None:
+    """Validation refuses the fields oig owns and the runner's; a config that bypassed it (built in code)
+    is refused here too, every such field at once, rather than having them dropped without a word."""
+    from oig.data.schemas import REFUSED_FIELDS
+
+    refused = sorted(k for k in training if k in OWNED or k in REFUSED_FIELDS)
+    if refused:
+        reasons = "; ".join(f"{k}: {REFUSED_FIELDS.get(k, 'oig sets it itself (the run folder)')}" for k in refused)
+        raise error(f"{where} sets fields oig does not take: {reasons}")
 
 
 def apply_momentum(kw: dict, momentum: float) -> None:
