@@ -26,7 +26,8 @@ def record(rid: str, scores: dict[str, float], *, prompt=None, failed=()) -> dic
     return {"id": rid, "messages": prompt or [{"role": "user", "content": f"question {rid}"}],
             "responses": responses, "battles": [], "scores": usable,
             "best": best and {"response_id": best, "model": f"model-{best}", "score": usable[best]},
-            "worst": worst and {"response_id": worst, "model": f"model-{worst}", "score": usable[worst]}}
+            "worst": worst and {"response_id": worst, "model": f"model-{worst}", "score": usable[worst]},
+            "verdicts_complete": True, "missing_verdicts": []}
 
 
 RECORDS = [

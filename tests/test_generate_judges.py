@@ -86,6 +86,23 @@ def test_combined_scores_are_weighted_means_over_the_judges_that_scored():
     assert judges.combine([SCORE, heavy, muted], per_judge, ["x", "y", "z"]) == {"x": 0.25, "y": 0.0}
 
 
+def test_only_judges_that_read_every_answer_count_for_an_instruction():
+    ids = ["x", "y", "z"]
+    evals = [{**_eval(SCORE, "x", 10, [1, 10]), "kind": "score"}, {**_eval(SCORE, "y", None, [1, 10], ok=False),
+                                                                    "kind": "score"},
+             {**_eval(SCORE, "z", 1, [1, 10]), "kind": "score"},
+             {**_eval(PAIR, "x", None, [0, 1], ok=False), "kind": "pairwise"}]  # pairwise: read from battles
+    battles = [{"judge": "p", "a": "x", "b": "y", "winner": "a"}, {"judge": "p", "a": "x", "b": "z", "winner": None},
+               {"judge": "p", "a": "y", "b": "z", "winner": "tie"}]
+    missing = judges.missing_verdicts(evals, battles)
+    assert missing == [("s", "y"), ("p", "x"), ("p", "z")]
+    per_judge = {"s": {"x": 1.0, "z": 0.0}, "p": {"x": 1.0, "y": 0.25, "z": 0.5}, "r": {"x": 0.0, "y": 1.0, "z": 0.5}}
+    counted = judges.counted_judges([SCORE, PAIR, REF], per_judge, ids, missing)
+    assert [j.name for j in counted] == ["r"]
+    assert judges.combine(counted, per_judge, ids) == {"x": 0.0, "y": 1.0, "z": 0.5}
+    assert judges.counted_judges([SCORE, PAIR], per_judge, ids, missing) == []  # no scores at all, no best
+
+
 def test_structured_output_asks_for_the_verdicts_shape():
     fmt = judges.response_format(SCORE)
     schema = fmt["json_schema"]["schema"]

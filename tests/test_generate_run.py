@@ -329,6 +329,54 @@ def test_malformed_judge_output_is_kept_and_never_scored(tmp_path):
     assert lines(tmp_path / "out" / "sft.jsonl") == [] and lines(tmp_path / "out" / "battles.jsonl") == []
 
 
+def _lenient_judge_unreadable_on_the_good_answer(body: dict) -> str:
+    """Models answer well (good) or not (bad). Judge `lenient` rates bad 10/10 and cannot say anything
+    readable about good; judge `strict` rates good 5 and bad 1."""
+    from fake_openai import JUDGE_MARK, _between
+
+    if not str(body["messages"][0].get("content", "")).startswith(JUDGE_MARK):
+        return "A careful, complete and correct answer." if body["model"] == "good" else "meh"
+    answer = _between(body["messages"][-1]["content"], "answer")
+    if body["model"] == "lenient":
+        return "I liked this one a lot!" if "careful" in answer else json.dumps({"scores": {"quality": 10}})
+    return json.dumps({"scores": {"quality": 5 if "careful" in answer else 1}})
+
+
+def test_a_judge_missing_one_verdict_counts_for_no_answer_and_every_export_says_so(tmp_path):
+    """Old code: good = strict only (4/9), bad = mean(lenient 1.0, strict 0.0) = 0.5, so bad was chosen."""
+    models = "models:\n  - model: good\n    provider: local\n  - model: bad\n    provider: local\n"
+    judges = "judges:\n" + "".join(f"  - kind: score\n    model: {m}\n    provider: local\n    aspects: [quality]\n"
+                                    for m in ("lenient", "strict"))
+    with FakeOpenAI(answer=_lenient_judge_unreadable_on_the_good_answer) as srv:
+        cfg = write_config(tmp_path, srv.base_url, models=models, judges=judges)
+        write_rows(tmp_path / "rows.jsonl", ROWS[:1])
+        run(cfg, tmp_path / "out")
+    out = tmp_path / "out"
+    (rec,) = records(out)
+    good, bad = rec["responses"]
+    assert rec["best"]["model"] == "good" and rec["worst"]["model"] == "bad"
+    assert rec["scores"] == {good["response_id"]: pytest.approx(4 / 9, abs=1e-6), bad["response_id"]: 0.0}
+    assert rec["judges_counted"] == ["score:strict"]
+    missing = [{"judge": "score:lenient", "response_id": good["response_id"], "model": "good"}]
+    assert rec["verdicts_complete"] is False and rec["missing_verdicts"] == missing
+    (sft,) = lines(out / "sft.jsonl")
+    assert sft["messages"][-1]["content"] == good["text"]
+    (pref,) = lines(out / "prefs.jsonl")
+    assert pref["chosen_model"] == "good" and pref["rejected_model"] == "bad"
+    (battle,) = lines(out / "battles.jsonl")
+    assert battle["winner"] == "model_a" and battle["model_a"] == "good"
+    for row in (sft, pref, battle):
+        assert row["verdicts_complete"] is False and row["missing_verdicts"] == missing
+
+
+def test_complete_verdicts_are_marked_complete_in_every_export(tmp_path):
+    with FakeOpenAI() as srv:
+        run(write_config(tmp_path, srv.base_url), tmp_path / "out")
+    out = tmp_path / "out"
+    rows = [*records(out), *lines(out / "sft.jsonl"), *lines(out / "prefs.jsonl"), *lines(out / "battles.jsonl")]
+    assert len(rows) > 4 and all(r["verdicts_complete"] is True and r["missing_verdicts"] == [] for r in rows)
+
+
 def test_pairwise_verdicts_that_disagree_between_orders_are_ties(tmp_path):
     with FakeOpenAI(position_bias=True) as srv:
         cfg = write_config(tmp_path, srv.base_url, judges="judges:\n  - kind: pairwise\n    model: judge\n"

@@ -7,6 +7,9 @@
   for training routers or reward models: the pairwise judges' verdicts when there are pairwise
   judges, otherwise every pair of scored answers compared by score (judge ``aggregate``).
 - ``--emit-slice``: the SFT export as a slice file of inline IOPairs (single-turn prompts only).
+
+Every row of sft, prefs and battles carries its record's ``verdicts_complete`` and
+``missing_verdicts`` (judge, response_id, model), so incomplete judging can be filtered out.
 """
 
 from __future__ import annotations
@@ -51,13 +54,18 @@ def _by_id(record: dict, response_id: str) -> dict:
     return next(r for r in record["responses"] if r["response_id"] == response_id)
 
 
+def _flags(record: dict) -> dict:
+    """Whether every judge read every answer of the record, and the verdicts missing: on every row."""
+    return {"verdicts_complete": record["verdicts_complete"], "missing_verdicts": record["missing_verdicts"]}
+
+
 def sft_rows(records: list[dict]) -> Iterable[dict]:
     for record in records:
         best = record.get("best")
         if best is None:
             continue
         text = _by_id(record, best["response_id"])["text"]
-        yield {"messages": [*record["messages"], {"role": "assistant", "content": text}]}
+        yield {"messages": [*record["messages"], {"role": "assistant", "content": text}], **_flags(record)}
 
 
 def pref_rows(records: list[dict], policy: str, margin: float, seed: int) -> Iterable[dict]:
@@ -86,7 +94,7 @@ def pref_rows(records: list[dict], policy: str, margin: float, seed: int) -> Ite
                    "rejected": [{"role": "assistant", "content": rejected["text"]}],
                    "chosen_model": chosen["model"], "rejected_model": rejected["model"],
                    "score_chosen": scores[chosen["response_id"]], "score_rejected": scores[rejected["response_id"]],
-                   "policy": policy}
+                   "policy": policy, **_flags(record)}
 
 
 def battle_rows(records: list[dict], pairwise: bool) -> Iterable[dict]:
@@ -98,14 +106,14 @@ def battle_rows(records: list[dict], pairwise: bool) -> Iterable[dict]:
                     continue
                 winner = {"a": "model_a", "b": "model_b", "tie": "tie"}[b["winner"]]
                 yield {"id": record["id"], "prompt": record["messages"], "model_a": models[b["a"]],
-                       "model_b": models[b["b"]], "winner": winner, "judge": b["judge"]}
+                       "model_b": models[b["b"]], "winner": winner, "judge": b["judge"], **_flags(record)}
             continue
         scores = record.get("scores") or {}
         for a, b in itertools.combinations(_usable(record), 2):
             sa, sb = scores[a["response_id"]], scores[b["response_id"]]
             winner = "model_a" if sa > sb else "model_b" if sb > sa else "tie"
             yield {"id": record["id"], "prompt": record["messages"], "model_a": a["model"], "model_b": b["model"],
-                   "winner": winner, "judge": "aggregate"}
+                   "winner": winner, "judge": "aggregate", **_flags(record)}
 
 
 # --- a slice file ---------------------------------------------------------------------------------

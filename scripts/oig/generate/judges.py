@@ -5,12 +5,21 @@ kept; output that is not the JSON asked for is recorded with ``parse_ok: false``
 never becomes a score. Pairwise judges see each pair in both orders (position bias is real); the two
 verdicts must agree, or the pair is a tie.
 
-An answer's score (0 to 1) is the weighted mean over the judges that scored it:
+An answer's score (0 to 1) is the weighted mean of each judge's score:
 
 - score and reference judges: ``(score - 1) / (scale - 1)``, averaged over aspects;
 - pairwise judges: the share of its pairs it won, a tie as half;
 - reward models: scaled among the instruction's answers, the lowest 0 and the highest 1 (0.5 when
   all are equal), since their raw scores have no fixed range.
+
+Missing verdicts (an unreadable verdict, a failed judge call, an undecided pair) must not make scores
+incomparable: averaging each answer over only the judges that read it would let a lenient judge's
+missing verdict on one answer flip the best answer. So for each instruction only the judges that
+read *all* of its answers count, with the same weights for every answer (``counted_judges``); a
+judge missing even one verdict counts for none of that instruction's answers. When no judge read
+every answer, the instruction has no scores, so no best answer, no SFT row and no pairs. Every
+missing (judge, answer) verdict is listed (``missing_verdicts``) on the record and on every row
+exported from it.
 """
 
 from __future__ import annotations
@@ -203,8 +212,34 @@ def judge_scores(judge: JudgeSpec, evaluations: list[dict], battles: list[dict],
     return {rid: out[rid] for rid in response_ids if rid in out}
 
 
+def missing_verdicts(evaluations: list[dict], battles: list[dict]) -> list[tuple[str, str]]:
+    """(judge, response id) for every verdict a judge was asked for and did not give, in first-seen order.
+
+    Unreadable or failed evaluations count; a pairwise battle without a winner (either order missing)
+    counts for both of its answers."""
+    seen: dict[tuple[str, str], None] = {}
+    for e in evaluations:
+        if e["kind"] != "pairwise" and (not e["parse_ok"] or e["score"] is None):
+            seen[(e["judge"], e["response_id"])] = None
+    for b in battles:
+        if b["winner"] is None:
+            seen[(b["judge"], b["a"])] = None
+            seen[(b["judge"], b["b"])] = None
+    return list(seen)
+
+
+def counted_judges(judges: list[JudgeSpec], per_judge: dict[str, dict[str, float]], response_ids: list[str],
+                   missing: list[tuple[str, str]]) -> list[JudgeSpec]:
+    """The judges whose scores count for this instruction: a weight above 0, a score for every answer
+    and no missing verdict. The same judges count for every answer, so scores compare."""
+    incomplete = {judge for judge, _ in missing}
+    return [j for j in judges if j.weight > 0 and j.name not in incomplete
+            and all(rid in per_judge.get(j.name, {}) for rid in response_ids)]
+
+
 def combine(judges: list[JudgeSpec], per_judge: dict[str, dict[str, float]], response_ids: list[str]) -> dict[str, float]:
-    """response id -> weighted mean of its judges' scores (answers no judge scored are left out)."""
+    """response id -> weighted mean of ``judges``' scores; pass ``counted_judges`` so that every answer
+    is scored by the same judges (answers a judge did not score are left out)."""
     out = {}
     for rid in response_ids:
         pairs = [(j.weight, per_judge[j.name][rid]) for j in judges if j.weight > 0 and rid in per_judge.get(j.name, {})]

@@ -3,7 +3,9 @@
 As one asyncio task per instruction: the models answer at once; the aggregator (if any) reads those
 answers and writes its own; every judge judges every usable answer (score and reference judges one
 answer at a time, pairwise judges every pair in both orders, reward models one answer at a time);
-``judges.combine`` turns the verdicts into scores, which give the best and the worst answer.
+``judges.combine`` turns the verdicts of the judges that read every answer into scores, which give
+the best and the worst answer; missing verdicts are listed on the record (``verdicts_complete``,
+``missing_verdicts``).
 """
 
 from __future__ import annotations
@@ -151,9 +153,13 @@ async def process(ctx: Ctx, inst: Instruction) -> dict:
             evaluations += result
 
     # --- scores, best and worst -------------------------------------------------------------------
+    # Only judges that read every answer count, alike for all answers (see oig.generate.judges).
     ids = [r["response_id"] for r in usable]
     per_judge = {j.name: judges.judge_scores(j, evaluations, battles, ids) for j in cfg.judges}
-    scores = judges.combine(cfg.judges, per_judge, ids)
+    missing = judges.missing_verdicts(evaluations, battles)
+    counted = judges.counted_judges(cfg.judges, per_judge, ids, missing)
+    scores = judges.combine(counted, per_judge, ids)
+    models = {r["response_id"]: r["model"] for r in responses}
     ranked = [r for r in usable if r["response_id"] in scores]
     best = worst = None
     if ranked:
@@ -163,4 +169,6 @@ async def process(ctx: Ctx, inst: Instruction) -> dict:
         worst = {"response_id": low["response_id"], "model": low["model"], "score": scores[low["response_id"]]}
     return {"id": inst.id, "source": inst.source, "messages": inst.messages, "reference": inst.reference,
             "responses": responses, "evaluations": evaluations, "battles": battles,
-            "scores_by_judge": per_judge, "scores": scores, "best": best, "worst": worst}
+            "scores_by_judge": per_judge, "judges_counted": [j.name for j in counted], "scores": scores,
+            "best": best, "worst": worst, "verdicts_complete": not missing,
+            "missing_verdicts": [{"judge": j, "response_id": rid, "model": models[rid]} for j, rid in missing]}
