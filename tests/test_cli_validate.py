@@ -107,3 +107,62 @@ def test_remote_resolves_links_and_prints_the_exact_pin(repo, capsys, local_serv
     capsys.readouterr()
     assert main(["validate", "data/remote.yaml", "--allow-local-sources"]) == 0  # offline: no fetch, warnings only
     assert len(server.requests) == 3
+
+
+ROW = b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n'
+BAD_AT_21 = ROW * 20 + b'{"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}\n' + ROW * 4
+
+
+def test_remote_converts_every_row_and_points_at_the_line_of_the_link(repo, capsys, local_server, monkeypatch):
+    import hashlib
+
+    summary = repo / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    server = local_server({"/bad.jsonl": BAD_AT_21, "/good.jsonl": ROW * 30})
+    (repo / "data" / "remote.yaml").write_text(f"# chat data\nOpenAIJsonl:\n  - link: {server.url}/bad.jsonl\n"
+                                               f"  - link: {server.url}/good.jsonl\n")
+    assert main(["validate", "--remote", "--allow-local-sources", "--format", "github", "data/remote.yaml"]) == 1
+    out = capsys.readouterr().out
+    assert (f"::error file=data/remote.yaml,line=3,col=11::OpenAIJsonl[0] {server.url}/bad.jsonl: line 21: "
+            "message 1 has no text content (empty)") in out
+    pin = hashlib.sha256(ROW * 30).hexdigest()
+    assert f"::warning file=data/remote.yaml,line=4,col=11::OpenAIJsonl[1] {server.url}/good.jsonl is not pinned: " \
+           f"add `sha256: {pin}`" in out
+    assert out.count("not pinned") == 2 and "validate --remote" not in out  # once a link, and no advice to run it
+    assert "| data/remote.yaml | 3 |" in summary.read_text()
+
+
+def test_remote_link_past_the_limits_is_not_fully_checked_never_valid(repo, capsys, local_server, monkeypatch):
+    summary = repo / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    server = local_server({"/bad.jsonl": BAD_AT_21})
+    (repo / "data" / "remote.yaml").write_text(f"OpenAIJsonl:\n  - link: {server.url}/bad.jsonl\n")
+    args = ["validate", "--remote", "--allow-local-sources", "data/remote.yaml", "--remote-max-bytes", str(len(ROW) * 5)]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "data/remote.yaml:2:11: warning: OpenAIJsonl[0]" in out
+    assert "not fully checked (5 rows checked of a file larger than --remote-max-bytes" in out
+    assert err.startswith("1 link(s) not fully checked: 0 error(s)") and "valid:" not in err
+    assert main([*args, "--format", "github"]) == 0
+    assert "1 link(s) not fully checked" in summary.read_text()
+    assert main(["validate", "--remote", "--allow-local-sources", "data/remote.yaml", "--remote-timeout", "0"]) == 2
+    capsys.readouterr()
+    assert main(args[:-2]) == 1 and "line 21" in capsys.readouterr().out  # the default limit reads it all
+
+
+def test_changed_from_fetches_only_the_changed_slices(repo, capsys, local_server):
+    server = local_server({"/a.jsonl": ROW, "/b.jsonl": ROW})
+    (repo / "data" / "a.yaml").write_text(f"OpenAIJsonl:\n  - link: {server.url}/a.jsonl\n")
+    (repo / "data" / "b.yaml").write_text(f"OpenAIJsonl:\n  - link: {server.url}/b.jsonl\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    (repo / "data" / "b.yaml").write_text(f"# changed\nOpenAIJsonl:\n  - link: {server.url}/b.jsonl\n")
+    assert main(["validate", "--remote", "--allow-local-sources", "--changed-from", "HEAD"]) == 0
+    assert server.paths() == ["/b.jsonl"]
+    out = capsys.readouterr().out
+    assert "data/b.yaml:3:11: warning: OpenAIJsonl[0]" in out and "add `sha256:" in out
+    assert "data/a.yaml:2:11: warning: file is not pinned" in out  # checked offline, as always
+    assert main(["validate", "--remote", "--changed-from", "--output=x"]) == 2
+    assert main(["validate", "--remote", "--changed-from", "no-such-ref"]) == 2

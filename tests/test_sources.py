@@ -285,19 +285,45 @@ def test_check_remote_errors(tmp_path, local_server):
     assert "no such dataset or revision" in messages[1]
     assert "mixes the roles of two layouts" in messages[2]
     assert "chat.jsonl: line 3: not valid JSON" in messages[3]
-    assert "but the slice pins sha256 " + "e" * 64 in messages[4]
-    assert len(found) == 5
+    assert "chat.jsonl: line 3: not valid JSON" in messages[4]  # every row is checked, pinned or not
+    assert "but the slice pins sha256 " + "e" * 64 in messages[5]
+    assert len(found) == 6
     assert check_remote(make_slice(tmp_path, openai_jsonl=[JsonlEntry(link="https://10.0.0.1/x.jsonl")]),
                         opts(tmp_path, allow_local=False))[0].message.endswith("10.0.0.1 is a private address "
                                                                                "(only public hosts are allowed)")
 
 
-def test_check_remote_samples_only(tmp_path, local_server):
-    rows = [{"question": "q", "answer": "a"}] * 5 + [{"question": None, "answer": "a"}]
+def test_check_remote_converts_every_row_not_a_sample(tmp_path, local_server):
+    rows = [{"question": "q", "answer": "a"}] * 25 + [{"question": None, "answer": "a"}]
     srv = local_server(hub_routes(REPO, SHA40, {"train.jsonl": jsonl(rows)}))
     s = make_slice(tmp_path, huggingface=[HFEntry(link=f"{srv.url}/datasets/{REPO}", revision=SHA40)])
-    assert check_remote(s, opts(tmp_path), sample=5) == []
-    assert "line 6: column 'question' is empty" in check_remote(s, opts(tmp_path), sample=6)[0].message
+    found = check_remote(s, opts(tmp_path))
+    assert len(found) == 1 and "line 26: column 'question' is empty" in found[0].message
+
+
+BAD_AT_21 = jsonl(CHAT[:1] * 20 + [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant"}]}]
+                  + CHAT[:1] * 4)
+
+
+def test_check_remote_reports_a_bad_row_at_line_21_with_its_field_and_the_link_line(tmp_path, local_server):
+    srv = local_server({"/chat.jsonl": BAD_AT_21})
+    s = make_slice(tmp_path, openai_jsonl=[JsonlEntry(link=f"{srv.url}/chat.jsonl", sha256=sha(BAD_AT_21))])
+    found = check_remote(s, opts(tmp_path), locate=lambda section, i: (7, 11))
+    assert [(p.line, p.col, p.severity) for p in found] == [(7, 11, "error")]
+    assert found[0].message == f"OpenAIJsonl[0] {srv.url}/chat.jsonl: line 21: message 1 has no text content (empty)"
+
+
+def test_check_remote_too_large_link_is_not_fully_checked(tmp_path, local_server):
+    from oig.data.sources import RemoteLimits
+
+    srv = local_server({"/chat.jsonl": BAD_AT_21})
+    s = make_slice(tmp_path, openai_jsonl=[JsonlEntry(link=f"{srv.url}/chat.jsonl")])
+    row = len(jsonl(CHAT[:1]))
+    found = check_remote(s, opts(tmp_path), RemoteLimits(max_bytes=row * 10 + 5))
+    assert [p.severity for p in found] == ["warning"]
+    assert "not fully checked (10 rows checked of a file larger than --remote-max-bytes" in found[0].message
+    assert "sha256" not in found[0].message  # no pin for a file nobody has read to the end
+    assert "line 21" in check_remote(s, opts(tmp_path), RemoteLimits(max_bytes=len(BAD_AT_21)))[0].message
 
 
 def test_validate_remote_through_the_cli(tmp_path, local_server, monkeypatch, capsys):

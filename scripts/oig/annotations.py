@@ -9,6 +9,13 @@ from pathlib import Path
 from oig.errors import Problem
 
 GITHUB_ANNOTATION_LIMIT = 10  # GitHub shows at most 10 error annotations per step; the summary has all
+# The words of a warning about a link too large to check within `oig validate --remote`'s limits: such a
+# link is never reported as valid.
+NOT_FULLY_CHECKED = "not fully checked"
+
+
+def not_fully_checked(problems: list[Problem]) -> int:
+    return sum(p.severity == "warning" and NOT_FULLY_CHECKED in p.message for p in problems)
 
 
 def text(problems: list[Problem]) -> str:
@@ -45,8 +52,11 @@ def markdown(problems: list[Problem]) -> str:
     warnings = len(problems) - errors
     if not problems:
         return "### oig validate\n\nAll data files are valid.\n"
-    lines = [f"### oig validate: {errors} error(s), {warnings} warning(s)\n", "| | file | line | message |",
-             "|---|---|---|---|"]
+    lines = [f"### oig validate: {errors} error(s), {warnings} warning(s)\n"]
+    if partial := not_fully_checked(problems):
+        lines.append(f"⚠️ **{partial} link(s) {NOT_FULLY_CHECKED}**: only part of their rows were read, so this "
+                     "check does not show they are valid; see the warnings below.\n")
+    lines += ["| | file | line | message |", "|---|---|---|---|"]
     for p in problems:
         icon = "❌" if p.severity == "error" else "⚠️"
         lines.append(f"| {icon} | {_md(p.file)} | {p.line or ''} | {_md(p.message)} |")

@@ -7,6 +7,8 @@ row conversion in ``oig.data.formats``.
 A materialized slice is cached under a key made of the slice's content (name, inline pairs, every
 entry's fields), what each remote entry resolved to (a pinned sha is taken as given, with no network)
 and the converter version: a rerun of a pinned slice neither fetches nor converts anything.
+
+One cohesive module: materializing and the remote check share the row conversion and its problems.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
 
-from oig.data import fetch, formats, hf, links
+from oig.annotations import NOT_FULLY_CHECKED
+from oig.data import download, fetch, formats, hf, links
 from oig.data.fetch import SourceOptions
 from oig.data.slices import HFEntry, JsonlEntry, Slice
 from oig.errors import FetchError, InvalidInput, Problem
@@ -145,23 +149,54 @@ def _cached(slice: Slice, pins: list[dict], folder: str, key: str, opts: SourceO
     return Materialized(slice.name, out, writer.count, meta["sha256"], pins)
 
 
-def check_remote(slice: Slice, opts: SourceOptions, sample: int = 20) -> list[Problem]:
-    """Resolve every link (existence, pins) and convert a sample of rows; problems, each with a fix."""
+@dataclass(frozen=True)
+class RemoteLimits:
+    """How much of one link ``check_remote`` reads: every row, unless the link is larger than this."""
+
+    max_bytes: int = 256 * 1024**2  # 256 MiB read per link (--remote-max-bytes)
+    timeout_s: float = 300.0  # seconds per link, download and conversion together (--remote-timeout)
+
+
+
+def check_remote(slice: Slice, opts: SourceOptions, limits: RemoteLimits = RemoteLimits(),
+                 locate: Callable[[str, int], tuple[int, int]] = lambda section, i: (0, 0)) -> list[Problem]:
+    """Resolve every link (existence, pins) and convert every row of it, within ``limits`` per link.
+
+    A link larger than the limits is reported as a warning "not fully checked (N rows checked of ...)".
+    ``locate(section, index)`` gives the (line, col) of the entry's link in the slice file."""
     file = str(slice.path)
     problems: list[Problem] = []
+    state = {"at": (0, 0)}
 
     def add(severity: str, message: str) -> None:
-        problems.append(Problem(file, 0, 0, severity, message))
+        if severity == "error" and sum(p.severity == "error" for p in problems) == MAX_ROW_PROBLEMS:
+            raise _TooMany
+        problems.append(Problem(file, *state["at"], severity, message))
 
     for i, e in enumerate(slice.huggingface):
+        state["at"] = locate("HuggingFace", i)
         where = f"HuggingFace[{i}] {e.link}"
+        deadline = time.monotonic() + limits.timeout_s
+        hub_opts = replace(opts, max_bytes=limits.max_bytes, deadline_s=limits.timeout_s)
         try:
             if e.columns:
                 formats.layout_of_columns(e.columns)
             res = hf.resolve(e, opts)
-            _sample(hf.iter_rows(res, opts), _row_converter(e.columns), min(sample, e.limit or sample), where, add)
+            seen, complete = _check_rows(hf.iter_rows(res, hub_opts), _row_converter(e.columns), e.limit, where,
+                                         add, deadline, f"{where}: {NOT_FULLY_CHECKED} ({{n:,}} rows checked of a dataset that takes longer than "
+                        f"--remote-timeout {limits.timeout_s:g} s to read)")
+            if seen == 0 and complete:
+                add("error", f"{where}: no rows")
+        except _TooMany:
+            _stopped(problems, file, state["at"])
+            return problems
         except FetchError as exc:
-            add("error", _about_message("HuggingFace", i, e.link, exc))
+            if "larger than the limit" in str(exc) or "deadline" in str(exc):
+                add("warning", f"{where}: {NOT_FULLY_CHECKED} (0 rows checked of a dataset file larger than "
+                               f"--remote-max-bytes {limits.max_bytes:,} or slower than --remote-timeout "
+                               f"{limits.timeout_s:g} s): {exc}")
+            else:
+                add("error", _about_message("HuggingFace", i, e.link, exc))
             continue
         except ValueError as exc:
             add("error", f"{where}: {exc}")
@@ -178,17 +213,125 @@ def check_remote(slice: Slice, opts: SourceOptions, sample: int = 20) -> list[Pr
     jsonl_links = [("OpenAIJsonl", i, e, formats.convert_openai_line) for i, e in enumerate(slice.openai_jsonl)]
     jsonl_links += [("Preferences", i, e, formats.convert_preference) for i, e in enumerate(slice.preference_links)]
     for section, i, e, convert in jsonl_links:
+        state["at"] = locate(section, i)
         where = f"{section}[{i}] {e.link}"
+        stream = _JsonlStream(e.link, opts, limits, e.sha256)
         try:
-            blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
+            seen, _ = _check_rows(stream.rows(), convert, e.limit, where, add, stream.deadline, None)  # type: ignore[arg-type]
+        except _TooMany:
+            _stopped(problems, file, state["at"])
+            return problems
         except FetchError as exc:
             add("error", _about_message(section, i, e.link, exc))
             continue
-        if not e.sha256:
-            add("warning", f"{where} is not pinned: add `sha256: {blob.name}` so the data cannot change "
-                           "under the model")
-        _sample(formats.iter_jsonl(blob), convert, min(sample, e.limit or sample), where, add)  # type: ignore[arg-type]
+        if stream.truncated:
+            add("warning", f"{where}: {NOT_FULLY_CHECKED} ({stream.rows_seen:,} rows checked of "
+                           f"{stream.why}); raise the limit to check every row")
+            continue
+        if seen == 0:
+            add("error", f"{where}: no rows")
+            continue
+        if e.limit is not None and seen >= e.limit:
+            continue  # only the first `limit` rows are used, and all of them were checked
+        digest = stream.hash.hexdigest()
+        if e.sha256 and e.sha256.lower() != digest:
+            add("error", f"{where}: the file's sha256 is {digest} but the slice pins sha256 {e.sha256.lower()}; "
+                         "check the link, then update the pin")
+        elif not e.sha256:
+            add("warning", f"{where} is not pinned: add `sha256: {digest}` under this link so the data cannot "
+                           "change under the model")
     return problems
+
+
+class _TooMany(Exception):
+    pass
+
+
+def _stopped(problems: list[Problem], file: str, at: tuple[int, int]) -> None:
+    problems.append(Problem(file, *at, "error", f"stopped after {MAX_ROW_PROBLEMS} problems"))
+
+
+def _check_rows(rows: Iterator[tuple[str, object]], convert: Callable[[object], Record], limit: int | None,
+                where: str, add: Callable[[str, str], None], deadline: float, late: str | None) -> tuple[int, bool]:
+    """Convert every row (up to ``limit``), reporting each bad one with its row and field.
+    Returns (rows seen, all of them?): ``late`` (a message with {n}) ends the check past ``deadline``."""
+    seen = 0
+    for at, row in islice(_readable(rows), limit):
+        if late is not None and time.monotonic() > deadline:
+            add("warning", late.format(n=seen))
+            return seen, False
+        seen += 1
+        try:
+            _line(row, convert)
+        except ValueError as exc:
+            add("error", ": ".join(filter(None, (where, at, str(exc)))))
+    return seen, True
+
+
+class _JsonlStream:
+    """A JSONL link's rows as its bytes arrive: no whole-file download before the first row is checked.
+
+    Reading stops at ``limits.max_bytes`` or after ``limits.timeout_s``; ``truncated`` then says so.
+    A pinned file already in the cache is read from there."""
+
+    def __init__(self, link: str, opts: SourceOptions, limits: RemoteLimits, sha256: str | None):
+        self.link, self.opts, self.limits, self.sha256 = link, opts, limits, sha256
+        self.deadline = time.monotonic() + limits.timeout_s
+        self.hash = hashlib.sha256()
+        self.truncated, self.why, self.rows_seen, self.size = False, "", 0, 0
+
+    def _chunks(self) -> Iterator[bytes]:
+        cached = fetch.blob_path(fetch.cache_root(self.opts), self.sha256.lower()) if self.sha256 else None
+        if cached is None or not cached.is_file():
+            if not links.is_local_link(self.link):
+                body = download.stream(self.link, self.opts.allow_local, self.opts.allow_local, self.opts.timeout_s,
+                                       self.opts.max_bytes, self.limits.timeout_s + self.opts.timeout_s)
+                with contextlib.closing(body):
+                    yield from body
+                return
+            cached = fetch.fetch_to_cache(self.link, self.opts)
+        with open(cached, "rb") as f:
+            while chunk := f.read(download.CHUNK):
+                yield chunk
+
+    def _lines(self) -> Iterator[bytes]:
+        rest = b""
+        for chunk in self._chunks():
+            room = self.limits.max_bytes - self.size
+            if len(chunk) > room or time.monotonic() > self.deadline:
+                self.truncated = True
+                self.why = (f"a file larger than --remote-max-bytes {self.limits.max_bytes:,}" if len(chunk) > room
+                            else f"a file that takes longer than --remote-timeout {self.limits.timeout_s:g} s to read")
+                complete = (rest + chunk[:max(room, 0)]).split(b"\n")
+                yield from complete[:-1] if len(chunk) > room else []
+                return
+            self.size += len(chunk)
+            self.hash.update(chunk)
+            *complete, rest = (rest + chunk).split(b"\n")
+            if len(rest) > formats.MAX_LINE_BYTES:
+                raise ValueError(f"a line is longer than {formats.MAX_LINE_BYTES:,} bytes")
+            yield from complete
+        if rest:
+            yield rest
+
+    def rows(self) -> Iterator[tuple[str, object]]:
+        for number, raw in enumerate(self._lines(), 1):
+            self.rows_seen = number
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield f"line {number}", formats.BadRow(f"not UTF-8 (byte {exc.start + 1}); save the file as UTF-8")
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(text)
+            except RecursionError:
+                yield f"line {number}", formats.BadRow("nested too deeply")
+            except json.JSONDecodeError as exc:
+                yield f"line {number}", formats.BadRow(f"not valid JSON: {exc.msg} at column {exc.colno}")
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -293,16 +436,3 @@ def _convert(rows: Iterator[tuple[str, object]], convert: Callable[[object], Rec
     if seen == 0 and where:
         problems.append(Problem(display, 0, 0, "error", f"{where}: no rows"))
     return seen
-
-
-def _sample(rows: Iterator[tuple[str, object]], convert: Callable[[object], Record], n: int, where: str,
-            add: Callable[[str, str], None]) -> None:
-    seen = 0
-    for at, row in islice(_readable(rows), max(n, 0)):
-        seen += 1
-        try:
-            _line(row, convert)
-        except ValueError as exc:
-            add("error", ": ".join(filter(None, (where, at, str(exc)))))
-    if seen == 0 and n > 0:
-        add("error", f"{where}: no rows")

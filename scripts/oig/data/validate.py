@@ -35,11 +35,21 @@ IGNORED_IN_DATA = {"README.md", "LICENSE"}
 CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
 
 
+# Without --remote, what an unpinned link should add; --remote replaces these with the exact line.
+PIN_HINTS = ("dataset is not pinned: add `revision: <40-character commit sha>` so the data cannot change under "
+             "the model (`oig validate --remote` prints the exact line)",
+             "file is not pinned: add `sha256: <hex>` so the data cannot change under the model "
+             "(`oig validate --remote` prints the exact line)")
+
+
 @dataclass(frozen=True)
 class ValidateOptions:
-    remote: bool = False  # also resolve links: existence, pins, a sample of rows converted
+    remote: bool = False  # also resolve links: existence, pins, every row converted (within the limits)
     allow_local: bool = False  # accept local paths and loopback http in links (tests, private mirrors)
     base_dir: Path = Path(".")
+    remote_max_bytes: int = 256 * 1024**2  # 256 MiB read per link at most; larger is "not fully checked"
+    remote_timeout_s: float = 300.0  # seconds per link at most, download and conversion together
+    remote_only: frozenset[Path] | None = None  # with remote: only these slice files (None: all)
 
 
 @cache
@@ -229,13 +239,9 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
                 found.append(((section, i, "link"), False, "error", why))
                 continue
             if section == "HuggingFace" and not SHA40.fullmatch(entry.get("revision") or ""):
-                found.append(((section, i, "link"), False, "warning",
-                              "dataset is not pinned: add `revision: <40-character commit sha>` so the data "
-                              "cannot change under the model (`oig validate --remote` prints the exact line)"))
+                found.append(((section, i, "link"), False, "warning", PIN_HINTS[0]))
             if section in ("OpenAIJsonl", "Preferences") and not entry.get("sha256"):
-                found.append(((section, i, "link"), False, "warning",
-                              "file is not pinned: add `sha256: <hex>` so the data cannot change under the "
-                              "model (`oig validate --remote` prints the exact line)"))
+                found.append(((section, i, "link"), False, "warning", PIN_HINTS[1]))
     return found
 
 
@@ -352,14 +358,17 @@ def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = Non
             slice_files.append(path)
         else:
             problems.append(Problem(_display(path), 0, 0, "error", "no such file or folder"))
+    remote_only = {p.resolve() for p in opts.remote_only or ()}
     decontaminate = overlap.EvalOverlap()  # an IOPairs input that overlaps an eval case is a warning
     for path in slice_files:
         s, found = _read_slice(path, opts)
         problems += found
         if s is not None and s.io_pairs:
             problems += decontaminate.warnings(path, _display(path), s.io_pairs)
-        if s is not None and opts.remote:
-            problems += _remote_problems(s, _display(path), opts)
+        if s is not None and opts.remote and (opts.remote_only is None or path.resolve() in remote_only):
+            # The remote check gives each unpinned link its exact pin line instead of the hint.
+            problems = [p for p in problems if not (p.file == _display(path) and p.message in PIN_HINTS)]
+            problems += _remote_problems(s, path, _display(path), opts)
     for path in training_files:
         display = _display(path)
         data, found = _read_regular_file(path, display)
@@ -373,12 +382,23 @@ def validate(paths: list[Path] | None = None, opts: ValidateOptions | None = Non
     return sorted(problems, key=lambda p: (p.file, p.line, p.col, p.severity))
 
 
-def _remote_problems(s: Slice, display: str, opts: ValidateOptions) -> list[Problem]:
+def _remote_problems(s: Slice, path: Path, display: str, opts: ValidateOptions) -> list[Problem]:
+    """--remote: every link fetched and every row converted; each problem at the line of its link."""
     from oig.data.fetch import SourceOptions
-    from oig.data.sources import check_remote
+    from oig.data.sources import RemoteLimits, check_remote
 
-    found = check_remote(s, SourceOptions(allow_local=opts.allow_local, base_dir=opts.base_dir))
+    text = yamlsafe.decode(path.read_bytes())  # read and checked a moment ago by check_slice
+    # Preferences mixes inline pairs and links: the i-th link is not the i-th item.
+    pref_links = [j for j, e in enumerate(_items(yamlsafe.load(text), "Preferences")) if "link" in e]
+
+    def locate(section: str, i: int) -> tuple[int, int]:
+        index = pref_links[i] if section == "Preferences" else i
+        return yamlsafe.locate(text, (section, index, "link"), key=False)
+
+    limits = RemoteLimits(max_bytes=opts.remote_max_bytes, timeout_s=opts.remote_timeout_s)
+    found = check_remote(s, SourceOptions(allow_local=opts.allow_local, base_dir=opts.base_dir), limits, locate)
     return [Problem(display, p.line, p.col, p.severity, p.message) for p in found]
+
 
 
 def load_slices(data_dir: Path, opts: ValidateOptions | None = None) -> list[Slice]:
