@@ -155,3 +155,48 @@ def test_a_local_reward_model_scores_answers_in_the_pipeline(tmp_path):
     assert summary.stats["calls"] == 0  # every score came from the store
     assert json.loads((tmp_path / "out" / "run.json").read_text())["stored"] == 16
     assert Path(tmp_path / "out" / "sft.jsonl").read_text().count("\n") == 4
+
+
+LLAMA_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+                  "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+@pytest.mark.slow
+def test_the_reward_model_sees_exactly_one_bos_token_with_a_llama_style_template(tmp_path, monkeypatch):
+    """The template writes <s> and the tokenizer adds <s> to any text it encodes: the input holds one."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["hello world [INST] 2+2? [/INST] four"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        chat_template=LLAMA_TEMPLATE)
+    assert tokenizer("hi")["input_ids"][0] == bos  # the tokenizer adds BOS itself, like Llama's
+    folder = tmp_path / "rm"
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id, max_position_embeddings=128)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+
+    rm = judges.RewardModel(str(folder))
+    model, loaded = rm._load()
+    seen = []
+
+    def spy(**batch):
+        seen.append(batch["input_ids"][0].tolist())
+        return model(**batch)
+
+    rm._loaded = (spy, loaded)
+    score = rm.score([{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "four"}])
+    assert isinstance(score, float)
+    (ids,) = seen
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert loaded.decode(ids) == "<s>[INST] 2+2? [/INST] four</s>"

@@ -117,7 +117,8 @@ async def call(ctx: Ctx, role: str, label: str, provider: str, model: str, messa
 
 async def reward_score(ctx: Ctx, judge: JudgeSpec, messages: list[dict]) -> dict:
     rm = ctx.reward_models[judge.name]
-    key = call_key({"kind": "reward", "model": rm.identity(), "messages": messages})
+    key = call_key({"kind": "reward", "model": rm.identity(), "messages": messages,
+                    "encoding": judges.REWARD_ENCODING_VERSION})
     role = "judge"
     hit = ctx.store.get(key)
     if hit is not None:

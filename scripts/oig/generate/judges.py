@@ -35,6 +35,8 @@ from oig.generate.config import JudgeSpec
 
 # Bump when a judge prompt changes: judge calls are stored under it, so a new prompt asks again.
 JUDGE_PROMPT_VERSION = 1
+# Bump when the reward model's input changes (2: no second BOS token after the chat template's).
+REWARD_ENCODING_VERSION = 2
 
 SYSTEM = ("You are an impartial expert judge of answers written by AI assistants. Judge only the answer's "
           "quality for the user's request; ignore its length and style unless they hurt it. Reply with a JSON "
@@ -286,12 +288,18 @@ class RewardModel:
             model, tokenizer = self._load()
             import torch
 
+            # A chat template writes its own special tokens (Llama's starts with <s> or
+            # <|begin_of_text|>): letting the tokenizer add them again would give two BOS tokens,
+            # an input the model never saw in training, and a different score.
             if tokenizer.chat_template:
                 text = tokenizer.apply_chat_template(messages, tokenize=False)
+                special = False
             else:
                 text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
+                special = True
             limit = min(int(getattr(tokenizer, "model_max_length", 4096) or 4096), 8192)
-            batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
+            batch = tokenizer(text, return_tensors="pt", truncation=True, max_length=limit,
+                              add_special_tokens=special)
             with torch.no_grad():
                 logits = model(**batch).logits
             return float(logits[0, 0])
