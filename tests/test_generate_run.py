@@ -20,7 +20,7 @@ from oig.data.fetch import SourceOptions
 from oig.errors import FetchError, InvalidInput, OigError
 from oig.generate.config import load_config
 from oig.generate.instructions import load_instructions, prompt_of
-from oig.generate.run import generate
+from oig.generate.run import generate, summary_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -350,7 +350,8 @@ def test_a_judge_missing_one_verdict_counts_for_no_answer_and_every_export_says_
     with FakeOpenAI(answer=_lenient_judge_unreadable_on_the_good_answer) as srv:
         cfg = write_config(tmp_path, srv.base_url, models=models, judges=judges)
         write_rows(tmp_path / "rows.jsonl", ROWS[:1])
-        run(cfg, tmp_path / "out")
+        summary = run(cfg, tmp_path / "out")
+    assert summary.incomplete == 1 and "1 records with missing verdicts" in summary_line(summary)
     out = tmp_path / "out"
     (rec,) = records(out)
     good, bad = rec["responses"]

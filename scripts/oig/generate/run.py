@@ -41,6 +41,7 @@ class Summary:
     evaluations: int = 0
     parse_failures: int = 0
     unscored: int = 0  # records with no best answer
+    incomplete: int = 0  # records where some judge gave no verdict on some answer
     first_error: str | None = None  # of an answer, for a run where every call failed
     files: dict[str, int] = field(default_factory=dict)  # file name -> lines
     stats: dict = field(default_factory=dict)
@@ -183,6 +184,7 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
         summary.evaluations += len(r["evaluations"])
         summary.parse_failures += sum(not e["parse_ok"] for e in r["evaluations"])
         summary.unscored += r["best"] is None
+        summary.incomplete += not r["verdicts_complete"]
     pairwise = any(j.kind == "pairwise" for j in cfg.judges)
     summary.files = {
         "records.jsonl": export.write_jsonl(out_dir / "records.jsonl", records),
@@ -239,6 +241,9 @@ def summary_line(s: Summary) -> str:
              f"{st['calls']} calls made, {st['stored']} from the store", f"${st['spent_usd']:.4f}"]
     if s.unscored:
         parts.append(f"{s.unscored} records with no scored answer")
+    if s.incomplete:
+        parts.append(f"{s.incomplete} records with missing verdicts (scored by the judges that read every answer; "
+                     "see missing_verdicts)")
     if s.budget_reached:
         parts.append("BUDGET REACHED: calls after it were not made (rerun with a larger --budget-usd to finish)")
     return ", ".join(parts)
