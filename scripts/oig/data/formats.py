@@ -1,4 +1,6 @@
 """Source formats -> the one record type, a conversation. Everything here runs once, at the edge.
+One cohesive module past 420 lines: every way a stranger's row is read, refused or converted sits
+together, so that what oig accepts is written down in one place.
 
 Two jobs: reading rows out of data files (JSON lines, JSON arrays, CSV, parquet), and converting one
 row into ``{"messages": [...]}``. Rows are dicts from strangers: every value is checked, and a row
@@ -6,7 +8,9 @@ that does not convert raises ValueError with the reason, which callers report wi
 
 Layouts recognised (column names in brackets; ``detect_layout`` picks the first that fits):
 
-    messages            [messages]  OpenAI chat: role/content, system messages, weight 0/1 kept
+    messages            [messages]  OpenAI chat: role/content, system messages, weight 0/1 kept, and
+                        function calling: [tools] (or legacy [functions]), assistant tool_calls (or
+                        function_call), tool (or function) results
     conversations       [conversations]  ShareGPT: from/value with human/gpt/system
     prompt_completion   [prompt, completion]  strings, or message lists (TRL's conversational form)
     alpaca              [instruction, output] and optional [input]
@@ -15,6 +19,10 @@ Layouts recognised (column names in brackets; ``detect_layout`` picks the first 
 
 Any layout takes an optional [system] column. An explicit ``columns`` mapping (role -> column name)
 picks the layout by the roles it names and the columns to read.
+
+Refused, with the reason: multimodal rows (an images/audio/video column, ``<image>`` placeholders, image
+or audio content parts), since oig trains text-only models, and text that spells a control token
+(``<|endoftext|>``, ``</s>``, ``<|im_start|>``...), which would end the answer or forge a turn.
 """
 
 from __future__ import annotations
@@ -25,10 +33,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from oig.records import Record, check_messages
+from oig.records import Record, check_messages, check_tools
 
 # Bump when conversion output changes: materialized slices are cached under this version.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: tool calls, multimodal and control-token rows refused
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one JSON line or CSV record; longer is refused, not buffered
 MAX_JSON_ARRAY_BYTES = 512 * 1024 * 1024  # a .json array is parsed whole; larger must be JSON lines
@@ -54,6 +62,12 @@ SPEAKERS = {
     "chatgpt": "assistant", "bard": "assistant", "bing": "assistant",
 }  # fmt: skip
 TOOL_SPEAKERS = {"tool", "function", "ipython", "observation"}
+# Columns and placeholders of multimodal datasets (LLaVA, TRL's vision format, audio sets): refused.
+MEDIA_COLUMNS = ("images", "image", "audio", "audios", "video", "videos")
+MEDIA_PLACEHOLDER = re.compile(r"<(?:image|audio|video)>")
+# Text chat templates read as control tokens; the same pattern as oig.data.validate's for inline slices
+# (validate imports this module, so it cannot be imported here; a test keeps the two equal).
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
 OIG_TURN = re.compile(r"^[ \t]*<(human|bot)>:[ \t]?", re.MULTILINE)
 
 
@@ -91,6 +105,10 @@ def convert_row(row: dict, columns: dict | None) -> Record:
     """One row as a conversation. Raises ValueError saying why the row does not convert."""
     if not isinstance(row, dict):
         raise ValueError(f"a row must be an object with named fields, not {_kind(row)}")
+    media = next((c for c in MEDIA_COLUMNS if row.get(c) not in (None, [], "")), None)
+    if media is not None:
+        raise ValueError(f"the row has an `{media}` column: a multimodal row, and oig trains text-only models; "
+                         "drop such rows (or the column, if the text stands without it)")
     columns = dict(columns or {})
     layout = layout_of_columns(columns) if columns else None
     if layout is None:
@@ -140,9 +158,12 @@ def convert_row(row: dict, columns: dict | None) -> Record:
     why = check_messages(messages)
     if why:
         raise ValueError(why)
-    if not messages[-1]["content"].strip():
+    for i, m in enumerate(messages):
+        _refuse_text(m["content"], i)
+    if not messages[-1]["content"].strip() and not messages[-1].get("tool_calls"):
         raise ValueError("the last assistant message is empty")
-    return {"messages": messages}
+    tools = _tools(row) if layout == "messages" else None
+    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
 
 
 def convert_openai_line(row: object) -> Record:
@@ -174,18 +195,25 @@ def _message(m: object, i: int) -> dict:
     speaker = m.get("role") if m.get("role") is not None else m.get("from")
     if not isinstance(speaker, str):
         raise ValueError(f"message {i} has no role (expected `role` or ShareGPT `from`)")
-    if speaker.lower() in TOOL_SPEAKERS or m.get("tool_calls") or m.get("function_call"):
-        raise ValueError(f"message {i} is a tool call or result; tool use is not supported")
-    role = SPEAKERS.get(speaker.lower())
+    role = "tool" if speaker.lower() in TOOL_SPEAKERS else SPEAKERS.get(speaker.lower())
     if role is None:
-        raise ValueError(f"message {i} has role {speaker!r}; expected system, user or assistant "
+        raise ValueError(f"message {i} has role {speaker!r}; expected system, user, assistant or tool "
                          "(ShareGPT: system, human, gpt)")
     content = m.get("content") if m.get("content") is not None else m.get("value")
+    calls = _tool_calls(m, i) if role == "assistant" else None
+    if content is None and calls:
+        content = ""  # OpenAI: an assistant turn that only calls tools has null content
     if isinstance(content, list):
         content = _text_parts(content, i)
     if not isinstance(content, str):
         raise ValueError(f"message {i} has no text content ({_kind(content)})")
-    out = {"role": role, "content": content}
+    out: dict = {"role": role, "content": content}
+    if calls:
+        out["tool_calls"] = calls
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if isinstance(m.get(key), str) and m[key]:
+                out[key] = m[key]
     weight = m.get("weight")
     if weight is not None:
         if role != "assistant":
@@ -197,15 +225,79 @@ def _message(m: object, i: int) -> dict:
     return out
 
 
+def _arguments(value: object, i: int, name: str) -> dict:
+    """Tool call arguments as an object: OpenAI writes them as a JSON string, chat templates take a dict."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise ValueError(f"message {i}: the arguments of tool call {name!r} are not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"message {i}: the arguments of tool call {name!r} are {_kind(value)}, not a JSON object")
+    return value
+
+
+def _tool_calls(m: dict, i: int) -> list[dict] | None:
+    """An assistant message's ``tool_calls``, or its legacy ``function_call``, in the chat-template shape."""
+    raw = m.get("tool_calls")
+    if raw is None and m.get("function_call") is not None:
+        raw = [{"type": "function", "function": m["function_call"]}]
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"message {i}: `tool_calls` must be a non-empty list")
+    calls = []
+    for call in raw:
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"message {i} has a tool call without a function name "
+                             '(expected {"type": "function", "function": {"name": ..., "arguments": ...}})')
+        out = {"type": "function", "function": {"name": name, "arguments": _arguments(function.get("arguments"), i, name)}}
+        if isinstance(call.get("id"), str) and call["id"]:
+            out["id"] = call["id"]
+        calls.append(out)
+    return calls
+
+
+def _tools(row: dict) -> list[dict] | None:
+    """A row's ``tools`` (OpenAI function calling), or its legacy ``functions``, checked."""
+    tools = row.get("tools")
+    if tools is None and row.get("functions") is not None:
+        functions = row["functions"]
+        if not isinstance(functions, list):
+            raise ValueError(f"`functions` is {_kind(functions)}, not a list of function definitions")
+        tools = [{"type": "function", "function": f} for f in functions]
+    if tools is None or tools == []:
+        return None
+    why = check_tools(tools)
+    if why:
+        raise ValueError(why)
+    return tools
+
+
 def _text_parts(parts: list, i: int) -> str:
     """OpenAI content parts: text parts are joined; images or audio cannot be trained on here."""
     texts = []
     for part in parts:
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
             kind = part.get("type") if isinstance(part, dict) else _kind(part)
-            raise ValueError(f"message {i} has a {kind} content part; only text is supported")
+            raise ValueError(f"message {i} has a {kind} content part; oig trains text-only models, so images "
+                             "and audio cannot be trained: drop such rows, or keep only the text parts")
         texts.append(part["text"])
     return "".join(texts)
+
+
+def _refuse_text(content: str, i: int) -> None:
+    """Refuse multimodal placeholders and control-token text: trained as text they would teach garbage."""
+    m = MEDIA_PLACEHOLDER.search(content)
+    if m:
+        raise ValueError(f"message {i} has a {m.group(0)} placeholder: this is a multimodal row (the media "
+                         "lives in another column), and oig trains text-only models; drop such rows")
+    m = CONTROL_TOKEN.search(content)
+    if m:
+        raise ValueError(f"message {i} contains {m.group(0)!r}, which chat templates read as a control token "
+                         "(it would end the answer or forge a turn); remove it from the data")
 
 
 def _oig_turns(text: str) -> list[dict]:
@@ -369,6 +461,8 @@ def convert_preference(row: object) -> dict:
             raise ValueError(f"{key} must be one non-empty assistant answer")
         messages[0].pop("weight", None)
         out[key] = messages
+    for i, m in enumerate(prompt_messages + out["chosen"] + out["rejected"]):
+        _refuse_text(m["content"], i)
     if out["chosen"][0]["content"] == out["rejected"][0]["content"]:
         raise ValueError("chosen and rejected are the same answer")
     return out

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 
-from oig.errors import OigError
+from oig.train.errors import TrainError
 
 
-class MaskingError(OigError):
+class MaskingError(TrainError):
     """A conversation cannot be tokenised with the chat template."""
 
 
@@ -75,21 +75,26 @@ def has_markers(template: str) -> bool:
     return has_generation_markers(template)
 
 
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
+
+
 def encode(messages: list[dict], tokenizer, template: str, assistant_only: bool = True,
-           marked: bool | None = None) -> tuple[list[int], list[int]]:
+           marked: bool | None = None, tools: list[dict] | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation: labels are -100 outside the assistant turns that count.
 
     An assistant turn with ``weight: 0`` is context only; with ``assistant_only=False`` every token
     but those of weight-0 turns is learned. ``marked``: whether the template has ``{% generation %}``
-    markers (found out when not given).
+    markers (found out when not given). ``tools``: the record's function definitions, rendered by the
+    template (``apply_chat_template(..., tools=...)``) with the assistants' ``tool_calls``.
     """
-    clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+    clean = [{"role": m["role"], "content": m["content"], **{k: m[k] for k in TOOL_KEYS if k in m}}
+             for m in messages]
     weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
     spans: list[tuple[int, int]] = []
     if marked or (marked is None and has_markers(template)):
-        ids, spans = _assistant_spans(clean, tokenizer, template)
+        ids, spans = _assistant_spans(clean, tokenizer, template, tools)
     if len(spans) != len(weights):
-        ids, spans = _prefix_spans(clean, tokenizer, template)
+        ids, spans = _prefix_spans(clean, tokenizer, template, tools)
     if assistant_only:
         labels = [-100] * len(ids)
         for (start, end), weight in zip(spans, weights, strict=True):
@@ -108,10 +113,11 @@ def _ids(out) -> list[int]:
     return list(ids)
 
 
-def _assistant_spans(messages: list[dict], tokenizer, template: str) -> tuple[list[int], list[tuple[int, int]]]:
+def _assistant_spans(messages: list[dict], tokenizer, template: str,
+                     tools: list[dict] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
     """Token spans of the assistant turns from the template's ``{% generation %}`` mask."""
-    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(messages, chat_template=template, tools=tools, tokenize=True,
+                                        return_dict=True, return_assistant_tokens_mask=True)
     ids, mask = _ids(out), list(out.get("assistant_masks") or [])
     spans, start = [], None
     for i, bit in enumerate([*mask, 0]):
@@ -123,11 +129,12 @@ def _assistant_spans(messages: list[dict], tokenizer, template: str) -> tuple[li
     return ids, spans
 
 
-def _prefix_spans(messages: list[dict], tokenizer, template: str) -> tuple[list[int], list[tuple[int, int]]]:
+def _prefix_spans(messages: list[dict], tokenizer, template: str,
+                  tools: list[dict] | None = None) -> tuple[list[int], list[tuple[int, int]]]:
     """Token spans of the assistant turns found by rendering the conversation up to each of them."""
 
     def render(msgs: list[dict], prompt: bool) -> list[int]:
-        return _ids(tokenizer.apply_chat_template(msgs, chat_template=template, tokenize=True,
+        return _ids(tokenizer.apply_chat_template(msgs, chat_template=template, tools=tools, tokenize=True,
                                                   return_dict=True, add_generation_prompt=prompt))
 
     ids = render(messages, False)
@@ -144,6 +151,23 @@ def _prefix_spans(messages: list[dict], tokenizer, template: str) -> tuple[list[
     return ids, spans
 
 
+def check_renders_tools(record: dict, n: int, tokenizer, template: str) -> None:
+    """Raise MaskingError unless the template shows a tool-use conversation's tools and tool calls: a
+    template that ignores them would train the answers with the calls silently left out."""
+    messages = [{"role": m["role"], "content": m["content"], **{k: m[k] for k in TOOL_KEYS if k in m}}
+                for m in record["messages"]]
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tools=record.get("tools"),
+                                         tokenize=False)
+    names = [t["function"]["name"] for t in record.get("tools") or []]
+    names += [c["function"]["name"] for m in messages for c in m.get("tool_calls") or []]
+    missing = [name for name in names if name not in text]
+    if missing:
+        raise MaskingError(f"slice {record.get('slice', '?')!r} has tool calls (conversation {n} of the mixture), "
+                           f"but the model's chat template does not render them ({missing[0]!r} is missing from "
+                           "the rendered text); use a base model whose chat template supports tools, or drop "
+                           "the tool-use rows from the slice")
+
+
 def to_dataset(records: list[dict], tokenizer, template: str, assistant_only: bool = True):
     """A ``datasets.Dataset`` of input_ids and labels, and how many records had nothing to learn."""
     from datasets import Dataset
@@ -151,11 +175,17 @@ def to_dataset(records: list[dict], tokenizer, template: str, assistant_only: bo
 
     input_ids, labels, dropped = [], [], 0
     marked = has_markers(template)
+    checked_tools = False
     for n, record in enumerate(records, 1):
+        tools = record.get("tools")
         try:
-            ids, labs = encode(record["messages"], tokenizer, template, assistant_only, marked)
+            if not checked_tools and (tools or any(m.get("tool_calls") for m in record["messages"])):
+                check_renders_tools(record, n, tokenizer, template)
+                checked_tools = True
+            ids, labs = encode(record["messages"], tokenizer, template, assistant_only, marked, tools)
         except TemplateError as exc:  # e.g. a template that refuses system messages
-            raise MaskingError(f"the chat template refused conversation {n} of the mixture: {exc}") from None
+            where = f" (slice {record['slice']!r})" if record.get("slice") else ""
+            raise MaskingError(f"the chat template refused conversation {n} of the mixture: {exc}{where}") from None
         if all(t == -100 for t in labs):
             dropped += 1
             continue

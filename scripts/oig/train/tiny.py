@@ -11,6 +11,7 @@ Heavy imports (torch, transformers, tokenizers) happen inside ``build_tiny`` onl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,11 +22,24 @@ VOCAB_SIZE = 512  # 256 bytes + 3 special tokens + about 250 merges
 
 # ChatML. The assistant's content AND its <|im_end|> sit inside {% generation %} so that
 # assistant-only loss trains the model to stop; the newline after it belongs to no turn.
+# Tool use as Qwen2.5 renders it: the tools' JSON in a system turn, each tool call as JSON between
+# <tool_call> tags inside the assistant's turn (so it is learned), results as `tool` turns.
 CHATML_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\n# Tools\\n' }}"
+    "{%- for tool in tools %}{{- (tool.function if tool.function is defined else tool) | tojson }}"
+    "{{- '\\n' }}{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}"
     "{{- '<|im_start|>assistant\\n' }}"
-    "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}"
+    "{%- generation %}{{- message['content'] }}"
+    "{%- for call in message.get('tool_calls') or [] %}"
+    "{%- set f = call.function if call.function is defined else call %}"
+    "{{- '<tool_call>\\n' + {'name': f.name, 'arguments': f.arguments} | tojson + '\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}{%- endgeneration %}"
     "{{- '\\n' }}"
     "{%- else %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
@@ -45,9 +59,13 @@ MAX_POSITIONS = 2048
 def texts_of(records: Iterable[dict]) -> Iterable[str]:
     """The strings the tokenizer learns its merges from: every message's role and content."""
     for record in records:
+        if record.get("tools"):
+            yield json.dumps(record["tools"])
         for message in record["messages"]:
             yield message["role"]
             yield message["content"]
+            if message.get("tool_calls"):
+                yield json.dumps(message["tool_calls"])
 
 
 def build_tokenizer(texts: Iterable[str]):
