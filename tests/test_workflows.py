@@ -157,7 +157,11 @@ def test_validate_runs_on_every_pull_request_read_only():
     assert "secrets." not in (WORKFLOW_DIR / "validate.yml").read_text()
     scripts = "\n".join(s.get("run") or "" for s in job["steps"])
     assert "pip install -c requirements/lock.txt -e .\n" in scripts + "\n" and "[train]" not in scripts and "torch" not in scripts
-    assert "oig validate --format github" in scripts and "oig mix --plan --format markdown" in scripts
+    assert "oig mix --plan --format markdown" in scripts
+    check = step(doc, "Validate data and training.yaml")
+    assert check["run"].startswith('oig validate --remote --format github --changed-from "$BASE_SHA" ')
+    assert check["env"] == {"BASE_SHA": "${{ github.event.pull_request.base.sha }}"}
+    assert step(doc, "Check out the pull request")["with"]["fetch-depth"] == 2  # the base commit, for git diff
     python = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/setup-python@"))
     assert python["with"]["python-version"] == "3.11" and python["with"]["cache"] == "pip"
     base = step(doc, "Check out the base branch's data")["with"]
@@ -186,6 +190,25 @@ def run_step(doc: dict, name: str, cwd: Path, env: dict[str, str]) -> subprocess
     script.write_text(s["run"])
     return subprocess.run([*GITHUB_SHELL, str(script)], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=120)
+
+
+def test_validate_step_checks_the_slices_the_pull_request_changed(tmp_path):
+    doc = load(WORKFLOW_DIR / "validate.yml")
+    ws = tmp_path / "ws"
+    shutil.copytree(ROOT / "data", ws / "data")
+    shutil.copy(ROOT / "training.yaml", ws / "training.yaml")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)
+    subprocess.run(["git", "add", "."], cwd=ws, check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], cwd=ws, check=True)
+    base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    env = {**workflow_env(tmp_path), "BASE_SHA": base}
+    (ws / "data" / "greetings.yaml").write_text((ROOT / "data" / "greetings.yaml").read_text() + "\n")
+    out = run_step(doc, "Validate data and training.yaml", ws, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    (ws / "data" / "greetings.yaml").write_text("IOPairs:\n  - input: a\n    outptu: b\n")
+    out = run_step(doc, "Validate data and training.yaml", ws, env)
+    assert out.returncode == 1 and "::error file=data/greetings.yaml,line=3" in out.stdout
 
 
 def test_validate_summary_puts_the_two_mixtures_side_by_side(tmp_path):
