@@ -221,8 +221,66 @@ def test_no_mixture_or_no_base_model(tmp_path):
 
 def test_fine_tune_arguments_mapping():
     args = hosted.fine_tune_arguments(
-        SimpleNamespace(training={"num_train_epochs": 2.6, "gradient_accumulation_steps": 4, "weight_decay": 0.01,
-                                  "lr_scheduler_type": "constant"}, seed=7,
+        SimpleNamespace(training={"num_train_epochs": 3, "per_device_train_batch_size": 4,
+                                  "gradient_accumulation_steps": 4, "weight_decay": 0.01, "packing": True,
+                                  "lr_scheduler_type": "linear", "logging_steps": 5}, seed=7,
                         oig={"lora": True, "lora_alpha": 32, "lora_target_modules": ["q_proj", "v_proj"]}), {})
-    assert args == {"train_on_inputs": False, "n_epochs": 3, "gradient_accumulation_steps": 4, "weight_decay": 0.01,
-                    "random_seed": 7, "lora": True, "lora_alpha": 32, "lora_trainable_modules": "q_proj,v_proj"}
+    # Together's batch_size is the total batch: 4 per device x 4 accumulation steps (one process).
+    assert args == {"training_method": "sft", "train_on_inputs": False, "n_epochs": 3, "batch_size": 16,
+                    "gradient_accumulation_steps": 4, "weight_decay": 0.01, "lr_scheduler_type": "linear",
+                    "packing": True, "random_seed": 7, "lora": True, "lora_alpha": 32,
+                    "lora_trainable_modules": "q_proj,v_proj"}
+    # A full fine-tune locally is a full fine-tune there too (Together's default would decide otherwise),
+    # and TRL's default of no packing is sent (Together packs by default).
+    full = hosted.fine_tune_arguments(SimpleNamespace(training={}, seed=1, oig={}), {})
+    assert full["lora"] is False and full["packing"] is False
+    dpo = hosted.fine_tune_arguments(SimpleNamespace(training={}, seed=1, oig={"method": "dpo", "dpo_beta": 0.2}), {},
+                                     method="dpo")
+    assert dpo["training_method"] == "dpo" and dpo["dpo_beta"] == 0.2 and "train_on_inputs" not in dpo
+
+
+def test_settings_together_cannot_honour_are_refused_by_name(tmp_path):
+    cfg = SimpleNamespace(training={"num_train_epochs": 2.6, "lr_scheduler_type": "constant", "max_steps": 10,
+                                    "warmup_steps": 5},
+                          seed=7, base_model=BASE, oig={"momentum": 0.9, "load_in_4bit": True})
+    with pytest.raises(TogetherError) as err:
+        hosted.train_on_together(mixture(tmp_path), cfg, {}, client=object())  # before any upload
+    for name in ("momentum", "load_in_4bit", "max_steps", "num_train_epochs", "lr_scheduler_type",
+                 "warmup_steps"):
+        assert name in str(err.value)
+    assert not (tmp_path / "mixture" / "together_train.jsonl").exists()
+    owned = SimpleNamespace(training={"hub_model_id": "org/x"}, seed=7, base_model=BASE, oig={})
+    with pytest.raises(TogetherError, match="hub_model_id: oig publishes the model itself"):
+        hosted.fine_tune_arguments(owned, {})
+
+
+def test_the_held_out_split_is_the_validation_file(tmp_path):
+    d = mixture(tmp_path)
+    (d / "eval.jsonl").write_text(json.dumps({"slice": "capitals", "messages": [
+        {"role": "user", "content": "Capital of Spain?"}, {"role": "assistant", "content": "Madrid."}]}) + "\n")
+    with FakeTogether() as fake:
+        hosted.train_on_together(d, config(), {}, client=client_for(fake), sleep=lambda s: None)
+        create = fake.find("POST", "/v1/fine-tunes")[0]["json"]
+        assert create["training_file"] == "file-1" and create["validation_file"] == "file-2"
+        assert create["n_evals"] == 2  # one per epoch
+        assert json.loads(fake.files["file-2"])["messages"][1]["content"] == "Madrid."
+    assert create["training_type"]["type"] == "Full"  # no lora: a full fine-tune, as locally
+
+
+def test_dpo_runs_sft_then_dpo_from_its_result(tmp_path):
+    d = mixture(tmp_path)
+    pair = {"slice": "tone", "prompt": [{"role": "user", "content": "Hi"}],
+            "chosen": [{"role": "assistant", "content": "Hello!"}], "rejected": [{"role": "assistant", "content": "Go."}]}
+    (d / "preferences.jsonl").write_text(json.dumps(pair) + "\n")
+    cfg = config(method="dpo", dpo_beta=0.3)
+    with FakeTogether() as fake:
+        result = hosted.train_on_together(d, cfg, {}, client=client_for(fake), sleep=lambda s: None)
+        sft, dpo = (c["json"] for c in fake.find("POST", "/v1/fine-tunes"))
+        uploaded = json.loads(fake.files["file-2"])
+    assert sft["training_method"]["method"] == "sft" and sft["model"] == BASE
+    assert dpo["training_method"]["method"] == "dpo" and dpo["training_method"]["dpo_beta"] == 0.3
+    assert dpo["from_checkpoint"] == "ft-1" and dpo["training_file"] == "file-2"
+    assert uploaded == {"input": {"messages": pair["prompt"]}, "preferred_output": pair["chosen"],
+                        "non_preferred_output": pair["rejected"]}
+    assert result["job"]["id"] == "ft-2" and result["job"]["sft_job"]["id"] == "ft-1"
+    assert result["model"]["together"]["model"] == result["job"]["output"]

@@ -593,6 +593,9 @@ def test_backend_together_trains_on_the_hosted_service(tmp_path, monkeypatch, ca
         (create,) = fake.find("POST", "/v1/fine-tunes")
     assert "trained on Together, job ft-1" in capsys.readouterr().err
     assert create["json"]["model"] == "org/Other-8B" and create["json"]["n_epochs"] == 2
+    # Settings are sent explicitly: a full fine-tune, no packing, the held-out split as the validation file.
+    assert create["json"]["training_type"]["type"] == "Full" and create["json"]["packing"] is False
+    assert create["json"]["validation_file"] == "file-2" and create["json"]["n_evals"] == 2
     log = runlog.read_training_log(repo / "training_log")
     # Together gets mixture.jsonl: the 20 codes less the 2 that oig mix holds out (eval_size unset: 10%).
     assert log["backend"] == "together" and log["together_job"]["examples"] == 18

@@ -207,7 +207,8 @@ def _train_on_together(ctx: RunContext) -> dict:
     from oig.train.together import train_on_together
 
     _build_mixture(ctx)
-    ctx.log["mixture"] = read_mixture(ctx.mixture_dir)[0]
+    ctx.log["method"] = ctx.config.oig.get("method", "sft")
+    ctx.log["mixture"] = read_mixture(ctx.mixture_dir, allow_empty=ctx.log["method"] == "dpo")[0]
     # --base-model overrides training.yaml here too.
     result = train_on_together(ctx.mixture_dir, replace(ctx.config, base_model=ctx.base_model), ctx.log)
     ctx.log.update({**finished(ctx.started), "together_job": result.get("job"), "model": result["model"],
