@@ -57,7 +57,12 @@ class Drip:
             while time.monotonic() - self.started < give_up:
                 ready, _, _ = select.select([self.sock], [], [], every or 0.05)
                 if ready:
-                    chunk = self.sock.recv(65536)
+                    try:
+                        chunk = self.sock.recv(65536)
+                    except ConnectionResetError:
+                        # The server closed with a byte of ours unread (it stopped reading the body):
+                        # TCP says so with a reset instead of an orderly close. Closed all the same.
+                        chunk = b""
                     if not chunk:
                         self.closed = True
                         return
