@@ -57,7 +57,7 @@ HOSTILE = {
     "deep": ("IOPairs: " + "[" * 5000, "nesting deeper than 32", 1, None),
     "nul": ("IOPairs:\n  - input: a\x00\n    output: b\n", "NUL character", 2, 13),
     "latin1": (b"IOPairs:\n  - input: caf\xe9\n    output: b\n", "invalid UTF-8", 2, 15),
-    "syntax": ("IOPairs:\n  - input: a\n   output: b\n", "YAML syntax error", 3, 4),
+    "syntax": ("IOPairs:\n  - input: a\n   output: b\n", "the indentation of line 3 does not fit", 3, 4),
     "file-link": ("OpenAIJsonl:\n  - link: file:///etc/passwd\n", "links must be https URLs, not file:", 2, 11),
     "path-link": ("OpenAIJsonl:\n  - link: ../../secrets.jsonl\n", "needs --allow-local-sources", 2, 11),
     "http-link": ("OpenAIJsonl:\n  - link: http://example.com/a.jsonl\n", "links must use https", 2, 11),
@@ -93,6 +93,19 @@ def test_every_problem_in_a_file_is_reported_at_once(tmp_path):
     found = problems_of(tmp_path, "many.yaml", (
         "IOPair: []\nOpenAIJsonl:\n  - link: file:///etc/passwd\n  - link: https://example.com/a\n    limit: 0\n"))
     assert [(p.line, p.severity) for p in found] == [(1, "error"), (3, "error"), (4, "warning"), (5, "error")]
+
+
+def test_every_unknown_key_and_every_duplicate_key_is_reported(tmp_path):
+    found = problems_of(tmp_path, "keys.yaml", "IOPairs:\n  - input: a\n    outptu: b\n    foo: 1\n    output: c\n"
+                                               "licens: MIT\ndescripton: x\n")
+    assert [(p.line, p.col, p.message.split(" at ")[0]) for p in found] == [
+        (3, 5, "unknown key 'outptu'"), (4, 5, "unknown key 'foo'"), (6, 1, "unknown key 'licens'"),
+        (7, 1, "unknown key 'descripton'")]
+    found = problems_of(tmp_path, "dup.yaml", "IOPairs:\n  - input: a\n    input: b\n    output: c\n    output: d\n"
+                                              "license: MIT\nlicense: MIT\n")
+    assert [(p.line, p.message) for p in found] == [(3, "duplicate key 'input'; each key may appear once"),
+                                                    (5, "duplicate key 'output'; each key may appear once"),
+                                                    (7, "duplicate key 'license'; each key may appear once")]
 
 
 def test_unpinned_links_warn_with_the_pin_to_add(tmp_path):

@@ -88,3 +88,32 @@ def test_locate_finds_keys_values_and_falls_back_to_parents():
     assert locate(text, ["HuggingFace", 0, "link"]) == (7, 11)
     assert locate(text, ["IOPairs", 7, "input"]) == (2, 1)  # no such item: the nearest existing parent
     assert locate("a: {b: [1, 2, {c: 3}]}", ["a", "b", 2, "c"]) == (1, 19)
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "line", "col"),
+    [
+        ("IOPairs:\n\t- input: a\n", "YAML indents with spaces, not tabs: replace the tab at line 2 col 1 with spaces",
+         2, 1),
+        ("IOPairs:\n  - input: a\n  \toutput: b\n",
+         "YAML indents with spaces, not tabs: replace the tab at line 3 col 3 with spaces", 3, 3),
+        ("IOPairs:\n  - input: a\n   output: b\n", "the indentation of line 3 does not fit the lines above it", 3, 4),
+        ("IOPairs:\n  - input: a\n     output: b\n", "the indentation of line 3 does not fit the lines above it", 3, 6),
+        ("a:\n  b: 1\n c: 2\n", "the indentation of line 3 does not fit the lines above it", 3, 2),
+        ("a: x: y\n", "line 1 holds ': ' inside a value: put the text in quotes", 1, 5),
+    ],
+)
+def test_tabs_and_indentation_get_a_sentence_with_the_fix(text, message, line, col):
+    with pytest.raises(YamlError) as exc:
+        load(text.encode())
+    assert exc.value.message.startswith(message) and "YAML syntax error" not in exc.value.message
+    assert (exc.value.line, exc.value.col) == (line, col)
+
+
+def test_every_duplicate_key_is_reported():
+    with pytest.raises(YamlError) as exc:
+        load(b"a: 1\na: 2\nb:\n  c: 1\n  c: 2\n  d: 1\n  d: 2\n")
+    found = [(e.line, e.col, e.message) for e in (exc.value, *exc.value.more)]
+    assert found == [(2, 1, "duplicate key 'a'; each key may appear once"),
+                     (5, 3, "duplicate key 'c'; each key may appear once"),
+                     (7, 3, "duplicate key 'd'; each key may appear once")]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 from yaml.events import (
@@ -47,6 +47,7 @@ class YamlError(Exception):
     message: str
     line: int = 0
     col: int = 0
+    more: list[YamlError] = field(default_factory=list)  # further problems of the same file (duplicate keys)
 
     def __str__(self) -> str:
         return self.message
@@ -117,14 +118,35 @@ def load(data: bytes | str) -> object:
         msg = f"{exc.problem or exc.context or 'invalid YAML'}"
         if exc.context and exc.problem:
             msg = f"{exc.context}: {exc.problem}"
+        line, col = ((mark.line + 1), (mark.column + 1)) if mark else (0, 0)
         if "nesting depth" in msg:  # PyYAML >= 6.0.4 stops deep flow nesting itself, before our own check
-            msg = f"nesting deeper than {MAX_DEPTH} levels"
-            raise YamlError(msg, (mark.line + 1) if mark else 0, (mark.column + 1) if mark else 0) from None
-        raise YamlError(f"YAML syntax error: {msg}", (mark.line + 1) if mark else 0, (mark.column + 1) if mark else 0) from None
+            raise YamlError(f"nesting deeper than {MAX_DEPTH} levels", line, col) from None
+        raise _syntax_error(text, msg, line, col) from None
     except yaml.YAMLError as exc:
         raise YamlError(f"YAML error: {exc}") from None
     finally:
         loader.dispose()
+
+
+def _syntax_error(text: str, msg: str, line: int, col: int) -> YamlError:
+    """The parser's message as a sentence with the fix, for the mistakes people make by hand."""
+    lines = text.split("\n")
+    here = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "tab" in msg or ("cannot start any token" in msg and "\t" in here):
+        tab = here.find("\t") + 1 or col
+        return YamlError(f"YAML indents with spaces, not tabs: replace the tab at line {line} col {tab} with spaces",
+                         line, tab)
+    indent = len(here) - len(here.lstrip(" "))
+    above = next((p for p in reversed(lines[:max(line - 1, 0)]) if p.strip() and not p.lstrip().startswith("#")), "")
+    misaligned = indent != len(above) - len(above.lstrip(" ")) or above.lstrip().startswith("- ")
+    if "expected key" in msg or "expected '-' indicator" in msg or ("mapping values are not allowed" in msg and misaligned):
+        return YamlError(f"the indentation of line {line} does not fit the lines above it: indent it with the same "
+                         "number of spaces as the other keys of its entry (or its list's other '- ' items)",
+                         line, indent + 1)
+    if "mapping values are not allowed" in msg:
+        return YamlError(f"line {line} holds ': ' inside a value: put the text in quotes (\"...\") or write it "
+                         "as a block (|)", line, col)
+    return YamlError(f"YAML syntax error: {msg}", line, col)
 
 
 def _build(loader: _Loader) -> object:
@@ -142,6 +164,7 @@ def _build(loader: _Loader) -> object:
     no_key = _NO_KEY
     key = no_key
     budget = MAX_NODES
+    duplicates: list[YamlError] = []
     while True:
         event = get()
         cls = event.__class__
@@ -158,7 +181,9 @@ def _build(loader: _Loader) -> object:
                 raise _refuse(event, f"text of {len(value):,} characters; the limit is {MAX_STRING:,}")  # type: ignore[arg-type]
             if cur.__class__ is dict and key is no_key:
                 if value in cur:  # type: ignore[operator]
-                    raise _refuse(event, f"duplicate key {value!r}; each key may appear once")
+                    # Every duplicate is reported (at the end); the parse goes on with a throwaway key.
+                    duplicates.append(_refuse(event, f"duplicate key {value!r}; each key may appear once"))
+                    value = _NoKey()
                 if value == "<<" and event.implicit[0]:
                     raise _refuse(event, "YAML merge keys (<<) are not allowed; write the keys out")
                 key = value
@@ -201,6 +226,10 @@ def _build(loader: _Loader) -> object:
     event = get()
     if event.__class__ is not StreamEndEvent:
         raise _refuse(event, "more than one YAML document (---) in the file; keep one")
+    if duplicates:
+        first, *rest = duplicates
+        first.more = rest
+        raise first
     return root
 
 

@@ -2,7 +2,8 @@
 
 The fast path for a valid file is: libyaml events -> plain data (``yamlsafe``) -> one jsonschema-rs
 check -> a few checks no schema can express. Line numbers are looked up only for files that have a
-problem, by walking the YAML events again (``yamlsafe.locate``).
+problem, by walking the YAML events again (``yamlsafe.locate``). One cohesive module: every check of a
+slice file, from bytes to the remote links, with its messages.
 """
 
 from __future__ import annotations
@@ -124,6 +125,22 @@ class _SubError:
     instance_path: tuple
     kind: object
     message: str
+
+
+@dataclass(frozen=True)
+class AdditionalProperties:
+    """One unknown key of a jsonschema-rs AdditionalProperties error, which lists them all."""
+
+    unexpected: list
+
+
+def _one_per_unknown_key(errors: list) -> list:
+    """An error for every unknown key, not only the first one jsonschema-rs names."""
+    out = []
+    for err in errors:
+        keys = list(err.kind.unexpected) if type(err.kind).__name__ == "AdditionalProperties" else []
+        out += [_SubError(tuple(err.instance_path), AdditionalProperties([k]), err.message) for k in keys] or [err]
+    return out
 
 
 def _branch(item: object) -> int:
@@ -258,7 +275,7 @@ def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) ->
         text = yamlsafe.decode(data)
         doc = yamlsafe.load(text)
     except yamlsafe.YamlError as exc:
-        return None, problems + [Problem(display, exc.line, exc.col, "error", exc.message)]
+        return None, problems + [Problem(display, e.line, e.col, "error", e.message) for e in (exc, *exc.more)]
     if doc is None:
         return None, problems + [Problem(display, 1, 1, "error", "the file is empty; add an IOPairs, HuggingFace or OpenAIJsonl section")]
     if not isinstance(doc, dict):
@@ -272,7 +289,7 @@ def check_slice(data: bytes, path: Path, display: str, opts: ValidateOptions) ->
     validator = _slice_validator()
     schema_ok = validator.is_valid(doc)
     if not schema_ok:
-        errors = _expand_one_of(list(validator.iter_errors(doc)), doc)
+        errors = _one_per_unknown_key(_expand_one_of(list(validator.iter_errors(doc)), doc))
         # "unknown key 'outptu'; did you mean 'output'?" already says what "missing 'output'" would.
         typo_fixes = {(tuple(e.instance_path), messages.nearest(str(e.kind.unexpected[0]),
                                                                 messages.valid_keys(SLICE_SCHEMA, tuple(e.instance_path))))
