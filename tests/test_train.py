@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from oig.train.args import TINY_HYPERPARAMETERS, sft_config
 from oig.train.checkpoints import RUN_MARKER, last_checkpoint
 from oig.train.errors import TrainError
 from oig.train.mixture import held_out_log, read_eval, read_mixture
-from oig.train.record import hyperparameters, make_run_id, metrics_history
+from oig.train.record import hyperparameters, make_run_id, metrics_history, run_mean_loss
 from oig.train.run import TrainOptions
 from oig.train.sft import make_trainer
 
@@ -520,6 +521,38 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
     (bug,) = again["bugs"]
     assert (bug["number"], bug["before_source"], bug["after"]) == (7, "previous model", got[0])
     assert again["bugs_summary"]["total"] == 1
+
+
+def test_run_mean_loss_counts_each_logged_loss_for_its_steps():
+    history = [{"loss": 4.0, "step": 10}, {"eval_loss": 3.0, "step": 10}, {"loss": 2.0, "step": 20},
+               {"loss": 1.0, "step": 25}, {"train_loss": 9.9, "step": 25}]
+    assert run_mean_loss(history) == pytest.approx((4.0 * 10 + 2.0 * 10 + 1.0 * 5) / 25)
+    assert run_mean_loss([{"eval_loss": 1.0, "step": 1}]) is None
+
+
+def test_train_loss_means_the_same_on_a_fresh_and_a_resumed_run(tmp_path, monkeypatch, capsys, offline):
+    repo = make_repo(tmp_path, "Training:\n  seed: 42\n  eval_size: 0\n  max_steps: 40\n  save_steps: 20\n"
+                               "  logging_steps: 5\n")
+    monkeypatch.chdir(repo)
+    assert main(["train", "--base-model", "tiny", "--publish", "none"]) == 0
+    fresh = runlog.read_training_log(repo / "training_log")
+    losses = [m["loss"] for m in fresh["metrics"] if "loss" in m]
+    assert fresh["train_loss"] == pytest.approx(sum(losses) / len(losses), abs=1e-5)  # 8 windows of 5 steps
+
+    # Resume from the checkpoint halfway: the second half is trained again, the first comes from it.
+    checkpoints = next(repo.glob("runs/*/checkpoints"))
+    shutil.rmtree(checkpoints / "checkpoint-40")
+    assert main(["train", "--base-model", "tiny", "--publish", "none"]) == 0
+    resumed = runlog.read_training_log(repo / "training_log")
+    assert resumed["resumed_from"].endswith("checkpoint-20") and resumed["steps"] == 40
+    # The whole run's mean, not the mean of the 20 steps this process trained (lower: the loss fell).
+    assert resumed["train_loss"] == pytest.approx(fresh["train_loss"], rel=1e-3)
+    second_half = [m["loss"] for m in resumed["metrics"] if "loss" in m and m["step"] > 20]
+    assert resumed["train_loss"] > sum(second_half) / len(second_half)
+
+    # A rerun of the finished run trains nothing and still reports the same.
+    assert main(["train", "--base-model", "tiny", "--publish", "none"]) == 0
+    assert runlog.read_training_log(repo / "training_log")["train_loss"] == resumed["train_loss"]
 
 
 SLOW_CHILD = """

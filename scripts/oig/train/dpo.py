@@ -22,7 +22,7 @@ from oig.train.args import dpo_config, lora_config, merge_adapters, use_bf16, us
 from oig.train.checkpoints import resume_point, training
 from oig.train.context import RunContext
 from oig.train.errors import DPOError
-from oig.train.record import hyperparameters
+from oig.train.record import hyperparameters, rounded, run_mean_loss
 
 PREFERENCES_FILE = "preferences.jsonl"
 OUT_OF_MEMORY = ("out of GPU memory in DPO (it holds a reference model too): lower per_device_train_batch_size "
@@ -106,7 +106,7 @@ def summary(trainer, result, resumed_from: str | None, overrides: dict) -> dict:
         "examples": len(trainer.train_dataset),
         "beta": trainer.args.beta,
         "steps": trainer.state.global_step,
-        "train_loss": round(float(result.metrics.get("train_loss", 0.0)), 6),
+        "train_loss": rounded(run_mean_loss(trainer.state.log_history)),  # the whole run, as SFT's
         "train_runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 3),
         "resumed_from": resumed_from,
         "tiny_overrides": overrides or None,

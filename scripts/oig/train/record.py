@@ -89,9 +89,20 @@ def rounded(value: float | None, digits: int = 6) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
-def last_logged(log_history: list[dict], key: str) -> float | None:
-    values = [entry[key] for entry in log_history if key in entry]
-    return values[-1] if values else None
+def run_mean_loss(log_history: list[dict]) -> float | None:
+    """The mean training loss over the whole run, from the trainer's log history: each logged ``loss`` is
+    the mean over the steps since the one logged before it, so it counts for that many steps. A resumed
+    run's history starts with the steps before its checkpoint, so a fresh run and a resumed one of the
+    same run report the same number (the steps after the last logging step are not in it)."""
+    total = steps = 0.0
+    previous = 0
+    for entry in sorted((e for e in log_history if "loss" in e and "step" in e), key=lambda e: e["step"]):
+        span = entry["step"] - previous
+        if span > 0:
+            total += float(entry["loss"]) * span
+            steps += span
+            previous = entry["step"]
+    return total / steps if steps else None
 
 
 def metrics_history(log_history: list[dict]) -> list[dict]:

@@ -1,8 +1,11 @@
 """The SFT stage of ``oig train``: the train split tokenised with loss on assistant turns only (never on
 one with ``weight: 0``), TRL's ``SFTTrainer`` with checkpoints every ``save_steps`` in
 ``<run>/checkpoints``, resumed from the last complete one (an interrupted run, rerun, carries on), then
-the loss on the held-out examples (``eval.jsonl``, chosen by ``oig mix``). ``train_loss`` is the mean loss of the steps this process trained (after
-a resume, the steps since the checkpoint)."""
+the loss on the held-out examples (``eval.jsonl``, chosen by ``oig mix``).
+
+``train_loss`` in training_log is the mean loss over the whole run, every logged step counted
+(``record.run_mean_loss``), so it means the same on a fresh run, a resumed one and a rerun of a finished
+one (which trains nothing); the trainer's own ``train_loss`` counts only the steps this process trained."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from oig.train.checkpoints import resume_point, training
 from oig.train.context import RunContext
 from oig.train.errors import TrainError
 from oig.train.masking import to_dataset
-from oig.train.record import hyperparameters, last_logged, metrics_history, rounded
+from oig.train.record import hyperparameters, metrics_history, rounded, run_mean_loss
 
 OUT_OF_MEMORY = ("out of GPU memory: lower per_device_train_batch_size (raising gradient_accumulation_steps to keep "
                  "the batch) or max_length, or set lora / load_in_4bit; rerunning resumes from the last checkpoint")
@@ -44,9 +47,7 @@ class SFTRun:
             "tiny_overrides": self.tiny_overrides or None,
             "data": self.data,
             "metrics": metrics_history(trainer.state.log_history),
-            # A rerun of a finished run resumes at its last step and trains nothing: keep the last logged loss.
-            "train_loss": rounded(self.result.metrics.get("train_loss") if tokens
-                                  else last_logged(trainer.state.log_history, "loss")),
+            "train_loss": rounded(run_mean_loss(trainer.state.log_history)),
             "eval_loss": rounded(self.eval_metrics.get("eval_loss")),
             "steps": trainer.state.global_step,
             "train_runtime_s": round(runtime, 3),
