@@ -61,6 +61,15 @@ def test_weights_above_one_and_slices_without_share_warn():
     assert any("slice 'd' gets no share" in m for m in messages)
 
 
+def test_weights_below_one_with_every_slice_listed_are_scaled_up_with_a_warning():
+    config, problems = parse("Mixture:\n  a: 0.2\n  b: 0.2\n", {"a", "b"})
+    assert config is not None and [(p.line, p.severity, p.message) for p in problems] == [
+        (1, "warning", "Mixture weights add up to 0.4, less than 1, and every slice is listed: they are scaled up "
+                       "to add up to 1 (each weight divided by 0.4)")]
+    assert parse("Mixture:\n  a: 0.2\n  b: 0.2\n", {"a", "b", "c"})[1] == []  # c takes the rest
+    assert parse("Mixture:\n  a: 0.5\n  b: 0.5\n", {"a", "b"})[1] == []
+
+
 def test_missing_file_means_defaults_and_errors_raise(tmp_path):
     assert load_training_config(tmp_path / "training.yaml").mixture is None
     (tmp_path / "training.yaml").write_text("Training: [1, 2]\n")

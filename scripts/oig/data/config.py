@@ -234,6 +234,10 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
         if listed > 1 + 1e-9:
             problems.append(where(("Mixture",), f"Mixture weights add up to {listed:g}, more than 1: they are scaled to "
                                   "add up to 1 and slices not listed get nothing", "warning"))
+        elif 0 < listed < 1 - 1e-9 and slice_names is not None and set(slice_names) <= set(mixture):
+            problems.append(where(("Mixture",), f"Mixture weights add up to {listed:g}, less than 1, and every slice "
+                                  f"is listed: they are scaled up to add up to 1 (each weight divided by {listed:g})",
+                                  "warning"))
         if slice_names is not None:
             for name in sorted(slice_names):
                 no_share = mixture.get(name) == 0 or (name not in mixture and listed >= 1 - 1e-9)
