@@ -2,6 +2,8 @@
 # The main job on the embedded offline default, on a CPU, with no download: validate the shipped
 # data, build the weighted mixture, fine-tune the tiny model (`--base-model tiny`, built from the
 # mixture), publish it to a local folder, write training_log and model.yaml, and ask it a question.
+# Everything it writes is under runs/demo/ (training_log and model.yaml too, with `oig train --root`):
+# the repository's committed model.yaml and training_log are never touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OIG=.venv/bin/oig
@@ -13,12 +15,12 @@ $OIG validate
 echo "== oig mix"
 $OIG mix --out "$OUT/mixture"
 echo "== oig train (tiny model, offline)"
-$OIG train --base-model tiny --publish local --mixture "$OUT/mixture" --output "$OUT/train"
-echo "== training_log and model.yaml"
-sed -n '1,12p' model.yaml
+$OIG train --base-model tiny --publish local --mixture "$OUT/mixture" --output "$OUT/train" --root "$OUT"
+echo "== $OUT/training_log and $OUT/model.yaml"
+sed -n '1,12p' "$OUT/model.yaml"
 for q in "Who are you?" "What is the capital of France?"; do
   echo "== oig query \"$q\""
-  $OIG query "$q"
+  $OIG query --model-yaml "$OUT/model.yaml" "$q"
 done
 echo "== oig eval (the shipped suites in evals/; a tiny model fails some cases, which is fine)"
-$OIG eval --max-tokens 32
+$OIG eval --model-yaml "$OUT/model.yaml" --max-tokens 32

@@ -523,6 +523,23 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
     assert again["bugs_summary"]["total"] == 1
 
 
+def test_root_writes_training_log_and_model_yaml_elsewhere(tmp_path, monkeypatch, capsys, offline):
+    # make demo's case: a repository with a committed model.yaml and training_log it must not overwrite.
+    repo = make_repo(tmp_path, "Training:\n  seed: 42\n  eval_size: 0\n  max_steps: 3\n")
+    (repo / "model.yaml").write_text("committed model.yaml\n")
+    (repo / "training_log").write_text("committed training_log\n")
+    monkeypatch.chdir(repo)
+    assert main(["train", "--base-model", "tiny", "--output", "runs/demo/train", "--root", "runs/demo"]) == 0
+    assert "wrote training_log and model.yaml in runs/demo" in capsys.readouterr().err
+    assert (repo / "model.yaml").read_text() == "committed model.yaml\n"
+    assert (repo / "training_log").read_text() == "committed training_log\n"
+    doc = runlog.read_model_yaml(repo / "runs" / "demo" / "model.yaml")
+    assert doc["model"] == {"local_path": "train/model"}  # relative to model.yaml's folder
+    log = runlog.read_training_log(repo / "runs" / "demo" / "training_log")
+    assert log["git_commit"] == head(repo) and log["output_dir"] == "runs/demo/train"
+    assert main(["query", "--model-yaml", "runs/demo/model.yaml", "--max-tokens", "4", "Hi"]) == 0
+
+
 def test_run_mean_loss_counts_each_logged_loss_for_its_steps():
     history = [{"loss": 4.0, "step": 10}, {"eval_loss": 3.0, "step": 10}, {"loss": 2.0, "step": 20},
                {"loss": 1.0, "step": 25}, {"train_loss": 9.9, "step": 25}]

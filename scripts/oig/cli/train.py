@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="with --publish hub: also deploy the model on a Together dedicated endpoint")
     p.add_argument("--output", type=Path, default=None, metavar="DIR",
                    help="run folder for the mixture, checkpoints and the model (default: runs/RUN_ID)")
+    p.add_argument("--root", type=Path, default=None, metavar="DIR", dest="results",
+                   help="write training_log and model.yaml in DIR (default: the current folder, the repository "
+                   "root); the previous model is DIR/model.yaml's. `make demo` uses runs/demo")
     p.add_argument("--mixture", type=Path, default=None, metavar="DIR",
                    help="train on a mixture `oig mix --out DIR` already wrote instead of building one")
     add_allow_local_sources(p)
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                              together=args.together, output=args.output, mixture=args.mixture,
                              allow_local_sources=args.allow_local_sources,
                              allow_local_base_model=args.allow_local_base_model, bugs=args.bugs,
-                             bugs_repo=args.bugs_repo, override_gate=args.override_gate))
+                             bugs_repo=args.bugs_repo, override_gate=args.override_gate,
+                             results=args.results))
     if log.get("finished_at") is None:  # a secondary process under accelerate: the main one reports
         return 0
     if log.get("together_job"):
@@ -76,5 +80,6 @@ def run(args: argparse.Namespace) -> int:
     where = log.get("model") or {}
     location = where.get("hub_repo") or where.get("local_path") or (where.get("together") or {}).get("model")
     wrote = "training_log and model.yaml" if log.get("published", {}).get("mode") != "none" else "training_log"
-    print(f"oig train: model at {location}; wrote {wrote}", file=sys.stderr)
+    where_to = f" in {args.results}" if args.results is not None else ""
+    print(f"oig train: model at {location}; wrote {wrote}{where_to}", file=sys.stderr)
     return 0

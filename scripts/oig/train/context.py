@@ -23,12 +23,18 @@ class TrainOptions:
     together: bool = False  # deploy on a Together endpoint after publishing to the Hub
     output: Path | None = None  # the run folder; default runs/<run_id>
     mixture: Path | None = None  # a folder `oig mix` wrote; default: mix into the run folder
-    root: Path = Path(".")  # where training_log and model.yaml go
+    root: Path = Path(".")  # the repository root: git, evals/, paths in training_log
+    results: Path | None = None  # where training_log and model.yaml go (--root); default the repository root
     allow_local_sources: bool = False
     allow_local_base_model: bool = False  # a folder as the base model (it may carry code and pickles)
     bugs: Path | None = None  # a bug list file for the regression suite (offline)
     bugs_repo: str | None = None  # or OWNER/NAME: its open issues labelled `bug`
     override_gate: bool = False  # publish even when training.yaml's Gate fails (recorded in training_log)
+
+    @property
+    def results_dir(self) -> Path:
+        """The folder of training_log and model.yaml (the previous model is the model.yaml there)."""
+        return Path(self.results) if self.results is not None else Path(self.root)
 
 
 @dataclass

@@ -45,7 +45,7 @@ def evaluate_run(ctx) -> dict | None:
 
 def _previous(ctx, models):
     compare = ctx.config.eval.compare if ctx.config.eval else True
-    path = Path(ctx.opts.root) / runlog.MODEL_YAML
+    path = ctx.opts.results_dir / runlog.MODEL_YAML
     if not compare or not path.is_file():
         return None
     try:

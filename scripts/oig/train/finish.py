@@ -61,7 +61,7 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
     except OigError as exc:
         run["published"] = {"mode": opts.publish, "error": str(exc)}
         try:
-            runlog.write_training_log(opts.root, run)
+            runlog.write_training_log(opts.results_dir, run)
         except runlog.RunLogError as log_exc:
             raise TrainError(f"{exc}; and {log_exc}") from None
         raise
@@ -69,7 +69,7 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
         run["published"] = {"mode": opts.publish, "held_back": "the release gate failed"}
         if section is not None and section.get("hub_repo"):
             run["published"]["candidate"] = {k: section[k] for k in ("hub_repo", "branch", "revision") if k in section}
-        runlog.write_training_log(opts.root, run)
+        runlog.write_training_log(opts.results_dir, run)
         where = (f"; it is on the Hub branch {section['branch']} of {section['hub_repo']}"
                  if section is not None and section.get("hub_repo") else "")
         raise TrainError("the release gate failed, so the model was not published over the branch's model and "
@@ -78,9 +78,9 @@ def finish(run: dict, model_dir: Path, config, opts: TrainOptions) -> dict:
     run["published"] = {"mode": opts.publish}
     if section is not None:
         ref = runlog.ModelRef.from_section(section)
-        if ref.local_path is not None:  # relative to the repository root, wherever the command runs
-            ref = replace(ref, local_path=display(model_dir, opts.root))
+        if ref.local_path is not None:  # relative to model.yaml's folder, wherever the command runs
+            ref = replace(ref, local_path=display(model_dir, opts.results_dir))
         section = run["model"] = ref.section()
     # Both files or neither: a full disk leaves the previous training_log and model.yaml as they were.
-    runlog.write_run_files(opts.root, run, runlog.model_document(section, run) if section is not None else None)
+    runlog.write_run_files(opts.results_dir, run, runlog.model_document(section, run) if section is not None else None)
     return run

@@ -63,7 +63,7 @@ RUNS_DIR = "runs"
 
 
 def train(opts: TrainOptions) -> dict:
-    """Run ``oig train``; returns the training_log dict (also written to ``root/training_log``)."""
+    """Run ``oig train``; returns the training_log dict (also written to ``results_dir/training_log``)."""
     # --- configuration: every check that needs no run folder, so a mistake costs seconds --------------
     ctx = configure(opts)
     config = ctx.config
@@ -121,7 +121,7 @@ def train(opts: TrainOptions) -> dict:
 
         # --- the bug regression suite: the previous model and the new one answer each reported bug ------
         if ctx.bugs is not None:
-            ctx.log.update(bug_suite(ctx.bugs, ctx.model_dir, opts.root))
+            ctx.log.update(bug_suite(ctx.bugs, ctx.model_dir, opts.results_dir))
 
         # --- the release gate: a model that fails it is not published over the branch's model ---------
         gate = release_gate(ctx, evals)
@@ -213,7 +213,7 @@ def _train_on_together(ctx: RunContext) -> dict:
     result = train_on_together(ctx.mixture_dir, replace(ctx.config, base_model=ctx.base_model), ctx.log)
     ctx.log.update({**finished(ctx.started), "together_job": result.get("job"), "model": result["model"],
                     "published": {"mode": "together"}})
-    runlog.write_run_files(ctx.opts.root, ctx.log, runlog.model_document(result["model"], ctx.log))
+    runlog.write_run_files(ctx.opts.results_dir, ctx.log, runlog.model_document(result["model"], ctx.log))
     return ctx.log
 
 
