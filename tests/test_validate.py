@@ -108,6 +108,19 @@ def test_every_unknown_key_and_every_duplicate_key_is_reported(tmp_path):
                                                     (7, "duplicate key 'license'; each key may appear once")]
 
 
+@pytest.mark.parametrize(("license", "ok"), [("CC-BY-4.0", True), ("mit", True), ("Apache-2.0 OR MIT", True),
+                                             ("LicenseRef-my-terms", True), ("MIT License", False),
+                                             ("creative commons", False)])
+def test_a_license_that_is_not_spdx_is_a_warning(tmp_path, license, ok):
+    found = problems_of(tmp_path, "lic.yaml", f"IOPairs:\n  - input: a\n    output: b\nlicense: {license}\n")
+    if ok:
+        assert found == []
+    else:
+        assert [(p.line, p.col, p.severity) for p in found] == [(4, 10, "warning")]
+        assert found[0].message.startswith(f"license '{license}' is not an SPDX license id: write one (for example")
+        assert "LicenseRef-" in found[0].message
+
+
 def test_unpinned_links_warn_with_the_pin_to_add(tmp_path):
     found = problems_of(tmp_path, "remote.yaml",
                         "HuggingFace:\n  - link: org/name\nOpenAIJsonl:\n  - link: https://example.com/a.jsonl\n")

@@ -203,6 +203,28 @@ def link_problem(link: str, allow_local: bool, section: str) -> str | None:
     return None
 
 
+# Licenses data is often under, for when `packaging` (which knows every SPDX id) is too old to have them.
+COMMON_LICENSES = ("CC0-1.0", "CC-BY-4.0", "CC-BY-SA-4.0", "CC-BY-NC-4.0", "CC-BY-NC-SA-4.0", "ODC-By-1.0", "ODbL-1.0",
+                   "PDDL-1.0", "MIT", "Apache-2.0", "BSD-3-Clause", "GPL-3.0-only", "CDLA-Permissive-2.0")
+
+
+def license_problem(value: object) -> str | None:
+    """Why a slice's `license` is not an SPDX license expression (a warning), or None."""
+    examples = "for example CC-BY-4.0, CC0-1.0, MIT or Apache-2.0; LicenseRef-<name> for any other"
+    if not isinstance(value, str):
+        return None  # the schema reports the type
+    try:
+        from packaging.licenses import InvalidLicenseExpression, canonicalize_license_expression
+    except ImportError:  # packaging < 24.2
+        ok = value in COMMON_LICENSES or re.fullmatch(r"LicenseRef-[A-Za-z0-9.-]+", value) is not None
+    else:
+        try:
+            ok = bool(canonicalize_license_expression(value))
+        except InvalidLicenseExpression:
+            ok = False
+    return None if ok else f"license {value!r} is not an SPDX license id: write one ({examples})"
+
+
 def _items(doc: dict, section: str) -> list:
     value = doc.get(section)
     return value if isinstance(value, list) else []
@@ -247,6 +269,8 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
             if isinstance(entry.get("chosen"), str) and entry.get("chosen") == entry.get("rejected"):
                 found.append((("Preferences", i, "rejected"), False, "error",
                               "chosen and rejected are the same answer; a preference needs two different ones"))
+    if (why := license_problem(doc.get("license"))) is not None:
+        found.append((("license",), False, "warning", why))
     for section in ("HuggingFace", "OpenAIJsonl", "Preferences"):
         for i, entry in enumerate(_items(doc, section)):
             if not isinstance(entry, dict) or not isinstance(entry.get("link"), str):
