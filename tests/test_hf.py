@@ -8,7 +8,7 @@ from servers import Response, hub_routes
 
 from oig.data.fetch import SourceOptions
 from oig.data.hf import iter_rows, parse_link, parse_revision_info, resolve
-from oig.data.hffiles import _glob, pick_files, split_of
+from oig.data.hffiles import _glob, default_splits, pick_files
 from oig.data.slices import HFEntry
 from oig.errors import FetchError
 
@@ -78,12 +78,15 @@ def test_missing_folder(tmp_path):
 
 
 def test_split_names_in_files_and_folders():
-    assert split_of("data/train-00000-of-00002.parquet") == "train"
-    assert split_of("data/validation-00000-of-00001.parquet") == "validation"
-    assert split_of("en/dev.jsonl") == "validation"
-    assert split_of("test/0000.parquet") == "test"
-    assert split_of("data/mytrain.jsonl") is None
-    assert split_of("data/part-0.jsonl") is None
+    assert default_splits(["data/train-00000-of-00002.parquet", "data/validation-00000-of-00001.parquet",
+                           "data/random-00000-of-00001.parquet"]) == {
+        "train": ["data/train-00000-of-00002.parquet"], "validation": ["data/validation-00000-of-00001.parquet"],
+        "random": ["data/random-00000-of-00001.parquet"]}
+    assert default_splits(["en/dev.jsonl", "en/train.jsonl"]) == {"train": ["en/train.jsonl"],
+                                                                  "validation": ["en/dev.jsonl"]}
+    assert default_splits(["test/0000.parquet", "train.parquet"]) == {"test": ["test/0000.parquet"]}  # folders first
+    assert default_splits(["data/mytrain.jsonl", "data/part-0.jsonl"]) == {
+        "train": ["data/mytrain.jsonl", "data/part-0.jsonl"]}
 
 
 def test_conventions():
@@ -92,7 +95,7 @@ def test_conventions():
     assert pick_files(names, None, "train", None) == (
         ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"], "parquet")
     assert pick_files(names, None, "test", None) == (["data/test-00000-of-00001.parquet"], "parquet")
-    with pytest.raises(FetchError, match="no data files for split 'validation'; splits found: test, train"):
+    with pytest.raises(FetchError, match="no data files for split 'validation'; splits found: train, test"):
         pick_files(names, None, "validation", None)
     # A config is a folder; without split names every file is train.
     assert pick_files(["en/train.jsonl", "fr/train.jsonl"], "fr", "train", None) == (["fr/train.jsonl"], "jsonl")

@@ -1,10 +1,11 @@
-"""Which files of a Hugging Face dataset make a config's split, by the Hub's conventions, with no network.
+"""Which files of a Hugging Face dataset make a config's split, as the ``datasets`` library picks them,
+with no network and without importing it.
 
-The README's YAML ``configs:`` with ``data_files`` (or ``data_dir``) when present; otherwise files under
-``{config}/`` (a named config) or ``data/`` (else the whole repository), with the split named in the file
-or folder name (``train-00000-of-00002``, ``test.jsonl``, ``validation/``); when no file names a split,
-every file is ``train``. Of several formats for one split, one is read: parquet, then JSON lines, JSON,
-CSV. ``oig.data.hf`` lists the files and reads them.
+The README's YAML ``configs:`` with ``data_files`` (or ``data_dir``) when present; otherwise the library's
+defaults (``default_splits``): sharded ``data/{split}-00000-of-00002.*`` names, else folders named after a
+split (``train/``, ``test/``), else file names (``train.jsonl``, ``my_test-1.csv``), else every file is
+``train``. A named config without ``configs:`` is the folder ``{config}/``. Of several formats for one
+split, the most common is read (parquet on a draw). ``oig.data.hf`` lists the files and reads them.
 """
 
 from __future__ import annotations
@@ -15,11 +16,6 @@ from oig import yamlsafe
 from oig.data import formats
 from oig.errors import FetchError
 
-SPLIT_ALIASES = {
-    "train": ("train", "training"),
-    "validation": ("validation", "valid", "val", "dev"),
-    "test": ("test", "testing", "eval", "evaluation"),
-}
 FORMAT_PREFERENCE = ("parquet", "jsonl", "json", "csv")
 
 
@@ -83,10 +79,11 @@ def _data_files(config: dict, bad) -> dict[str, list[str]]:
 def pick_files(names: list[str], config: str | None, split: str,
                configs: list[dict] | None) -> tuple[list[str], str]:
     """(files, format) making ``split`` of ``config``. Raises FetchError saying what exists instead."""
-    if configs:
-        files = _files_from_configs(names, config, split, configs)
-    else:
-        files = _files_by_convention(names, config, split)
+    if not configs:
+        return _files_by_convention(names, config, split)
+    files = _files_from_configs(names, config, split, configs)
+    if isinstance(files, tuple):
+        return files
     formats_found = {formats.file_format(n) for n in files} - {None}
     fmt = next((f for f in FORMAT_PREFERENCE if f in formats_found), None)
     if fmt is None:
@@ -95,7 +92,8 @@ def pick_files(names: list[str], config: str | None, split: str,
     return sorted(n for n in files if formats.file_format(n) == fmt), fmt
 
 
-def _files_from_configs(names: list[str], config: str | None, split: str, configs: list[dict]) -> list[str]:
+def _files_from_configs(names: list[str], config: str | None, split: str,
+                        configs: list[dict]) -> list[str] | tuple[list[str], str]:
     by_name = {c.get("config_name", "default"): c for c in configs}
     if config is not None:
         chosen = by_name.get(config)
@@ -114,8 +112,7 @@ def _files_from_configs(names: list[str], config: str | None, split: str, config
 
     if "data_files" not in chosen and isinstance(chosen.get("data_dir"), str):
         # A config given as a folder: the usual conventions, inside it.
-        folder = chosen["data_dir"].strip("/") + "/"
-        return _files_by_convention([n for n in names if n.startswith(folder)], None, split)
+        return _inside(names, chosen["data_dir"].strip("/") + "/", split)
     splits = _data_files(chosen, bad)
     if split not in splits:
         raise FetchError(f"config {chosen.get('config_name', 'default')!r} has no split {split!r}; "
@@ -127,52 +124,126 @@ def _files_from_configs(names: list[str], config: str | None, split: str, config
     return files
 
 
-def _files_by_convention(names: list[str], config: str | None, split: str) -> list[str]:
-    data = [n for n in names if formats.file_format(n) and not any(p.startswith(".") for p in n.split("/"))]
+# The `datasets` library's data-files conventions (datasets 5.2, ``datasets.data_files``), mirrored
+# without importing it: tests/test_hf_layouts.py builds the Hub's documented layouts and checks that
+# oig picks exactly the files ``get_data_patterns`` + ``DataFilesDict.from_patterns`` pick.
+SPLIT_KEYWORDS = {
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "dev", "val"),
+    "test": ("test", "testing", "eval", "evaluation"),
+}
+_SEP = "[-._ 0-9]"
+_SHARDED = re.compile(r"data/(?P<split>[^/]+)-[0-9]{5}-of-[0-9]{5}[^/]*\.[^/]*")
+_SPLIT_NAME = re.compile(r"\w+(\.\w+)*")
+_FILENAME_PATTERNS = ("**/{k}" + _SEP + "*", "**/*" + _SEP + "{k}" + _SEP + "*")
+_DIR_PATTERNS = ("**/{k}/**", "**/{k}" + _SEP + "*/**", "**/*" + _SEP + "{k}/**", "**/*" + _SEP + "{k}" + _SEP + "*/**")
+DEFAULT_PATTERNS = [  # the first of these that matches a file decides the splits
+    {"logs": ["**/*.eval"]},
+    {"test": ["**/task.toml", "**/instruction.md"]},
+    {split: [p.format(k=k) for k in keywords for p in _DIR_PATTERNS] for split, keywords in SPLIT_KEYWORDS.items()},
+    {split: [p.format(k=k) for k in keywords for p in _FILENAME_PATTERNS] for split, keywords in SPLIT_KEYWORDS.items()},
+    {"train": ["**"]},
+]
+FILES_TO_IGNORE = {"README.md", "config.json", "dataset_info.json", "dataset_infos.json", "dummy_data.zip",
+                   "dataset_dict.json"}
+# datasets picks a split's reader by its most common file extension, parquet first on a draw.
+MODULE_OF_EXTENSION = {".parquet": "parquet", ".geoparquet": "parquet", ".gpq": "parquet", ".jsonl": "json",
+                       ".json": "json", ".ndjson": "json", ".csv": "csv", ".tsv": "csv"}
+EXTENSION_RANK = (".parquet", ".lance", ".vortex", ".arrow", ".jsonl", ".json", ".csv")
+
+
+def default_splits(names: list[str]) -> dict[str, list[str]]:
+    """split -> files, as ``datasets`` infers them for a folder without ``configs:``: sharded
+    ``data/{split}-00000-of-00001.*`` names, else folders named after a split, else file names, else
+    every file is ``train``. Hidden files, ``__special__`` folders and ``README.md`` (and the like) never count."""
+    names = [n for n in names if _visible(n)]
+    sharded = [m.group("split") for m in map(_SHARDED.fullmatch, names) if m]
+    if sharded:
+        found = set(sharded)
+        bad = sorted(s for s in found if not _SPLIT_NAME.fullmatch(s))
+        if bad:
+            raise FetchError(f"split name {bad[0]!r} (from data/{bad[0]}-00000-of-...) is not a word")
+        order = [s for s in SPLIT_KEYWORDS if s in found] + sorted(found - set(SPLIT_KEYWORDS))
+        return {s: [n for n in names if (m := _SHARDED.fullmatch(n)) and m.group("split") == s] for s in order}
+    for patterns in DEFAULT_PATTERNS:
+        out = {}
+        for split, globs in patterns.items():
+            regexes = [_glob(g) for g in globs]
+            files = [n for n in names if any(r.fullmatch(n) for r in regexes)]
+            if files:
+                out[split] = files
+        if out:
+            return out
+    return {}
+
+
+def _visible(name: str) -> bool:
+    parts = name.split("/")
+    return (parts[-1] not in FILES_TO_IGNORE and not any(p.startswith(".") for p in parts)
+            and not any(p.startswith("__") for p in parts[:-1]))
+
+
+def _one_format(files: list[str], split: str) -> tuple[list[str], str]:
+    """The files of the split that ``datasets`` reads: it picks one reader by the most common file
+    extension (parquet first on a draw, then JSON lines, JSON, CSV) and reads every file that reader takes."""
+    counts: dict[str, int] = {}
+    for name in files:
+        for suffix in name.rsplit("/", 1)[-1].split(".")[1:]:
+            ext = "." + suffix.lower()
+            if ext in MODULE_OF_EXTENSION or ext in OTHER_READERS:
+                counts[ext] = counts.get(ext, 0) + 1
+    ranked = sorted(counts, key=lambda e: (counts[e], *(e == r for r in EXTENSION_RANK), e), reverse=True)
+    module = MODULE_OF_EXTENSION.get(ranked[0]) if ranked else None
+    chosen = sorted(n for n in files if MODULE_OF_EXTENSION.get(_ext(n)) == module) if module else []
+    if not chosen or any(_ext(n) == ".tsv" for n in chosen):
+        raise FetchError(f"split {split!r} has no parquet, JSON lines, JSON or CSV files "
+                         f"(found {', '.join(files[:5])}); only those are read")
+    kinds = {formats.file_format(n) for n in chosen}
+    return chosen, kinds.pop() if len(kinds) == 1 and None not in kinds else module
+
+
+# Extensions other readers of `datasets` take (text, arrow, images, audio...): a split made mostly of
+# them is read by one of those, so not by oig, even with a stray JSON file beside them.
+OTHER_READERS = {"." + e for e in (
+    "txt", "arrow", "lance", "vortex", "xml", "h5", "hdf5", "tar", "pdf", "png", "jpg", "jpeg", "gif", "webp",
+    "bmp", "tif", "tiff", "wav", "mp3", "flac", "ogg", "opus", "mp4", "mkv", "webm", "avi", "mov", "md", "eval",
+    "toml", "fasta", "fastq", "conll", "conllu", "nii", "zip")}
+
+
+def _ext(name: str) -> str:
+    base = name.rsplit("/", 1)[-1]
+    return "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
+
+
+def _files_by_convention(names: list[str], config: str | None, split: str) -> tuple[list[str], str]:
     if config not in (None, "default"):
-        pool = [n for n in data if n.startswith(f"{config}/")]
-        if not pool:
-            folders = sorted({n.split("/")[0] for n in data if "/" in n})
+        # Not a datasets convention: a named config without `configs:` is read from the folder {config}/.
+        folder = f"{config}/"
+        if not any(n.startswith(folder) and formats.file_format(n) for n in names):
+            folders = sorted({n.split("/")[0] for n in names if "/" in n and formats.file_format(n) and _visible(n)})
             raise FetchError(f"no data files for config {config!r} (a folder {config}/); "
                              f"folders with data: {', '.join(folders) or 'none'}")
-    else:
-        pool = [n for n in data if n.startswith("data/")] or data
-    if not pool:
+        return _inside(names, folder, split)
+    splits = default_splits(names)
+    if not any(formats.file_format(n) for files in splits.values() for n in files):
         hint = ""
         if any(n.endswith(".py") for n in names):
             hint = ("; dataset scripts are never run: the Hub's parquet conversion may work "
                     "(`revision: refs/convert/parquet`)")
-        raise FetchError(f"no parquet, JSON lines, JSON or CSV data files in this dataset{hint}")
+        if not splits or not any(formats.file_format(n) and _visible(n) for n in names):
+            raise FetchError(f"no parquet, JSON lines, JSON or CSV data files in this dataset{hint}")
     wanted = split.lower()
-    canonical = next((c for c, aliases in SPLIT_ALIASES.items() if wanted in aliases), None)
-    if canonical is None:
-        files = [n for n in pool if wanted in _tokens(n)]
-    else:
-        labels = {n: split_of(n) for n in pool}
-        if not any(labels.values()):
-            files = pool if canonical == "train" else []
-        else:
-            files = [n for n in pool if labels[n] == canonical]
+    canonical = next((c for c, aliases in SPLIT_KEYWORDS.items() if wanted in aliases), wanted)
+    files = splits.get(split) or splits.get(canonical)
     if not files:
-        found = sorted({s or "train" for s in map(split_of, pool)})
-        raise FetchError(f"no data files for split {split!r}; splits found: {', '.join(found)}")
-    return files
+        raise FetchError(f"no data files for split {split!r}; splits found: {', '.join(splits) or 'none'}")
+    return _one_format(files, split)
 
 
-def split_of(name: str) -> str | None:
-    """The split a file's name or folders name (train, validation, test), nearest to the file first."""
-    parts = name.split("/")
-    stem = parts[-1].split(".", 1)[0]
-    for segment in (stem, *reversed(parts[:-1])):
-        for token in re.split(r"[-._ 0-9]+", segment.lower()):
-            for canonical, aliases in SPLIT_ALIASES.items():
-                if token in aliases:
-                    return canonical
-    return None
-
-
-def _tokens(name: str) -> set[str]:
-    return set(re.split(r"[-._ 0-9/]+", name.lower()))
+def _inside(names: list[str], folder: str, split: str) -> tuple[list[str], str]:
+    """The conventions inside a folder (a config's ``data_dir``), with paths relative to it."""
+    files, fmt = _files_by_convention([n[len(folder):] for n in names if n.startswith(folder)], None, split)
+    return [folder + n for n in files], fmt
 
 
 def _glob(pattern: str) -> re.Pattern:
