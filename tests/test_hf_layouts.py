@@ -73,6 +73,11 @@ LAYOUTS = {
                                             "- config_name: fr\n  data_dir: fr\n"), [None, "en", "fr"]),
     "readme-glob-across-folders": (["qa/x/y/1.parquet", "qa/2.parquet", "qa/notes.md"],
                                    readme("- config_name: qa\n  data_files: qa/**/*.parquet\n"), [None, "qa"]),
+    "readme-glob-skips-metadata-files": (["a.json", "b.json", "dataset_info.json", "c.parquet"],
+                                         readme("- config_name: default\n  data_files: \"*.json\"\n"), [None]),
+    "readme-data-dir-with-data-files": (["en/x.jsonl", "en/y.jsonl", "z.jsonl"],
+                                        readme("- config_name: default\n  data_dir: en\n  data_files:\n"
+                                               "  - split: train\n    path: \"*.jsonl\"\n"), [None]),
 }
 
 
@@ -108,3 +113,23 @@ def test_oig_picks_the_files_datasets_picks(tmp_path, layout, monkeypatch):
         for split in {"train", "validation", "test"} - set(expected):  # no split that datasets does not see
             with pytest.raises(FetchError):
                 hffiles.pick_files(names, config, split, hffiles.readme_configs(text, "ds"))
+
+
+def test_data_files_as_a_mapping_is_refused_as_datasets_refuses_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    card = readme("- config_name: default\n  data_files:\n    train: tr/*.csv\n    test: te/*.csv\n")
+    folder = build(tmp_path, ["tr/a.csv", "te/b.csv"], card)
+    with pytest.raises(ValueError, match="Expected data_files in YAML"):
+        datasets.load_dataset_builder(str(folder))
+    with pytest.raises(FetchError, match="`data_files` must be a pattern, a list of patterns, or a list of "
+                       "`split:`/`path:` entries, not a mapping of splits"):
+        hffiles.readme_configs(card, "ds")
+
+
+def test_a_readme_glob_over_mixed_formats_is_refused(tmp_path):
+    # datasets lists all three for its json reader, which then fails on the parquet file: refused up front.
+    card = readme("- config_name: default\n  data_files: all/*\n")
+    names = ["README.md", "all/a.jsonl", "all/b.jsonl", "all/c.parquet"]
+    assert sorted(library_choice(build(tmp_path, names[1:], card), None)["train"]) == names[1:]
+    with pytest.raises(FetchError, match=r"match files of several formats \(json, parquet\).*narrow the pattern"):
+        hffiles.pick_files(names, None, "train", hffiles.readme_configs(card, "ds"))

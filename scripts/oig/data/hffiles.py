@@ -16,8 +16,6 @@ from oig import yamlsafe
 from oig.data import formats
 from oig.errors import FetchError
 
-FORMAT_PREFERENCE = ("parquet", "jsonl", "json", "csv")
-
 
 def readme_configs(readme: str | None, link: str) -> list[dict] | None:
     """The ``configs:`` list of a dataset card's YAML header, checked; None when there is none."""
@@ -71,8 +69,9 @@ def _data_files(config: dict, bad) -> dict[str, list[str]]:
                 raise bad(f"config {name!r}: `data_files` entries need `split` and `path`")
             out.setdefault(item.get("split", "train"), []).extend(patterns(item["path"]))
         return out
-    if isinstance(value, dict) and value:
-        return {str(k): patterns(v) for k, v in value.items()}
+    if isinstance(value, dict):  # refused by `datasets` too
+        raise bad(f"config {name!r}: `data_files` must be a pattern, a list of patterns, or a list of "
+                  "`split:`/`path:` entries, not a mapping of splits")
     raise bad(f"config {name!r} has no `data_files`")
 
 
@@ -81,19 +80,11 @@ def pick_files(names: list[str], config: str | None, split: str,
     """(files, format) making ``split`` of ``config``. Raises FetchError saying what exists instead."""
     if not configs:
         return _files_by_convention(names, config, split)
-    files = _files_from_configs(names, config, split, configs)
-    if isinstance(files, tuple):
-        return files
-    formats_found = {formats.file_format(n) for n in files} - {None}
-    fmt = next((f for f in FORMAT_PREFERENCE if f in formats_found), None)
-    if fmt is None:
-        raise FetchError(f"split {split!r} has no parquet, JSON lines, JSON or CSV files "
-                         f"(found {', '.join(files[:5])}); only those are read")
-    return sorted(n for n in files if formats.file_format(n) == fmt), fmt
+    return _files_from_configs(names, config, split, configs)
 
 
 def _files_from_configs(names: list[str], config: str | None, split: str,
-                        configs: list[dict]) -> list[str] | tuple[list[str], str]:
+                        configs: list[dict]) -> tuple[list[str], str]:
     by_name = {c.get("config_name", "default"): c for c in configs}
     if config is not None:
         chosen = by_name.get(config)
@@ -117,11 +108,20 @@ def _files_from_configs(names: list[str], config: str | None, split: str,
     if split not in splits:
         raise FetchError(f"config {chosen.get('config_name', 'default')!r} has no split {split!r}; "
                          f"it has {', '.join(map(repr, splits))}")
-    regexes = [_glob(p) for p in splits[split]]
-    files = [n for n in names if any(r.fullmatch(n) for r in regexes)]
+    # `datasets` reads data_files relative to the config's data_dir, and skips what its defaults skip.
+    folder = chosen["data_dir"].strip("/") + "/" if isinstance(chosen.get("data_dir"), str) else ""
+    globs = [(folder + p.removeprefix("./"), _glob(folder + p.removeprefix("./"))) for p in splits[split]]
+    files = [n for n in names if any(r.fullmatch(n) and _requested(n, g) for g, r in globs)]
     if not files:
         raise FetchError(f"no file matches the `data_files` of split {split!r} ({', '.join(splits[split])})")
-    return files
+    # Unlike its defaults, `datasets` reads every file data_files names with one reader: mixed formats fail.
+    readers = sorted({MODULE_OF_EXTENSION.get(_ext(n), _ext(n)) for n in files
+                      if _ext(n) in MODULE_OF_EXTENSION or _ext(n) in OTHER_READERS})
+    if len(readers) > 1:
+        raise FetchError(f"the `data_files` of split {split!r} ({', '.join(splits[split])}) match files of "
+                         f"several formats ({', '.join(r.lstrip('.') for r in readers)}), which `datasets` cannot "
+                         "read together; narrow the pattern to one format (for example *.jsonl)")
+    return _one_format(files, split)
 
 
 # The `datasets` library's data-files conventions (datasets 5.2, ``datasets.data_files``), mirrored
@@ -175,6 +175,21 @@ def default_splits(names: list[str]) -> dict[str, list[str]]:
         if out:
             return out
     return {}
+
+
+def _requested(name: str, pattern: str) -> bool:
+    """Whether ``datasets`` keeps a file a pattern matches: hidden files and folders, ``__special__``
+    folders and README.md-like files only when the pattern names them."""
+    parts, globs = name.split("/"), pattern.split("/")
+
+    def hidden(ps: list[str]) -> int:
+        return sum(p.startswith(".") and set(p) != {"."} for p in ps)
+
+    def special(ps: list[str]) -> int:
+        return sum(p.startswith("__") for p in ps[:-1])
+
+    return ((parts[-1] not in FILES_TO_IGNORE or parts[-1] == globs[-1])
+            and hidden(parts) == hidden(globs) and special(parts) == special(globs))
 
 
 def _visible(name: str) -> bool:
