@@ -700,3 +700,54 @@ def test_a_bad_bug_list_fails_before_training(tmp_path, monkeypatch, capsys):
     assert "missing.json" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert main(["train", "--bugs", "a.json", "--bugs-repo", "o/r"]) == 2  # one source or the other
+
+
+# --- packing --------------------------------------------------------------------------------------------------
+
+
+def packed_and_alone(trainer):
+    """The largest difference between each conversation's logits in TRL's packed batch and alone."""
+    import torch
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False).logits[0]  # as TRL
+        positions = batch["position_ids"][0].tolist()
+        starts = [i for i, p in enumerate(positions) if p == 0] + [len(positions)]
+        diffs = [(model(input_ids=batch["input_ids"][:, a:b]).logits[0] - packed[a:b]).abs().max().item()
+                 for a, b in zip(starts, starts[1:], strict=False)]
+    return len(diffs), max(diffs)
+
+
+def test_packed_conversations_do_not_see_each_other(built, tmp_path):
+    from oig.train.sft import check_packing
+
+    model, tok = built
+    ds, _ = masking.to_dataset(RECORDS[:4], tok, tok.chat_template)
+    for impl in ("sdpa", "eager"):  # transformers 5.23 masks each packed conversation by its positions
+        model.set_attn_implementation(impl)
+        args, _ = sft_config(config({"max_steps": 1, "packing": True, "per_device_train_batch_size": 4}), tmp_path,
+                             on_gpu=False, has_eval=False)
+        check_packing(model, args)  # passes
+        count, diff = packed_and_alone(make_trainer(model, tok, args, ds, None, config()))
+        assert count == 4 and diff < 1e-5, (impl, diff)
+    model.set_attn_implementation("sdpa")
+
+
+def test_packing_that_would_leak_is_refused(built, tmp_path, monkeypatch):
+    import transformers.masking_utils as masking_utils
+
+    from oig.train.sft import check_packing
+
+    model, _ = built
+    args, _ = sft_config(config({"packing": True}), tmp_path, on_gpu=False, has_eval=False)
+    # Attention that ignores the positions (transformers before packed masks, or a model's own masking).
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    with pytest.raises(TrainError, match="attend to each other.*packing: false.*flash_attention_2"):
+        check_packing(model, args)
+    monkeypatch.undo()
+    wrapped, _ = sft_config(config({"packing": True, "packing_strategy": "wrapped"}), tmp_path, on_gpu=False,
+                            has_eval=False)
+    with pytest.raises(TrainError, match="packing_strategy 'wrapped'"):
+        check_packing(model, wrapped)

@@ -72,6 +72,8 @@ def train_sft(ctx: RunContext, model, tokenizer, template: str, train_records: l
     args, overrides = sft_config(ctx.config, checkpoint_dir, on_gpu=ctx.on_gpu, has_eval=eval_ds is not None,
                                  tiny_model=ctx.tiny)
     resume = resume_point(checkpoint_dir, ctx.run_id, ctx.state)
+    if args.packing:
+        check_packing(model, args)  # packed conversations must not see each other
     trainer = make_trainer(model, tokenizer, args, train_ds, eval_ds, ctx.config)
     with training(checkpoint_dir, ctx.threads, OUT_OF_MEMORY):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -80,6 +82,49 @@ def train_sft(ctx: RunContext, model, tokenizer, template: str, train_records: l
     data = {"train_examples": len(train_records), "eval_examples": len(eval_records),
             "dropped_without_trainable_tokens": dropped}
     return SFTRun(trainer, args, result, eval_metrics, resume, overrides, data)
+
+
+PACKING_FIX = ("set `packing: false`, or on a GPU `model_init_kwargs: {attn_implementation: flash_attention_2}` "
+               "(it separates packed conversations by their positions)")
+
+
+def check_packing(model, args) -> None:
+    """Refuse ``packing`` unless the model keeps packed conversations apart, measured on the model itself.
+
+    TRL's packing (``packing_strategy: bfd``, padding-free) puts several conversations in one row and
+    marks each one's start by resetting ``position_ids``; no attention mask goes with it. Whether
+    attention then stays inside each conversation depends on the attention implementation and the
+    model's code (transformers 5.23 builds a per-conversation mask from the positions for eager, sdpa
+    and flex attention; flash attention uses them directly; a model with its own masking may not). So
+    two short sequences are run packed and alone, and their logits must agree. ``wrapped`` packing cuts
+    conversations at fixed lengths and lets them attend across: refused.
+    """
+    import torch
+
+    if getattr(args, "packing_strategy", "bfd") != "bfd":
+        raise TrainError(f"packing_strategy {args.packing_strategy!r} lets packed conversations attend to each other "
+                         "and cuts them apart; use the default `bfd` (each conversation whole, kept apart), or "
+                         "`packing: false`")
+    first, second = torch.arange(3, 11), torch.arange(11, 17)  # token ids every vocabulary has
+    device = next(model.parameters()).device
+    ids = torch.cat([first, second]).unsqueeze(0).to(device)
+    positions = torch.cat([torch.arange(len(first)), torch.arange(len(second))]).unsqueeze(0).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            # As SFTTrainer.compute_loss calls it: no cache (with one, no packed mask is built at all).
+            packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0, len(first):].float()
+            alone = model(input_ids=second.unsqueeze(0).to(device), use_cache=False).logits[0].float()
+    finally:
+        model.train(was_training)
+    # fp32 agrees to rounding; bf16/fp16 kernels differ a little: a leak changes the logits far more.
+    low_precision = next(model.parameters()).dtype != torch.float32
+    limit = (0.05 if low_precision else 1e-4) * (float(alone.abs().max()) or 1.0) + 1e-5
+    if float((packed - alone).abs().max()) > limit:
+        impl = getattr(model.config, "_attn_implementation", None) or "default"
+        raise TrainError(f"`packing: true` would let packed conversations attend to each other with this model's "
+                         f"attention ({impl}): {PACKING_FIX}")
 
 
 def make_trainer(model, tokenizer, args, train_ds, eval_ds, config):
