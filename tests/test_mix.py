@@ -414,3 +414,25 @@ def test_the_total_is_bounded_by_the_data_available():
         allocate({"a": 10, "b": 20}, None, 301)
     [problem] = exc.value.problems
     assert "more than 10x the 30 examples available (at most 300; never above 10,000,000)" in problem.message
+
+
+def test_skipped_bad_rows_are_counted_in_the_manifest(tmp_path, monkeypatch, local_server):
+    from oig.cli import main
+
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}
+    body = "".join(json.dumps(r) + "\n" for r in [row] * 20 + [bad] + [row] * 4).encode()
+    srv = local_server({"/chat.jsonl": body})
+    (tmp_path / "data").mkdir()
+    slice_file = tmp_path / "data" / "chat.yaml"
+    slice_file.write_text(f"OpenAIJsonl:\n  - link: {srv.url}/chat.jsonl\n    on_bad_rows: skip\n    max_bad_rows: 1\n")
+    (tmp_path / "training.yaml").write_text("Training:\n  eval_size: 0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OIG_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["mix", "--out", "out", "--allow-local-sources"]) == 0
+    manifest = json.loads((tmp_path / "out" / MANIFEST_FILE).read_text())
+    [chat] = manifest["slices"]
+    assert chat["count"] == 24 and chat["pins"][0]["rows"] == 25 and chat["pins"][0]["bad_rows"] == 1
+    slice_file.write_text(f"OpenAIJsonl:\n  - link: {srv.url}/chat.jsonl\n    on_bad_rows: skip\n    max_bad_rows: 0\n")
+    assert main(["mix", "--out", "out2", "--allow-local-sources"]) == 1
+    assert not (tmp_path / "out2" / MANIFEST_FILE).exists()

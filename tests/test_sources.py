@@ -346,3 +346,23 @@ def test_unwritable_cache_is_a_clear_error(tmp_path):
     with pytest.raises(FetchError, match="cannot write to the cache in"):
         materialize(make_slice(tmp_path, openai_jsonl=[JsonlEntry(link="chat.jsonl")]),
                     opts(tmp_path, cache_dir=tmp_path / "not-a-folder"))
+
+
+def test_on_bad_rows_skip_leaves_out_and_counts_up_to_max_bad_rows(tmp_path, local_server):
+    srv = local_server({"/chat.jsonl": BAD_AT_21})
+    link = f"{srv.url}/chat.jsonl"
+    m = materialize(make_slice(tmp_path, openai_jsonl=[JsonlEntry(link=link, max_bad_rows=1)]), opts(tmp_path))
+    assert m.count == 24 and m.pins[0]["rows"] == 25 and m.pins[0]["bad_rows"] == 1
+    with pytest.raises(InvalidInput) as exc:
+        materialize(make_slice(tmp_path, openai_jsonl=[JsonlEntry(link=link, max_bad_rows=0)]), opts(tmp_path))
+    [problem] = exc.value.problems
+    assert problem.message.startswith(f"OpenAIJsonl[0] {link}: more than max_bad_rows: 0 rows do not convert")
+    assert "line 21: message 1 has no text content" in problem.message
+    found = check_remote(make_slice(tmp_path, openai_jsonl=[JsonlEntry(link=link, sha256=sha(BAD_AT_21),
+                                                                       max_bad_rows=1)]), opts(tmp_path))
+    assert [(p.severity, p.message) for p in found] == [
+        ("warning", f"OpenAIJsonl[0] {link}: 1 of 25 rows do not convert and are skipped (on_bad_rows: skip, "
+                    "max_bad_rows: 1)")]
+    found = check_remote(make_slice(tmp_path, openai_jsonl=[JsonlEntry(link=link, sha256=sha(BAD_AT_21),
+                                                                       max_bad_rows=0)]), opts(tmp_path))
+    assert [p.severity for p in found] == ["error"] and "more than max_bad_rows: 0" in found[0].message

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from oig.data.slices import slice_from_document
 from oig.data.validate import ValidateOptions, link_problem, load_slices, validate
 from oig.errors import InvalidInput
 
@@ -119,6 +120,21 @@ def test_a_license_that_is_not_spdx_is_a_warning(tmp_path, license, ok):
         assert [(p.line, p.col, p.severity) for p in found] == [(4, 10, "warning")]
         assert found[0].message.startswith(f"license '{license}' is not an SPDX license id: write one (for example")
         assert "LicenseRef-" in found[0].message
+
+
+def test_on_bad_rows_skip_and_max_bad_rows_go_together(tmp_path):
+    link = "  - link: https://example.com/a.jsonl\n    sha256: " + "a" * 64 + "\n"
+    assert problems_of(tmp_path, "ok.yaml", f"OpenAIJsonl:\n{link}    on_bad_rows: skip\n    max_bad_rows: 3\n") == []
+    found = problems_of(tmp_path, "s.yaml", f"OpenAIJsonl:\n{link}    on_bad_rows: skip\nPreferences:\n{link}"
+                                            "    max_bad_rows: 3\nHuggingFace:\n  - link: org/name\n    revision: "
+                                            + "c" * 40 + "\n    on_bad_rows: sometimes\n")
+    assert [(p.line, p.col, p.message.split(" (")[0]) for p in found] == [
+        (4, 5, "on_bad_rows: skip needs `max_bad_rows: N`"),
+        (8, 5, "max_bad_rows applies only with `on_bad_rows: skip`; add that or remove it"),
+        (12, 18, "HuggingFace[0].on_bad_rows: \"sometimes\" is not one of \"error\" or \"skip\"")]
+    doc = slice_from_document(Path("data/ok.yaml"), {"OpenAIJsonl": [{"link": "x", "on_bad_rows": "skip",
+                                                                      "max_bad_rows": 3}, {"link": "y"}]})
+    assert [e.max_bad_rows for e in doc.openai_jsonl] == [3, None]
 
 
 def test_unpinned_links_warn_with_the_pin_to_add(tmp_path):

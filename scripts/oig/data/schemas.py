@@ -40,6 +40,18 @@ _limit = {
     "minimum": 1,
     "description": "Use at most this many rows, in the source's order.",
 }
+_on_bad_rows = {
+    "enum": ["error", "skip"],
+    "default": "error",
+    "description": "What a row that does not convert does: `error` (the default) refuses the slice; `skip` "
+    "leaves the row out and counts it (in `oig mix`'s manifest and the pull request summary), up to "
+    "`max_bad_rows`.",
+}
+_max_bad_rows = {
+    "type": "integer",
+    "minimum": 0,
+    "description": "With `on_bad_rows: skip` (and needed by it): more bad rows than this is an error.",
+}
 
 
 def column_roles_schema(description: str) -> dict:
@@ -68,6 +80,8 @@ def _jsonl_link(link_description: str) -> dict:
                 "validation warns with the value to add.",
             },
             "limit": _limit,
+            "on_bad_rows": _on_bad_rows,
+            "max_bad_rows": _max_bad_rows,
         },
     }
 
@@ -134,6 +148,8 @@ SLICE_SCHEMA: dict = {
                     "columns": column_roles_schema("Which column holds what, when the layout is not detected: "
                                                    "role -> column name, e.g. {question: q, answer: a}."),
                     "limit": _limit,
+                    "on_bad_rows": _on_bad_rows,
+                    "max_bad_rows": _max_bad_rows,
                 },
             },
         },

@@ -3,9 +3,11 @@
 A slice file holds any of three sections, alone or together::
 
     IOPairs:      [{input, output}, ...]        # inline pairs, become user/assistant turns
-    HuggingFace:  [{link, revision?, config?, split?, columns?, limit?}, ...]
-    OpenAIJsonl:  [{link, sha256?, limit?}, ...]
-    Preferences:  [{prompt, chosen, rejected} | {link, sha256?, limit?}, ...]   # DPO pairs, not SFT
+    HuggingFace:  [{link, revision?, config?, split?, columns?, limit?, on_bad_rows?, max_bad_rows?}, ...]
+    OpenAIJsonl:  [{link, sha256?, limit?, on_bad_rows?, max_bad_rows?}, ...]
+    Preferences:  [{prompt, chosen, rejected} | {link, sha256?, limit?, ...}, ...]   # DPO pairs, not SFT
+
+``on_bad_rows: skip`` with ``max_bad_rows: N`` leaves out up to N rows that do not convert, counted.
 
 plus optional metadata: description, license, source, fixes (issue numbers this slice fixes), and
 ``holdout: false`` to keep every example in training (none held out for evaluation, ``oig.data.split``).
@@ -47,6 +49,7 @@ class HFEntry:
     split: str = "train"
     columns: dict[str, str] | None = None  # role -> column name; None means detect the layout
     limit: int | None = None  # take at most this many rows, in dataset order
+    max_bad_rows: int | None = None  # None: a bad row is an error; N (on_bad_rows: skip): skip up to N
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class JsonlEntry:
     link: str
     sha256: str | None = None  # pins the content; a mismatch is an error
     limit: int | None = None
+    max_bad_rows: int | None = None  # None: a bad row is an error; N (on_bad_rows: skip): skip up to N
 
 
 @dataclass
@@ -97,11 +101,12 @@ def slice_from_document(path: Path, doc: dict) -> Slice:
                 split=e.get("split", "train"),
                 columns=dict(e["columns"]) if e.get("columns") else None,
                 limit=e.get("limit"),
+                max_bad_rows=_max_bad_rows(e),
             )
             for e in doc.get("HuggingFace") or []
         ],
         openai_jsonl=[
-            JsonlEntry(link=e["link"], sha256=e.get("sha256"), limit=e.get("limit"))
+            JsonlEntry(link=e["link"], sha256=e.get("sha256"), limit=e.get("limit"), max_bad_rows=_max_bad_rows(e))
             for e in doc.get("OpenAIJsonl") or []
         ],
         preferences=[
@@ -110,7 +115,7 @@ def slice_from_document(path: Path, doc: dict) -> Slice:
             if "link" not in e
         ],
         preference_links=[
-            JsonlEntry(link=e["link"], sha256=e.get("sha256"), limit=e.get("limit"))
+            JsonlEntry(link=e["link"], sha256=e.get("sha256"), limit=e.get("limit"), max_bad_rows=_max_bad_rows(e))
             for e in doc.get("Preferences") or []
             if "link" in e
         ],
@@ -120,3 +125,7 @@ def slice_from_document(path: Path, doc: dict) -> Slice:
         fixes=list(doc.get("fixes") or []),
         holdout=doc.get("holdout", True),
     )
+
+
+def _max_bad_rows(entry: dict) -> int | None:
+    return entry.get("max_bad_rows", 0) if entry.get("on_bad_rows") == "skip" else None

@@ -80,16 +80,16 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
         for i, (e, res) in enumerate(zip(slice.huggingface, resolved_hf, strict=True)):
             with _about("HuggingFace", i, e.link):
                 res = res or hf.resolve(e, opts)
-                pins[i]["rows"] = _convert(hf.iter_rows(res, opts), _row_converter(e.columns), e.limit,
-                                           f"HuggingFace[{i}] {e.link}", writer, problems, display)
+                _convert(hf.iter_rows(res, opts), _row_converter(e.columns), e.limit, f"HuggingFace[{i}] {e.link}",
+                         writer, problems, display, pins[i], e.max_bad_rows)
         offset = len(slice.huggingface)
         for i, e in enumerate(slice.openai_jsonl):
             with _about("OpenAIJsonl", i, e.link):
                 blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
             before = len(problems)
             try:
-                pins[offset + i]["rows"] = _convert(formats.iter_jsonl(blob), formats.convert_openai_line, e.limit,
-                                                    f"OpenAIJsonl[{i}] {e.link}", writer, problems, display)
+                _convert(formats.iter_jsonl(blob), formats.convert_openai_line, e.limit, f"OpenAIJsonl[{i}] {e.link}",
+                         writer, problems, display, pins[offset + i], e.max_bad_rows)
             finally:
                 if len(problems) > before and not links.is_local_link(e.link):
                     fetch.evict(e.link, blob, opts)  # the file itself is bad: keep nothing of it
@@ -107,7 +107,8 @@ def materialize_preferences(slice: Slice, opts: SourceOptions) -> Materialized:
     except FetchError as exc:
         raise FetchError(f"{display}: {exc}") from None
     content = {"converter": formats.CONVERTER_VERSION, "kind": "preferences", "name": slice.name,
-               "Preferences": slice.preferences, "pins": [{k: v for k, v in p.items() if k != "rows"} for p in pins]}
+               "Preferences": slice.preferences, "pins": [{k: v for k, v in p.items() if k not in ("rows", "bad_rows")} for p in pins],
+               "skip": [e.max_bad_rows for e in slice.preference_links if e.max_bad_rows is not None]}
     key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     def fill(writer: _Writer, problems: list[Problem]) -> None:
@@ -116,8 +117,8 @@ def materialize_preferences(slice: Slice, opts: SourceOptions) -> Materialized:
         for i, e in enumerate(slice.preference_links):
             with _about("Preferences", i, e.link):
                 blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
-            pins[i]["rows"] = _convert(formats.iter_jsonl(blob), formats.convert_preference, e.limit,  # type: ignore[arg-type]
-                                       f"Preferences[{i}] {e.link}", writer, problems, display)
+            _convert(formats.iter_jsonl(blob), formats.convert_preference, e.limit,  # type: ignore[arg-type]
+                     f"Preferences[{i}] {e.link}", writer, problems, display, pins[i], e.max_bad_rows)
 
     return _cached(slice, pins, "preferences", key, opts, fill)
 
@@ -182,9 +183,10 @@ def check_remote(slice: Slice, opts: SourceOptions, limits: RemoteLimits = Remot
             if e.columns:
                 formats.layout_of_columns(e.columns)
             res = hf.resolve(e, opts)
+            late = (f"{where}: {NOT_FULLY_CHECKED} ({{n:,}} rows checked of a dataset that takes longer than "
+                    f"--remote-timeout {limits.timeout_s:g} s to read)")
             seen, complete = _check_rows(hf.iter_rows(res, hub_opts), _row_converter(e.columns), e.limit, where,
-                                         add, deadline, f"{where}: {NOT_FULLY_CHECKED} ({{n:,}} rows checked of a dataset that takes longer than "
-                        f"--remote-timeout {limits.timeout_s:g} s to read)")
+                                         add, deadline, late, e.max_bad_rows)
             if seen == 0 and complete:
                 add("error", f"{where}: no rows")
         except _TooMany:
@@ -217,7 +219,8 @@ def check_remote(slice: Slice, opts: SourceOptions, limits: RemoteLimits = Remot
         where = f"{section}[{i}] {e.link}"
         stream = _JsonlStream(e.link, opts, limits, e.sha256)
         try:
-            seen, _ = _check_rows(stream.rows(), convert, e.limit, where, add, stream.deadline, None)  # type: ignore[arg-type]
+            seen, _ = _check_rows(stream.rows(), convert, e.limit, where, add, stream.deadline, None,  # type: ignore[arg-type]
+                                  e.max_bad_rows)
         except _TooMany:
             _stopped(problems, file, state["at"])
             return problems
@@ -252,10 +255,11 @@ def _stopped(problems: list[Problem], file: str, at: tuple[int, int]) -> None:
 
 
 def _check_rows(rows: Iterator[tuple[str, object]], convert: Callable[[object], Record], limit: int | None,
-                where: str, add: Callable[[str, str], None], deadline: float, late: str | None) -> tuple[int, bool]:
+                where: str, add: Callable[[str, str], None], deadline: float, late: str | None,
+                max_bad: int | None = None) -> tuple[int, bool]:
     """Convert every row (up to ``limit``), reporting each bad one with its row and field.
     Returns (rows seen, all of them?): ``late`` (a message with {n}) ends the check past ``deadline``."""
-    seen = 0
+    seen = bad = 0
     for at, row in islice(_readable(rows), limit):
         if late is not None and time.monotonic() > deadline:
             add("warning", late.format(n=seen))
@@ -264,7 +268,17 @@ def _check_rows(rows: Iterator[tuple[str, object]], convert: Callable[[object], 
         try:
             _line(row, convert)
         except ValueError as exc:
-            add("error", ": ".join(filter(None, (where, at, str(exc)))))
+            message = ": ".join(filter(None, (where, at, str(exc))))
+            if max_bad is None:
+                add("error", message)
+                continue
+            bad += 1
+            if bad > max_bad:
+                add("error", _too_many_bad(where, max_bad, message))
+                return seen, True
+    if bad:
+        add("warning", f"{where}: {bad:,} of {seen:,} rows do not convert and are skipped "
+                       f"(on_bad_rows: skip, max_bad_rows: {max_bad})")
     return seen, True
 
 
@@ -372,11 +386,16 @@ def _cache_key(slice: Slice, pins: list[dict]) -> str:
         "converter": formats.CONVERTER_VERSION,
         "name": slice.name,
         "IOPairs": slice.io_pairs,
-        "HuggingFace": [asdict(e) for e in slice.huggingface],
-        "OpenAIJsonl": [asdict(e) for e in slice.openai_jsonl],
-        "pins": [{k: v for k, v in p.items() if k != "rows"} for p in pins],
+        "HuggingFace": [_fields(e) for e in slice.huggingface],
+        "OpenAIJsonl": [_fields(e) for e in slice.openai_jsonl],
+        "pins": [{k: v for k, v in p.items() if k not in ("rows", "bad_rows")} for p in pins],
     }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def _fields(e: HFEntry | JsonlEntry) -> dict:
+    """An entry's fields for the cache key; an unset max_bad_rows is left out, so older keys still hold."""
+    return {k: v for k, v in asdict(e).items() if k != "max_bad_rows" or v is not None}
 
 
 def _read_meta(meta_path: Path, out: Path) -> dict | None:
@@ -417,16 +436,27 @@ def _line(row: object, convert: Callable[[object], Record]) -> bytes:
 
 
 def _convert(rows: Iterator[tuple[str, object]], convert: Callable[[object], Record], limit: int | None,
-             where: str, writer: _Writer, problems: list[Problem], display: str) -> int:
-    """Convert rows into the writer (only while there are no problems). Returns the rows seen."""
-    seen = 0
+             where: str, writer: _Writer, problems: list[Problem], display: str, pin: dict | None = None,
+             max_bad: int | None = None) -> int:
+    """Convert rows into the writer (only while there are no problems). Returns the rows seen.
+
+    With ``max_bad`` (``on_bad_rows: skip``) a bad row is left out and counted in ``pin["bad_rows"]``;
+    more than ``max_bad`` of them is one error."""
+    seen = bad = 0
     # islice stops before pulling the row past the limit: no download of a file that is not needed.
     for at, row in islice(_readable(rows), limit):
         seen += 1
         try:
             line = _line(row, convert)
         except ValueError as exc:
-            problems.append(Problem(display, 0, 0, "error", ": ".join(filter(None, (where, at, str(exc))))))
+            message = ": ".join(filter(None, (where, at, str(exc))))
+            if max_bad is not None:
+                bad += 1
+                if bad <= max_bad:
+                    continue
+                problems.append(Problem(display, 0, 0, "error", _too_many_bad(where, max_bad, message)))
+                break
+            problems.append(Problem(display, 0, 0, "error", message))
             if len(problems) >= MAX_ROW_PROBLEMS:
                 problems.append(Problem(display, 0, 0, "error", f"stopped after {MAX_ROW_PROBLEMS} problems"))
                 raise InvalidInput(problems) from None
@@ -435,4 +465,13 @@ def _convert(rows: Iterator[tuple[str, object]], convert: Callable[[object], Rec
             writer.write(line)
     if seen == 0 and where:
         problems.append(Problem(display, 0, 0, "error", f"{where}: no rows"))
+    if pin is not None:
+        pin["rows"] = seen
+        if max_bad is not None:
+            pin["bad_rows"] = bad  # skipped, in the manifest
     return seen
+
+
+def _too_many_bad(where: str, max_bad: int, message: str) -> str:
+    return (f"{where}: more than max_bad_rows: {max_bad} rows do not convert; fix the data or raise max_bad_rows "
+            f"(the row past the limit: {message.removeprefix(where + ': ')})")

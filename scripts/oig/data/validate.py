@@ -275,6 +275,11 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
         for i, entry in enumerate(_items(doc, section)):
             if not isinstance(entry, dict) or not isinstance(entry.get("link"), str):
                 continue
+            skip = entry.get("on_bad_rows") == "skip"
+            if skip != ("max_bad_rows" in entry):
+                found.append(((section, i, "on_bad_rows" if skip else "max_bad_rows"), True, "error",
+                              "on_bad_rows: skip needs `max_bad_rows: N` (the most rows that may be left out)" if skip
+                              else "max_bad_rows applies only with `on_bad_rows: skip`; add that or remove it"))
             why = link_problem(entry["link"], allow_local, section)
             if why:
                 found.append(((section, i, "link"), False, "error", why))
