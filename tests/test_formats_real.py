@@ -186,3 +186,24 @@ def test_linked_rows_refuse_the_same_control_tokens_as_inline_slices():
     from oig.data import formats, validate
 
     assert formats.CONTROL_TOKEN.pattern == validate.CONTROL_TOKEN.pattern
+
+
+def test_hub_tool_rows_from_parquet_with_tools_as_a_json_string(tmp_path):
+    # Hub function-calling sets often keep `tools` as a JSON string; parquet gives every message every field.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chat = rows("openai_tools.jsonl")[0]
+    messages = [{"role": m["role"], "content": m.get("content"), "tool_calls": m.get("tool_calls"),
+                 "tool_call_id": m.get("tool_call_id")} for m in chat["messages"]]
+    (tmp_path / "ds").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"messages": messages, "tools": json.dumps(chat["tools"])}]),
+                   tmp_path / "ds" / "train.parquet")
+    _, m = materialize_local(tmp_path, huggingface=[HFEntry(link="ds")])
+    [line] = [json.loads(x) for x in m.path.read_text(encoding="utf-8").splitlines()]
+    assert line == convert_openai_line(chat)
+
+
+def test_html_audio_and_video_elements_are_text():
+    row = {"question": "Embed a clip?", "answer": "Use <video src=\"a.mp4\" controls> or <audio>."}
+    assert convert_row(row, None)["messages"][1]["content"].startswith("Use <video")

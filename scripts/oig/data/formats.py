@@ -64,7 +64,8 @@ SPEAKERS = {
 TOOL_SPEAKERS = {"tool", "function", "ipython", "observation"}
 # Columns and placeholders of multimodal datasets (LLaVA, TRL's vision format, audio sets): refused.
 MEDIA_COLUMNS = ("images", "image", "audio", "audios", "video", "videos")
-MEDIA_PLACEHOLDER = re.compile(r"<(?:image|audio|video)>")
+# Only LLaVA's <image>: <audio> and <video> are also HTML elements, common in web-development answers.
+MEDIA_PLACEHOLDER = re.compile(r"<image>")
 # Text chat templates read as control tokens; the same pattern as oig.data.validate's for inline slices
 # (validate imports this module, so it cannot be imported here; a test keeps the two equal).
 CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
@@ -263,6 +264,11 @@ def _tool_calls(m: dict, i: int) -> list[dict] | None:
 def _tools(row: dict) -> list[dict] | None:
     """A row's ``tools`` (OpenAI function calling), or its legacy ``functions``, checked."""
     tools = row.get("tools")
+    if isinstance(tools, str):  # many Hub datasets keep the definitions as one JSON string
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except ValueError:
+            raise ValueError("`tools` is text that is not valid JSON") from None
     if tools is None and row.get("functions") is not None:
         functions = row["functions"]
         if not isinstance(functions, list):
