@@ -166,3 +166,13 @@ def test_changed_from_fetches_only_the_changed_slices(repo, capsys, local_server
     assert "data/a.yaml:2:11: warning: file is not pinned" in out  # checked offline, as always
     assert main(["validate", "--remote", "--changed-from", "--output=x"]) == 2
     assert main(["validate", "--remote", "--changed-from", "no-such-ref"]) == 2
+
+
+def test_remote_skipped_bad_rows_are_counted_in_the_summary(repo, capsys, local_server, monkeypatch):
+    summary = repo / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    server = local_server({"/bad.jsonl": BAD_AT_21})
+    (repo / "data" / "remote.yaml").write_text(f"OpenAIJsonl:\n  - link: {server.url}/bad.jsonl\n"
+                                               "    on_bad_rows: skip\n    max_bad_rows: 1\n")
+    assert main(["validate", "--remote", "--allow-local-sources", "--format", "github", "data/remote.yaml"]) == 0
+    assert "1 of 25 rows do not convert and are skipped (on_bad_rows: skip, max_bad_rows: 1)" in summary.read_text()

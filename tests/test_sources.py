@@ -366,3 +366,16 @@ def test_on_bad_rows_skip_leaves_out_and_counts_up_to_max_bad_rows(tmp_path, loc
     found = check_remote(make_slice(tmp_path, openai_jsonl=[JsonlEntry(link=link, sha256=sha(BAD_AT_21),
                                                                        max_bad_rows=0)]), opts(tmp_path))
     assert [p.severity for p in found] == ["error"] and "more than max_bad_rows: 0" in found[0].message
+
+
+def test_check_remote_dataset_file_past_the_limit_is_not_fully_checked(tmp_path, local_server):
+    from oig.data.sources import RemoteLimits
+
+    data = jsonl([{"question": "q", "answer": "a"}] * 50)
+    srv = local_server(hub_routes(REPO, SHA40, {"train.jsonl": data}))
+    s = make_slice(tmp_path, huggingface=[HFEntry(link=f"{srv.url}/datasets/{REPO}", revision=SHA40)])
+    [warning] = check_remote(s, opts(tmp_path), RemoteLimits(max_bytes=100))
+    assert warning.severity == "warning"
+    assert f"HuggingFace[0] {srv.url}/datasets/{REPO}: not fully checked (0 rows checked of a dataset file " \
+           "larger than --remote-max-bytes 100" in warning.message
+    assert check_remote(s, opts(tmp_path), RemoteLimits(max_bytes=len(data))) == []
