@@ -207,3 +207,21 @@ def test_hub_tool_rows_from_parquet_with_tools_as_a_json_string(tmp_path):
 def test_html_audio_and_video_elements_are_text():
     row = {"question": "Embed a clip?", "answer": "Use <video src=\"a.mp4\" controls> or <audio>."}
     assert convert_row(row, None)["messages"][1]["content"].startswith("Use <video")
+
+
+def test_qwen_template_learns_the_tool_call_with_and_without_generation_markers():
+    trl = pytest.importorskip("trl")
+    from oig.train import masking, tiny
+
+    record = {"slice": "tools", **convert_openai_line(rows("openai_tools.jsonl")[0])}
+    tok = tiny.build_tokenizer(tiny.texts_of([record]))
+    tok.chat_template = (Path(trl.__file__).parent / "chat_templates" / "qwen2_5.jinja").read_text()
+    template = masking.training_template(tok)
+    for t in (template, tok.chat_template):  # TRL's training version, or growing prefixes of Qwen's own
+        ds, _ = masking.to_dataset([record], tok, t)
+        ids, labels = ds[0]["input_ids"], ds[0]["labels"]
+        text = tok.decode(ids)
+        assert "# Tools" in text and '"name": "get_weather"' in text
+        learned = tok.decode([i for i, label in zip(ids, labels, strict=True) if label != -100])
+        assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in learned
+        assert "It is 18 C in Paris." in learned and "temp_c" not in learned and "Weather in Paris" not in learned
