@@ -225,3 +225,21 @@ def test_qwen_template_learns_the_tool_call_with_and_without_generation_markers(
         learned = tok.decode([i for i, label in zip(ids, labels, strict=True) if label != -100])
         assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in learned
         assert "It is 18 C in Paris." in learned and "temp_c" not in learned and "Weather in Paris" not in learned
+
+
+@pytest.mark.slow
+def test_oig_train_on_a_linked_tool_calling_file(tmp_path, monkeypatch):
+    pytest.importorskip("trl")
+    from oig.cli import main
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(FORMATS / "openai_tools.jsonl", tmp_path / "tools.jsonl")
+    (tmp_path / "data" / "tools.yaml").write_text("# Tool calling rows (test)\nOpenAIJsonl:\n  - link: tools.jsonl\n")
+    (tmp_path / "training.yaml").write_text("Training:\n  eval_size: 0\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OIG_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["mix", "--out", "mix", "--allow-local-sources"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "mix" / "mixture.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert sum("tools" in line for line in lines) >= 3
+    assert main(["train", "--base-model", "tiny", "--publish", "none", "--mixture", "mix", "--output", "run"]) == 0
