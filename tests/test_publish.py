@@ -258,3 +258,53 @@ def test_a_candidate_that_failed_the_gate_goes_to_its_own_hub_branch_only(repo, 
     assert section["branch"] == "candidate-main" and "model.safetensors" in candidate
     assert main_files == {}  # never over the branch's model
     assert publish(model, mode="local", run=make_run(), config=make_config(), candidate=True) is None
+
+
+# --- LoRA adapters (QLoRA's output) -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def adapter_folder(repo) -> Path:
+    """What `oig train` saves with `load_in_4bit`: the LoRA adapters unmerged, no config.json. QLoRA itself
+    needs a GPU; the tiny model with LoRA adapters, saved the same way, gives the same folder."""
+    from peft import get_peft_model
+
+    from oig.train import tiny
+    from oig.train.args import lora_config
+    from oig.train.checkpoints import save_model
+
+    model, tok = tiny.build_tiny(["Hello there", "Paris is the capital"], repo / "tinybase", seed=1)
+    qlora = TrainingConfig(path=Path("training.yaml"), training={}, oig={"load_in_4bit": True, "lora_r": 4})
+    peft_model = get_peft_model(model, lora_config(qlora))
+    trainer = types.SimpleNamespace(model=peft_model, accelerator=types.SimpleNamespace(
+        is_main_process=True, wait_for_everyone=lambda: None))
+    target = repo / "runs" / "r2" / "model"
+    save_model(trainer, tok, target, qlora)
+    assert (target / "adapter_config.json").is_file() and not (target / "config.json").exists()
+    return target
+
+
+def test_adapters_are_published_as_adapters(adapter_folder, monkeypatch):
+    section = publish(adapter_folder, mode="local", run=make_run(), config=make_config())
+    assert section == {"local_path": "runs/r2/model"}
+    meta, body = (adapter_folder / "README.md").read_text().split("\n---\n", 1)
+    assert "library_name: peft" in meta and "base_model: Qwen/Qwen2.5-0.5B-Instruct" in meta and "- lora" in meta
+    assert "LoRA adapters only" in body and "AutoPeftModelForCausalLM.from_pretrained" in body
+
+    with FakeHub(token=TOKEN) as hub_fake, FakeTogether(api_key=TG_KEY) as tg:
+        monkeypatch.setenv("HF_ENDPOINT", hub_fake.url)
+        monkeypatch.setenv("TOGETHER_BASE_URL", tg.url)
+        section = publish(adapter_folder, mode="hub", run=make_run(), together=True, sleep=lambda s: None,
+                          config=make_config(hub_repo="org/oig-lora"))
+        files = hub_fake.files("org/oig-lora")
+        created = tg.find("POST", "/v2/projects/proj_1/models")[0]["json"]
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(files)
+    assert "config.json" not in files and b"library_name: peft" in files["README.md"]
+    assert created["type"] == "adapter" and created["baseModelId"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert section["together"]["model"].endswith("oig-lora")
+
+
+def test_adapters_of_a_base_model_not_on_the_hub_are_not_uploaded(adapter_folder):
+    run = {**make_run(), "base_model": "tiny"}
+    with pytest.raises(PublishError, match="LoRA adapters, which need their base model"):
+        publish(adapter_folder, mode="hub", run=run, config=make_config(hub_repo="org/m"))

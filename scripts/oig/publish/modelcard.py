@@ -17,6 +17,7 @@ from oig.errors import OigError, PublishError
 from oig.files import WriteError, atomic_output, write_atomic
 
 CARD_FILE = "README.md"
+ADAPTER_CONFIG = "adapter_config.json"  # peft's: a folder of LoRA adapters for a base model
 LOSS_CURVE_FILE = "loss_curve.png"
 TAGS = ["oig", "trl", "sft", "text-generation"]  # an SFT run; a DPO run says `dpo` instead (``tags``)
 _HF_DATASET = re.compile(r"^(?:https?://(?:www\.)?huggingface\.co/datasets/)?([\w.-]+/[\w.-]+?)/?$")
@@ -204,14 +205,25 @@ def _commit_line(commit: str | None) -> str:
     return f"Trained from commit `{commit}`."
 
 
-def _usage(model_ref: str, revision: str | None) -> list[str]:
+def is_adapter(model_dir: Path | None) -> bool:
+    """Whether the folder holds LoRA adapters alone (QLoRA's output: ``adapter_config.json``, no
+    ``config.json``) rather than a whole model."""
+    return model_dir is not None and (Path(model_dir) / ADAPTER_CONFIG).is_file() and not (
+        Path(model_dir) / "config.json").is_file()
+
+
+def _usage(model_ref: str, revision: str | None, adapter: bool = False) -> list[str]:
     rev = f', revision="{revision}"' if revision else ""
+    # peft's AutoPeftModelForCausalLM loads the base model named in adapter_config.json, then the adapters.
+    load = ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+            f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}"{rev})',
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{model_ref}"{rev})'] if adapter else [
+        "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}"{rev})',
+        f'model = AutoModelForCausalLM.from_pretrained("{model_ref}"{rev})']
     return [
         "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_ref}"{rev})',
-        f'model = AutoModelForCausalLM.from_pretrained("{model_ref}"{rev})',
+        *load,
         'messages = [{"role": "user", "content": "Hello!"}]',
         "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\","
         " return_dict=True)",
@@ -270,15 +282,16 @@ def build_model_card(run: dict, config, *, hub_repo: str | None = None, branch: 
     # Only a Hub id is a valid base_model in the metadata; `tiny` and local paths are not.
     hub_base = base_model if isinstance(base_model, str) and _dataset_id(base_model) and not Path(
         base_model).exists() else None
+    adapter = is_adapter(local_path)
     data = ModelCardData(
         base_model=hub_base,
         datasets=datasets or None,
         # The weights inherit the base model's license; the data licenses are listed per slice below.
         license="other",
         license_name="see-model-card",
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="text-generation",
-        tags=tags(run) + ([f"branch-{branch}"] if branch and branch != "main" else []),
+        tags=tags(run) + (["lora"] if adapter else []) + ([f"branch-{branch}"] if branch and branch != "main" else []),
     )
     title = hub_repo or (local_path.name if local_path else "oig model")
     results = eval_results(run)
@@ -294,6 +307,8 @@ def build_model_card(run: dict, config, *, hub_repo: str | None = None, branch: 
         "hyperparameters.",
         "",
         f"- **Base model:** `{_cell(base_model or 'unknown')}`",
+        *([f"- **Adapter:** LoRA adapters only (QLoRA); load them on `{_cell(base_model or 'unknown')}` with peft"]
+          if adapter else []),
         f"- **Run:** `{_cell(run.get('run_id') or 'unknown')}`" + (f" on branch `{_cell(branch)}`" if branch else ""),
         f"- **Data licenses:** {_cell(', '.join(licenses)) if licenses else 'none recorded'} "
         "(per slice in the table below); the weights also carry the base model's license.",
@@ -314,7 +329,7 @@ def build_model_card(run: dict, config, *, hub_repo: str | None = None, branch: 
     if loss_curve:
         body += [f"![Training and eval loss over steps]({loss_curve})", ""]
     revision = branch if hub_repo and branch and branch != "main" else None
-    body += ["## Usage", "", *_usage(model_ref, revision), "", "## Provenance", "",
+    body += ["## Usage", "", *_usage(model_ref, revision, adapter), "", "## Provenance", "",
              _commit_line(run.get("git_commit")), ""]
     card = ModelCard("---\n" + data.to_yaml() + "\n---\n\n" + "\n".join(body))
     return str(card)

@@ -6,6 +6,9 @@ the trained model where it was saved.
 
 - ``none``: nothing is published (returns None).
 - ``local``: the model card is written beside the weights; model.yaml records the folder.
+- A folder of LoRA adapters alone (QLoRA's ``load_in_4bit`` output: ``adapter_config.json``, no
+  ``config.json``) is published as adapters: the card says ``library_name: peft`` and names the base
+  model, the Hub gets the adapter files, Together registers them with ``type="adapter"``.
 - ``hub``: the folder (with its model card and loss curve) goes to the Hub repo named by ``hub_repo``
   in training.yaml, on a branch named after the git branch, so a specialisation branch never
   overwrites main's model. The commit sha is recorded as the revision.
@@ -44,11 +47,17 @@ def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = F
     if mode == "none" or (candidate and mode != "hub"):
         return None
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise PublishError(f"{model_dir} holds no trained model (no config.json); nothing to publish")
-    oig_keys = getattr(config, "oig", None) or {}
-
     from oig.publish import hub, modelcard
+
+    adapter = modelcard.is_adapter(model_dir)  # QLoRA: LoRA adapters for the base model, published as such
+    if not (model_dir / "config.json").is_file() and not adapter:
+        raise PublishError(f"{model_dir} holds no trained model (no config.json, no {modelcard.ADAPTER_CONFIG}); "
+                           "nothing to publish")
+    oig_keys = getattr(config, "oig", None) or {}
+    base_model = run.get("base_model") or getattr(config, "base_model", None)
+    if adapter and mode == "hub" and (not base_model or base_model == "tiny" or Path(str(base_model)).exists()):
+        raise PublishError(f"{model_dir} holds LoRA adapters, which need their base model to load; the base "
+                           f"model {base_model!r} is not on the Hub, so the adapters would be unusable there")
 
     # --- where it goes: checked before anything is written or sent ------------------------------
     repo_id = branch = token = None
@@ -81,7 +90,7 @@ def publish(model_dir: Path, *, mode: str, run: dict, config, together: bool = F
         try:
             section["together"] = together.deploy(
                 repo_id, revision=revision, branch=branch, base_model=run.get("base_model"),
-                model_name=oig_keys.get("together_model_name"), hf_endpoint=endpoint, sleep=sleep)
+                model_name=oig_keys.get("together_model_name"), hf_endpoint=endpoint, sleep=sleep, adapter=adapter)
         except OigError as exc:
             raise PublishError(f"the model is on the Hub ({repo_id}@{revision[:12]}, branch {branch}) but "
                                f"deploying it on Together failed: {exc}") from None

@@ -21,8 +21,10 @@ DEPLOY_TIMEOUT_S = 3600.0  # a dedicated GPU replica can take tens of minutes to
 def deploy(hub_repo: str, *, revision: str, branch: str, base_model: str | None, model_name: str | None = None,
            hf_endpoint: str = "https://huggingface.co", client=None, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.monotonic, upload_timeout_s: float = UPLOAD_TIMEOUT_S,
-           deploy_timeout_s: float = DEPLOY_TIMEOUT_S, poll_s: float = POLL_S) -> dict:
+           deploy_timeout_s: float = DEPLOY_TIMEOUT_S, poll_s: float = POLL_S, adapter: bool = False) -> dict:
     """Register ``hub_repo@revision`` on Together and serve it on a dedicated endpoint.
+
+    ``adapter``: the repo holds LoRA adapters for ``base_model`` (QLoRA), registered as ``type="adapter"``.
 
     Returns the ``together`` part of model.yaml's model section: model, endpoint, endpoint_id, base_url.
     """
@@ -36,7 +38,8 @@ def deploy(hub_repo: str, *, revision: str, branch: str, base_model: str | None,
     # --- the model: registered once per name, a new revision per upload --------------------------
     model = _create_or_find(
         f"registering model {name} on Together",
-        lambda: client.models.create(project_id=pid, base_model_id=base_model, name=name, type="model",
+        lambda: client.models.create(project_id=pid, base_model_id=base_model, name=name,
+                                     type="adapter" if adapter else "model",
                                      description=f"{hub_repo} at {revision} (oig)"),
         lambda: list(client.models.list(project_id=pid)), name)
     remote_url = f"{hf_endpoint.rstrip('/')}/{hub_repo}" + ("" if branch == "main" else f"/tree/{revision}")

@@ -137,8 +137,9 @@ def training(checkpoint_dir: Path, threads: int | None, out_of_memory: str):
 
 
 def save_model(trainer, tokenizer, model_dir: Path, config) -> None:
-    """The final model, loadable with ``from_pretrained``: LoRA adapters are merged into the weights
-    (kept as an adapter for QLoRA, whose 4-bit base cannot be merged exactly)."""
+    """The final model: LoRA adapters are merged into the weights (loadable with ``from_pretrained``);
+    QLoRA's, whose 4-bit base cannot be merged exactly, are saved as adapters (``adapter_config.json``
+    naming the base model, no ``config.json``), which ``oig.publish`` publishes as adapters."""
     model = merge_adapters(trainer.model, config)
     if trainer.accelerator.is_main_process:
         _replace_folder(model_dir, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))

@@ -153,6 +153,9 @@ def configure(opts: TrainOptions) -> RunContext:
     bugs = load_bugs(opts)  # before training: a bad bug list fails in seconds, not after hours
     commit, branch = git_commit(opts.root), git_branch(opts.root)
     if opts.publish == "hub":
+        if config.oig.get("load_in_4bit") and (base_model == "tiny" or Path(base_model).exists()):
+            raise TrainError("load_in_4bit saves LoRA adapters, published as adapters of their base model: with "
+                             "--publish hub the base model must be a Hub id, not a local one")
         check_hub_access(config.oig["hub_repo"], branch)
     run_id = make_run_id(commit, base_model, opts)
     run_dir = Path(opts.output) if opts.output else Path(opts.root) / RUNS_DIR / run_id
