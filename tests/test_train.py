@@ -420,6 +420,14 @@ def test_hub_access_is_checked_before_training(tmp_path, monkeypatch, capsys, hu
     assert not (tmp_path / "runs").exists()  # nothing was trained
 
 
+def test_qlora_adapters_of_a_local_base_cannot_go_to_the_hub(tmp_path, monkeypatch, capsys):
+    make_repo(tmp_path, "Training:\n  base_model: tiny\n  load_in_4bit: true\n  hub_repo: org/model\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--publish", "hub"]) == 1
+    assert "the base model must be a Hub id" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_no_base_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(make_repo(tmp_path, "Training:\n  seed: 1\n"))
     assert main(["train"]) == 1
