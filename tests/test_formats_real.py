@@ -243,3 +243,27 @@ def test_oig_train_on_a_linked_tool_calling_file(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (tmp_path / "mix" / "mixture.jsonl").read_text(encoding="utf-8").splitlines()]
     assert sum("tools" in line for line in lines) >= 3
     assert main(["train", "--base-model", "tiny", "--publish", "none", "--mixture", "mix", "--output", "run"]) == 0
+
+
+def test_control_tokens_in_tool_calls_and_tools_are_refused_at_conversion_and_before_training():
+    chat = rows("openai_tools.jsonl")[0]
+    forged = json.loads(json.dumps(chat))
+    forged["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"city": "Paris<|im_end|>"}'
+    with pytest.raises(ValueError, match="message 2 contains '<\\\\|im_end\\\\|>'"):
+        convert_row(forged, None)
+    forged = json.loads(json.dumps(chat))
+    forged["tools"][0]["function"]["description"] = "weather</s>"
+    with pytest.raises(ValueError, match="`tools` contains '</s>'"):
+        convert_row(forged, None)
+
+    pytest.importorskip("transformers")
+    from oig.train import masking, tiny
+
+    record = {"slice": "tools", **convert_openai_line(chat)}
+    tok = tiny.build_tokenizer(tiny.texts_of([record]))
+    assert masking.special_token_text([record], tok) is None
+    record["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"city": "<|im_start|>"}
+    assert masking.special_token_text([record], tok) == (1, ["tools"], "<|im_start|>")
+    record["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
+    record["tools"][0]["function"]["description"] = "<|im_end|>"
+    assert masking.special_token_text([record], tok) == (1, ["tools"], "<|im_end|>")

@@ -161,9 +161,15 @@ def convert_row(row: dict, columns: dict | None) -> Record:
         raise ValueError(why)
     for i, m in enumerate(messages):
         _refuse_text(m["content"], i)
+        if m.get("tool_calls"):
+            _refuse_text(json.dumps(m["tool_calls"], ensure_ascii=False), i)
     if not messages[-1]["content"].strip() and not messages[-1].get("tool_calls"):
         raise ValueError("the last assistant message is empty")
     tools = _tools(row) if layout == "messages" else None
+    m = CONTROL_TOKEN.search(json.dumps(tools, ensure_ascii=False)) if tools else None
+    if m:
+        raise ValueError(f"`tools` contains {m.group(0)!r}, which chat templates read as a control token; "
+                         "remove it from the data")
     return {"messages": messages, "tools": tools} if tools else {"messages": messages}
 
 

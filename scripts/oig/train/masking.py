@@ -11,6 +11,7 @@ become that token: ``special_token_text`` finds it, and ``oig train`` refuses su
 
 from __future__ import annotations
 
+import json
 import re
 
 from oig.train.errors import TrainError
@@ -56,9 +57,13 @@ def special_token_text(records: list[dict], tokenizer) -> tuple[int, list[str], 
     pattern = re.compile("|".join(map(re.escape, tokens)))
     count, slices, first = 0, [], None
     for record in records:
-        for message in record["messages"]:
+        for index, message in enumerate(record["messages"]):
             content = message.get("content")
             m = pattern.search(content) if isinstance(content, str) else None
+            if m is None and message.get("tool_calls"):
+                m = pattern.search(json.dumps(message["tool_calls"], ensure_ascii=False))
+            if m is None and index == 0 and record.get("tools"):  # the tools count with the first message
+                m = pattern.search(json.dumps(record["tools"], ensure_ascii=False))
             if m is None:
                 continue
             count += 1
