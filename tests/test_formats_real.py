@@ -267,3 +267,18 @@ def test_control_tokens_in_tool_calls_and_tools_are_refused_at_conversion_and_be
     record["messages"][2]["tool_calls"][0]["function"]["arguments"] = {"city": "Paris"}
     record["tools"][0]["function"]["description"] = "<|im_end|>"
     assert masking.special_token_text([record], tok) == (1, ["tools"], "<|im_end|>")
+
+
+def test_llama_factory_sharegpt_function_calls():
+    [row] = rows("sharegpt_tools.jsonl")
+    [chat] = [convert_openai_line(r) for r in rows("openai_tools.jsonl")[:1]]
+    assert convert_row(row, None) == {
+        "messages": [{"role": "user", "content": "Weather in Lima?"},
+                     {"role": "assistant", "content": "", "tool_calls": [
+                         {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lima"}}}]},
+                     {"role": "tool", "content": '{"temp_c": 20}'},
+                     {"role": "assistant", "content": "20 C in Lima."}],
+        "tools": chat["tools"]}
+    bad = {"conversations": [{"from": "human", "value": "x"}, {"from": "function_call", "value": "get_weather"}]}
+    with pytest.raises(ValueError, match="message 1 is a function_call turn whose value is not a JSON call"):
+        convert_row(bad, None)

@@ -11,7 +11,8 @@ Layouts recognised (column names in brackets; ``detect_layout`` picks the first 
     messages            [messages]  OpenAI chat: role/content, system messages, weight 0/1 kept, and
                         function calling: [tools] (or legacy [functions]), assistant tool_calls (or
                         function_call), tool (or function) results
-    conversations       [conversations]  ShareGPT: from/value with human/gpt/system
+    conversations       [conversations]  ShareGPT: from/value with human/gpt/system, and LLaMA-Factory's
+                        function_call/observation turns with a [tools] column
     prompt_completion   [prompt, completion]  strings, or message lists (TRL's conversational form)
     alpaca              [instruction, output] and optional [input]
     question_answer     [question, answer]
@@ -165,7 +166,7 @@ def convert_row(row: dict, columns: dict | None) -> Record:
             _refuse_text(json.dumps(m["tool_calls"], ensure_ascii=False), i)
     if not messages[-1]["content"].strip() and not messages[-1].get("tool_calls"):
         raise ValueError("the last assistant message is empty")
-    tools = _tools(row) if layout == "messages" else None
+    tools = _tools(row) if layout in ("messages", "conversations") else None
     m = CONTROL_TOKEN.search(json.dumps(tools, ensure_ascii=False)) if tools else None
     if m:
         raise ValueError(f"`tools` contains {m.group(0)!r}, which chat templates read as a control token; "
@@ -202,6 +203,8 @@ def _message(m: object, i: int) -> dict:
     speaker = m.get("role") if m.get("role") is not None else m.get("from")
     if not isinstance(speaker, str):
         raise ValueError(f"message {i} has no role (expected `role` or ShareGPT `from`)")
+    if speaker.lower() == "function_call":  # LLaMA-Factory's ShareGPT: the call as JSON in `value`
+        return _sharegpt_call(m.get("value") if m.get("value") is not None else m.get("content"), i)
     role = "tool" if speaker.lower() in TOOL_SPEAKERS else SPEAKERS.get(speaker.lower())
     if role is None:
         raise ValueError(f"message {i} has role {speaker!r}; expected system, user, assistant or tool "
@@ -267,6 +270,21 @@ def _tool_calls(m: dict, i: int) -> list[dict] | None:
     return calls
 
 
+def _sharegpt_call(value: object, i: int) -> dict:
+    """A ShareGPT ``function_call`` turn: ``{"name", "arguments"}`` (or a list of them) as JSON text."""
+    try:
+        calls = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        calls = None
+    calls = [calls] if isinstance(calls, dict) else calls
+    if not isinstance(calls, list) or not calls:
+        raise ValueError(f"message {i} is a function_call turn whose value is not a JSON call "
+                         '({"name": ..., "arguments": ...})')
+    message = {"role": "assistant", "content": "",
+               "tool_calls": [{"type": "function", "function": c} if isinstance(c, dict) else c for c in calls]}
+    return {"role": "assistant", "content": "", "tool_calls": _tool_calls(message, i)}
+
+
 def _tools(row: dict) -> list[dict] | None:
     """A row's ``tools`` (OpenAI function calling), or its legacy ``functions``, checked."""
     tools = row.get("tools")
@@ -282,6 +300,9 @@ def _tools(row: dict) -> list[dict] | None:
         tools = [{"type": "function", "function": f} for f in functions]
     if tools is None or tools == []:
         return None
+    if isinstance(tools, list):  # bare function definitions, as LLaMA-Factory's `tools` column has them
+        tools = [{"type": "function", "function": t} if isinstance(t, dict) and "type" not in t and "name" in t
+                 else t for t in tools]
     why = check_tools(tools)
     if why:
         raise ValueError(why)
