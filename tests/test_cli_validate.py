@@ -11,13 +11,13 @@ import pytest
 from oig.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-BAD = "IOPairs:\n  - input: a\n    outptu: b\n"
+BAD = "IOPairs:\n  - input: a\n    outptu: b\nlicense: CC0-1.0\n"
 
 
 @pytest.fixture
 def repo(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "good.yaml").write_text("IOPairs:\n  - input: a\n    output: b\n")
+    (tmp_path / "data" / "good.yaml").write_text("IOPairs:\n  - input: a\n    output: b\nlicense: CC0-1.0\n")
     (tmp_path / "training.yaml").write_text("Mixture:\n  good: 0.5\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)

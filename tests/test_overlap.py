@@ -42,7 +42,7 @@ def test_ngram_containment_above_the_threshold():
 
 def write(tmp_path, slice_text: str, suite: str | None) -> None:
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "a.yaml").write_text(slice_text)
+    (tmp_path / "data" / "a.yaml").write_text(slice_text + "license: CC0-1.0\n")
     if suite is not None:
         (tmp_path / "evals").mkdir()
         (tmp_path / "evals" / "quiz.yaml").write_text(suite)

@@ -10,7 +10,7 @@ from oig.data.slices import slice_from_document
 from oig.data.validate import ValidateOptions, link_problem, load_slices, validate
 from oig.errors import InvalidInput
 
-GOOD = "IOPairs:\n  - input: hi\n  output: hello\n".replace("\n  output", "\n    output")
+GOOD = "license: CC0-1.0\nIOPairs:\n  - input: hi\n    output: hello\n"
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
@@ -21,10 +21,16 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
     return path
 
 
-def problems_of(tmp_path: Path, name: str, content, **opts):
+NO_LICENSE = "no `license:`"
+
+
+def problems_of(tmp_path: Path, name: str, content, *, keep_license_warning: bool = False, **opts):
+    """The problems of one slice file. The warning for a slice without `license:` is left out unless
+    asked for: most slices here are written to show something else (it has its own test)."""
     write(tmp_path, name, content)
     os.chdir(tmp_path)
-    return validate([Path("data") / name], ValidateOptions(**opts))
+    found = validate([Path("data") / name], ValidateOptions(**opts))
+    return found if keep_license_warning else [p for p in found if not p.message.startswith(NO_LICENSE)]
 
 
 def test_all_sections_together_are_valid(tmp_path):
@@ -189,7 +195,8 @@ def test_load_slices_raises_with_every_error(tmp_path):
     write(tmp_path, "c.yaml", "IOPairs: 3\n")
     with pytest.raises(InvalidInput) as exc:
         load_slices(tmp_path / "data")
-    assert [p.message.split(" ")[0] for p in exc.value.problems] == ["unknown", "a", "IOPairs"]
+    errors = [p for p in exc.value.problems if p.severity == "error"]
+    assert [p.message.split(" ")[0] for p in errors] == ["unknown", "a", "IOPairs"]
     (tmp_path / "data" / "b.yaml").unlink()
     (tmp_path / "data" / "c.yaml").unlink()
     [s] = load_slices(tmp_path / "data")
@@ -279,3 +286,10 @@ def test_control_token_text_in_a_slice_is_an_error(tmp_path, text):
 def test_angle_brackets_that_are_not_control_tokens_are_fine(tmp_path):
     found = problems_of(tmp_path, "html.yaml", "IOPairs:\n  - input: 'what is <b>?'\n    output: '<b>bold</b>, a<|b'\n")
     assert found == []
+
+
+def test_a_slice_without_a_license_is_a_warning(tmp_path):
+    [problem] = problems_of(tmp_path, "plain.yaml", "IOPairs:\n  - input: a\n    output: b\n", keep_license_warning=True)
+    assert problem.severity == "warning" and problem.line == 1 and problem.message.startswith(NO_LICENSE)
+    assert problems_of(tmp_path, "ok.yaml", "license: CC0-1.0\nIOPairs:\n  - input: a\n    output: b\n",
+                       keep_license_warning=True) == []

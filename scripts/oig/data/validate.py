@@ -271,6 +271,9 @@ def _semantic_problems(doc: dict, allow_local: bool) -> list[tuple[tuple, bool, 
                               "chosen and rejected are the same answer; a preference needs two different ones"))
     if (why := license_problem(doc.get("license"))) is not None:
         found.append((("license",), False, "warning", why))
+    elif "license" not in doc:  # at the top of the file: the data's terms are for reviewers to see
+        found.append(((), False, "warning", "no `license:`: say under which license the data may be used, as an "
+                      "SPDX id (for example CC-BY-4.0, CC0-1.0, MIT or Apache-2.0)"))
     for section in ("HuggingFace", "OpenAIJsonl", "Preferences"):
         for i, entry in enumerate(_items(doc, section)):
             if not isinstance(entry, dict) or not isinstance(entry.get("link"), str):
