@@ -4,9 +4,9 @@ the model sees it (this server's limits, and no message holding a special token'
 
 # No `from __future__ import annotations`: FastAPI reads the request model from the route's real
 # annotations, and pydantic the models' fields.
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from oig.serve.inference import Generation, LocalModel
 
@@ -42,6 +42,34 @@ class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _roles(cls, v):
+        # OpenAI's `developer` role is its newer name for `system` (oig's data converter maps it so too).
+        if isinstance(v, dict) and v.get("role") == "developer":
+            v = {**v, "role": "system"}
+        return v
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _tool_role(cls, v):
+        if v in ("tool", "function"):
+            raise ValueError(f"{v} messages are not supported yet: this server passes only each message's "
+                             "role and content to the chat template, so the tool's result would be lost")
+        return v
+
+    # Tool calls in the history would be dropped on the way to the chat template: refused, not lost.
+    tool_calls: Any = None
+    function_call: Any = None
+
+    @field_validator("tool_calls", "function_call")
+    @classmethod
+    def _tool_calls(cls, v, info):
+        if v:
+            raise ValueError(f"assistant {info.field_name} are not supported yet: this server passes only each "
+                             "message's role and content to the chat template")
+        return v
+
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
@@ -50,9 +78,44 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Fields of OpenAI's (and vLLM's) chat-completions request this server cannot honour yet, each with its
+# value that means "no effect" (accepted) and what a client asking for more would miss. Any other value is
+# a 400 naming the field: a client that asks for an effect is told it will not get one. README: "Request
+# fields".
+NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
+    "tools": ((None, []), "tool definitions are not supported yet"),
+    "tool_choice": ((None, "none"), "tool calling is not supported yet"),
+    "parallel_tool_calls": ((None,), "tool calling is not supported yet"),
+    "functions": ((None, []), "function calling is not supported yet"),
+    "function_call": ((None, "none"), "function calling is not supported yet"),
+    "response_format": ((None, {"type": "text"}), "response_format json_schema and json_object are not "
+                        "supported yet; only {\"type\": \"text\"}"),
+    "logprobs": ((None, False), "logprobs are not supported yet"),
+    "top_logprobs": ((None, 0), "top_logprobs are not supported yet"),
+    "presence_penalty": ((None, 0), "presence_penalty is not supported yet"),
+    "frequency_penalty": ((None, 0), "frequency_penalty is not supported yet"),
+    "logit_bias": ((None, {}), "logit_bias is not supported yet"),
+    "top_k": ((None, -1, 0), "top_k is not supported yet"),
+    "repetition_penalty": ((None, 1), "repetition_penalty is not supported yet"),
+    "min_p": ((None, 0), "min_p is not supported yet"),
+    "chat_template_kwargs": ((None, {}), "chat_template_kwargs are not supported yet"),
+    "audio": ((None,), "audio output is not supported: this server generates text only"),
+    "modalities": ((None, ["text"]), "modalities other than text are not supported"),
+    "prediction": ((None,), "predicted outputs are not supported"),
+    "reasoning_effort": ((None,), "reasoning_effort is not supported: the model's chat template sets no "
+                         "reasoning budget"),
+    "verbosity": ((None,), "verbosity is not supported"),
+    "web_search_options": ((None,), "web search is not supported"),
+    "store": ((None, False), "stored completions are not supported: nothing is stored"),
+    "service_tier": ((None, "auto", "default"), "service tiers are not supported: one tier is served"),
+}
+# Accepted and ignored: they name or group the caller and change no answer (README: "Request fields").
+IGNORED = ("user", "metadata", "safety_identifier", "prompt_cache_key")
+
+
 class ChatCompletionRequest(BaseModel):
-    # Unknown OpenAI parameters (presence_penalty, user, ...) are accepted and ignored, as vLLM does.
-    model_config = ConfigDict(extra="ignore")
+    # Any field not declared here is a 400 that names it: nothing a client sends is silently dropped.
+    model_config = ConfigDict(extra="forbid")
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -64,6 +127,42 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    top_k: Any = None
+    repetition_penalty: Any = None
+    min_p: Any = None
+    chat_template_kwargs: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    web_search_options: Any = None
+    store: Any = None
+    service_tier: Any = None
+
+    @field_validator(*NOT_SUPPORTED)
+    @classmethod
+    def _not_supported(cls, v, info):
+        accepted, why = NOT_SUPPORTED[info.field_name]
+        # bool is an int to Python: `top_k: false` is not the accepted 0.
+        if any(v == a and isinstance(v, bool) == isinstance(a, bool) for a in accepted):
+            return v
+        raise ValueError(f"{why}; this server refuses a request that asks for it rather than ignore it")
 
     @field_validator("temperature")
     @classmethod

@@ -1,0 +1,205 @@
+"""oig serve against OpenAI's chat-completions request, field by field: each field is honoured (a 200
+whose answer shows it) or refused (a 400 whose `param` names it), never accepted and dropped."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from test_serve import ANSWER, QUESTION, train_tiny
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+ASK = {"model": "tiny-test", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 20}
+
+# OpenAI's chat-completions request (API reference, 2026), then vLLM's extra sampling fields.
+OPENAI_FIELDS = ["messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
+                 "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities", "n",
+                 "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort",
+                 "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+                 "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
+                 "verbosity", "web_search_options"]
+VLLM_FIELDS = ["top_k", "repetition_penalty", "min_p", "chat_template_kwargs"]
+
+TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
+# A value asking for an effect this server does not give: each must be a 400 naming the field.
+REFUSED = {
+    "audio": {"voice": "alloy", "format": "wav"},
+    "frequency_penalty": 0.5,
+    "function_call": "auto",
+    "functions": [TOOL["function"]],
+    "logit_bias": {"42": 100},
+    "logprobs": True,
+    "modalities": ["text", "audio"],
+    "n": 2,
+    "parallel_tool_calls": False,
+    "prediction": {"type": "content", "content": "Paris"},
+    "presence_penalty": 0.5,
+    "reasoning_effort": "high",
+    "response_format": {"type": "json_object"},
+    "service_tier": "flex",
+    "store": True,
+    "tool_choice": "required",
+    "tools": [TOOL],
+    "top_logprobs": 3,
+    "verbosity": "low",
+    "web_search_options": {},
+    "top_k": 5,
+    "repetition_penalty": 1.3,
+    "min_p": 0.1,
+    "chat_template_kwargs": {"enable_thinking": False},
+}
+# Named in the README's "Request fields" as accepted and ignored: they label the caller, not the answer.
+IGNORED = {"user": "alice", "metadata": {"team": "eval"}, "safety_identifier": "u-123", "prompt_cache_key": "k1"}
+
+
+@pytest.fixture(scope="module")
+def http(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from oig.serve.inference import LocalModel
+    from oig.serve.server import ServeSettings, create_app
+
+    lm = LocalModel.load(train_tiny(tmp_path_factory.mktemp("tiny") / "model"), name="tiny-test")
+    with TestClient(create_app(lm, settings=ServeSettings(max_tokens_cap=1000))) as client:
+        yield client
+
+
+def chat(http, **fields):
+    return http.post("/v1/chat/completions", json={**ASK, **fields})
+
+
+def refused_param(response) -> str:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    return error["param"]
+
+
+def answer(response) -> dict:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def sse(response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    data = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+def test_the_walk_covers_every_field_the_request_model_declares():
+    from oig.serve.api import ChatCompletionRequest
+
+    walked = set(OPENAI_FIELDS) | set(VLLM_FIELDS)
+    assert set(ChatCompletionRequest.model_fields) == walked
+    assert set(REFUSED) | set(IGNORED) | set(HONOURED) == walked
+
+
+def _stop(http):
+    assert answer(chat(http, stop=["ris"]))["choices"][0]["message"]["content"] == ANSWER[: ANSWER.index("ris")]
+
+
+def _max_tokens(field):
+    def check(http):
+        body = answer(chat(http, **{field: 1}))
+        assert body["usage"]["completion_tokens"] == 1 and body["choices"][0]["finish_reason"] == "length"
+    return check
+
+
+def _stream(http):
+    chunks = sse(chat(http, stream=True))
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == ANSWER
+
+
+def _stream_options(http):
+    chunks = sse(chat(http, stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+def _seed(http):
+    texts = {answer(chat(http, temperature=2, seed=7))["choices"][0]["message"]["content"] for _ in range(2)}
+    assert len(texts) == 1
+
+
+def _temperature(http):
+    # The default (1) samples; 0 is greedy and gives the trained answer every time.
+    assert answer(chat(http, temperature=0))["choices"][0]["message"]["content"] == ANSWER
+
+
+def _top_p(http):
+    # Sampling from the smallest nucleus is the most likely token each step: the greedy answer.
+    assert answer(chat(http, temperature=2, top_p=0.01))["choices"][0]["message"]["content"] == ANSWER
+
+
+def _model(http):
+    response = chat(http, model="gpt-4")
+    assert response.status_code == 404 and response.json()["error"]["param"] == "model"
+
+
+def _messages(http):
+    body = answer(chat(http, messages=[{"role": "user", "content": "Say hello"}]))
+    assert body["choices"][0]["message"]["content"] == "Hello there!"
+
+
+HONOURED = {"messages": _messages, "model": _model, "max_tokens": _max_tokens("max_tokens"),
+            "max_completion_tokens": _max_tokens("max_completion_tokens"), "stop": _stop, "stream": _stream,
+            "stream_options": _stream_options, "seed": _seed, "temperature": _temperature, "top_p": _top_p}
+
+
+@pytest.mark.parametrize("field", sorted(HONOURED))
+def test_an_honoured_field_shows_in_the_answer(http, field):
+    HONOURED[field](http)
+
+
+@pytest.mark.parametrize("field", sorted(REFUSED))
+def test_a_field_the_server_cannot_honour_is_a_400_naming_it(http, field):
+    response = chat(http, **{field: REFUSED[field]})
+    assert refused_param(response) == field
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"{field}: ")
+    assert "not supported" in message or field == "n"  # n: "less than or equal to 1", one choice per request
+
+
+@pytest.mark.parametrize("field", sorted(IGNORED))
+def test_a_field_that_labels_the_caller_is_accepted_and_listed_in_the_readme(http, field):
+    assert answer(chat(http, **{field: IGNORED[field]}))["choices"][0]["message"]["content"] == ANSWER
+    section = (REPO / "README.md").read_text().split("#### Request fields", 1)[1].split("\n#", 1)[0]
+    assert re.search(rf"^\|[^\n]*`{field}`[^\n]*accepted and ignored", section, re.M), field
+
+
+@pytest.mark.parametrize("field,value", [("response_format", {"type": "text"}), ("logprobs", False),
+                                         ("presence_penalty", 0), ("frequency_penalty", 0.0), ("tools", []),
+                                         ("tool_choice", "none"), ("store", False), ("top_k", -1),
+                                         ("repetition_penalty", 1.0), ("n", 1), ("modalities", ["text"])])
+def test_a_value_that_asks_for_nothing_is_accepted(http, field, value):
+    assert answer(chat(http, **{field: value}))["choices"][0]["message"]["content"] == ANSWER
+
+
+def test_a_field_outside_the_schema_is_a_400_naming_it(http):
+    assert refused_param(chat(http, best_of=3)) == "best_of"
+    assert refused_param(chat(http, logprobs=0)) == "logprobs"  # not false: a bool is asked for
+
+
+def test_developer_role_is_a_system_message(http):
+    as_developer = chat(http, messages=[{"role": "developer", "content": "Be brief."},
+                                        {"role": "user", "content": QUESTION}])
+    as_system = chat(http, messages=[{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": QUESTION}])
+    assert answer(as_developer)["usage"] == answer(as_system)["usage"]
+    assert answer(as_developer)["choices"] == answer(as_system)["choices"]
+
+
+def test_tool_turns_in_the_history_are_refused_with_the_field_named(http):
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+    history = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    response = chat(http, messages=history)
+    assert refused_param(response) == "messages.1.tool_calls"
+    assert "not supported yet" in response.json()["error"]["message"]
+    response = chat(http, messages=[history[0], history[2]])
+    assert refused_param(response) == "messages.1.role"
+    assert "tool messages are not supported yet" in response.json()["error"]["message"]
