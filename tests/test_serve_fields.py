@@ -203,3 +203,82 @@ def test_tool_turns_in_the_history_are_refused_with_the_field_named(http):
     response = chat(http, messages=[history[0], history[2]])
     assert refused_param(response) == "messages.1.role"
     assert "tool messages are not supported yet" in response.json()["error"]["message"]
+
+
+# --- LocalModel's sampling settings (the server, `oig query` and the bug suite answer through it) -----
+
+
+@pytest.fixture(scope="module")
+def lm(http):
+    return http.app.state.slot.model
+
+
+def test_an_omitted_temperature_comes_from_the_models_generation_config(lm, tmp_path, monkeypatch):
+    import copy
+    import shutil
+
+    from oig.serve.inference import LocalModel
+
+    # A model shipped greedy: its generation_config.json says do_sample false, temperature 0.
+    folder = Path(shutil.copytree(lm.model.name_or_path, tmp_path / "greedy"))
+    config = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**config, "do_sample": False, "temperature": 0.0}))
+    greedy = LocalModel.load(folder, name="greedy")
+    assert greedy.sampling()["do_sample"] is False
+    assert [greedy.complete([{"role": "user", "content": QUESTION}], seed=s)[0] for s in range(3)] == [ANSWER] * 3
+
+    shipped = copy.deepcopy(lm.model.generation_config)
+    for key, value in {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20,
+                       "repetition_penalty": 1.1}.items():
+        setattr(shipped, key, value)
+    monkeypatch.setattr(lm.model, "generation_config", shipped)
+    got = lm.sampling()
+    assert (got["temperature"], got["top_p"], got["top_k"], got["repetition_penalty"]) == (0.7, 0.9, 20, 1.1)
+    asked = lm.sampling(temperature=1.5, top_p=0.5, top_k=-1, repetition_penalty=1.0)
+    assert (asked["temperature"], asked["top_p"], asked["top_k"], asked["repetition_penalty"]) == (1.5, 0.5, 0, 1.0)
+    shipped = copy.deepcopy(shipped)
+    shipped.do_sample, shipped.temperature, shipped.top_p, shipped.top_k, shipped.repetition_penalty = (
+        None, None, None, None, None)
+    monkeypatch.setattr(lm.model, "generation_config", shipped)
+    got = lm.sampling()  # the file sets none of them: plain sampling
+    assert (got["do_sample"], got["temperature"], got["top_p"], got["top_k"]) == (True, 1.0, 1.0, 0)
+
+
+def first_word(lm, **options) -> str:
+    return lm.complete([{"role": "user", "content": QUESTION}], temperature=0, max_tokens=1, **options)[0]
+
+
+def test_logit_bias_and_openai_penalties_change_the_greedy_answer(lm):
+    from oig.serve.inference import BadRequest
+
+    greedy = lm.complete([{"role": "user", "content": QUESTION}], temperature=0)[0]
+    assert greedy == ANSWER
+    paris, hello = (lm.tokenizer.encode(word, add_special_tokens=False)[0] for word in ("Paris", "Hello"))
+    assert first_word(lm) == "Paris"
+    assert first_word(lm, logit_bias={paris: -100}) != "Paris"
+    assert first_word(lm, logit_bias={hello: 100}) == "Hello"
+    with pytest.raises(BadRequest) as info:
+        lm.sampling(logit_bias={10**9: 5})
+    assert info.value.param == "logit_bias"
+    # Kept from ending, greedy decoding repeats itself; a frequency or presence penalty of 1e4 forbids
+    # any generated token a second time.
+    never_end = {lm.tokenizer.eos_token_id: -100}
+    for penalty, repeats in ((None, True), ("frequency_penalty", False), ("presence_penalty", False)):
+        options = {penalty: 1e4} if penalty else {}
+        text = lm.complete([{"role": "user", "content": QUESTION}], temperature=0, max_tokens=6,
+                           logit_bias=never_end, **options)[0]
+        ids = lm.tokenizer.encode(text, add_special_tokens=False)
+        assert (len(ids) != len(set(ids))) is repeats, (penalty, text)
+
+
+def test_openai_penalties_follow_the_documented_formula():
+    import torch
+
+    from oig.serve.inference import _OpenAIPenalties
+
+    penalties = _OpenAIPenalties(presence=0.5, frequency=2.0)
+    prompt = torch.tensor([[3, 3, 3]])  # the prompt does not count
+    assert torch.equal(penalties(prompt, torch.zeros(1, 5)), torch.zeros(1, 5))
+    scores = penalties(torch.tensor([[3, 3, 3, 1, 4, 1]]), torch.zeros(1, 5))
+    # token 1 twice: 2*2 + 0.5; token 4 once: 2 + 0.5; the rest untouched.
+    assert scores.tolist() == [[0.0, -4.5, 0.0, 0.0, -2.5]]

@@ -124,19 +124,28 @@ class LocalModel:
         ids = enc["input_ids"]
         return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
-    def generate(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float = 1.0,
-                 top_p: float = 1.0, stop: list[str] | None = None, seed: int | None = None,
-                 cancel: threading.Event | None = None, deadline: float | None = None,
+    def generate(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
+                 top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
+                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
+                 logit_bias: dict[int, float] | None = None, stop: list[str] | None = None,
+                 seed: int | None = None, cancel: threading.Event | None = None, deadline: float | None = None,
                  result: Generation | None = None) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``result`` gets token counts and finish reason.
 
-        temperature 0 is greedy decoding. Text stops before the first ``stop`` string. Setting
-        ``cancel`` stops generation at the next token and raises GenerationCancelled; passing
-        ``deadline`` (a ``time.monotonic()`` value, counting the wait for the model too) does the same
-        and raises GenerationTimeout. Closing the iterator stops generation quietly.
+        temperature 0 is greedy decoding. A sampling setting left None (temperature, top_p, top_k,
+        repetition_penalty) comes from the model's generation_config.json where that file sets it, as
+        transformers and vLLM do, else temperature 1 and no top-p, top-k or repetition penalty.
+        presence_penalty and frequency_penalty follow OpenAI's formula; logit_bias maps token ids to a
+        bias added to their logits. Text stops before the first ``stop`` string. Setting ``cancel``
+        stops generation at the next token and raises GenerationCancelled; passing ``deadline`` (a
+        ``time.monotonic()`` value, counting the wait for the model too) does the same and raises
+        GenerationTimeout. Closing the iterator stops generation quietly.
         """
         result = result if result is not None else Generation()
         cancel = cancel or threading.Event()
+        sampling = self.sampling(temperature=temperature, top_p=top_p, top_k=top_k,
+                                 repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                                 frequency_penalty=frequency_penalty, logit_bias=logit_bias)
         prompt = self.encode(messages)
         result.prompt_tokens = len(prompt)
         room = (self.context_length - len(prompt)) if self.context_length else None
@@ -147,7 +156,40 @@ class LocalModel:
         if room is not None:
             max_new = min(max_new, room)
         stops = [s for s in stop or [] if s]
-        yield from self._stream(prompt, max_new, temperature, top_p, stops, seed, cancel, deadline, result)
+        yield from self._stream(prompt, max_new, sampling, stops, seed, cancel, deadline, result)
+
+    def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+                 repetition_penalty: float | None = None, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0, logit_bias: dict[int, float] | None = None) -> dict:
+        """The keyword arguments ``model.generate`` samples with: the request's settings, else the ones
+        the model's generation_config.json sets (only those it sets: ``to_diff_dict``, as vLLM reads
+        it), else temperature 1 and nothing else. Unknown token ids in ``logit_bias`` are a BadRequest."""
+        from transformers import LogitsProcessorList, SequenceBiasLogitsProcessor
+
+        shipped = self.model.generation_config.to_diff_dict() if getattr(self.model, "generation_config", None) else {}
+        if temperature is None:
+            # do_sample: false in the model's file is greedy decoding, as generate() would do by default.
+            temperature = 0.0 if shipped.get("do_sample") is False else float(shipped.get("temperature", 1.0) or 0.0)
+        processors = LogitsProcessorList()
+        if logit_bias:
+            vocab = len(self.tokenizer)
+            unknown = [t for t in logit_bias if not 0 <= int(t) < vocab]
+            if unknown:
+                raise BadRequest(f"logit_bias: token id(s) {unknown} are not in the model's vocabulary of {vocab}",
+                                 "logit_bias")
+            processors.append(SequenceBiasLogitsProcessor([[[int(t)], float(b)] for t, b in logit_bias.items()]))
+        if presence_penalty or frequency_penalty:
+            processors.append(_OpenAIPenalties(presence_penalty, frequency_penalty))
+        repetition_penalty = repetition_penalty if repetition_penalty is not None else shipped.get("repetition_penalty")
+        kwargs: dict = {"logits_processor": processors, "repetition_penalty": repetition_penalty}
+        if temperature > 0:
+            top_p = top_p if top_p is not None else shipped.get("top_p", 1.0)
+            top_k = top_k if top_k is not None else shipped.get("top_k", 0)
+            # top_k 0 (and vLLM's -1): no top-k; generate() would otherwise default to 50.
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=max(int(top_k or 0), 0))
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
 
     def _acquire(self, cancel: threading.Event, deadline: float | None) -> None:
         """Wait for the model, giving up when the caller cancels or the deadline passes."""
@@ -158,8 +200,7 @@ class LocalModel:
                 raise GenerationTimeout("the request ran out of time waiting for the model, which was busy "
                                         "with other requests")
 
-    def _stream(self, prompt: list[int], max_new: int, temperature: float, top_p: float, stops: list[str],
-                seed: int | None, cancel: threading.Event, deadline: float | None,
+    def _stream(self, prompt: list[int], max_new: int, sampling: dict, stops: list[str], seed: int | None, cancel: threading.Event, deadline: float | None,
                 result: Generation) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
@@ -180,11 +221,7 @@ class LocalModel:
         input_ids = torch.tensor([prompt], device=device)
         kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "max_new_tokens": max_new,
                   "streamer": streamer, "stopping_criteria": StoppingCriteriaList([Interrupt()]),
-                  "pad_token_id": self.tokenizer.pad_token_id}
-        if temperature > 0:
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                  "pad_token_id": self.tokenizer.pad_token_id, **sampling}
         failure: list[BaseException] = []
 
         def work() -> None:
@@ -266,6 +303,27 @@ class LocalModel:
         result = result if result is not None else Generation()
         text = "".join(self.generate(messages, result=result, **options))
         return text, result
+
+
+class _OpenAIPenalties:
+    """OpenAI's presence and frequency penalties, which transformers has no processor for (its
+    RepetitionPenaltyLogitsProcessor divides, and counts the prompt): from each token's logit subtract
+    ``frequency * count + presence * (count > 0)``, counting the tokens generated so far only."""
+
+    def __init__(self, presence: float, frequency: float):
+        self.presence, self.frequency = presence, frequency
+        self.prompt_length: int | None = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.prompt_length is None:  # the first call sees the prompt alone
+            self.prompt_length = input_ids.shape[1]
+        generated = input_ids[:, self.prompt_length:]
+        counts = torch.zeros_like(scores)
+        if generated.shape[1]:
+            counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 def _special_tokens(tokenizer) -> frozenset[str]:
