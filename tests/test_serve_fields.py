@@ -282,3 +282,15 @@ def test_openai_penalties_follow_the_documented_formula():
     scores = penalties(torch.tensor([[3, 3, 3, 1, 4, 1]]), torch.zeros(1, 5))
     # token 1 twice: 2*2 + 0.5; token 4 once: 2 + 0.5; the rest untouched.
     assert scores.tolist() == [[0.0, -4.5, 0.0, 0.0, -2.5]]
+
+
+def test_sampling_options_leave_what_the_request_omits_to_the_model(lm):
+    from oig.serve.api import ChatCompletionRequest, sampling_options
+
+    omitted = sampling_options(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}]))
+    assert omitted == {"temperature": None, "top_p": None, "top_k": None, "repetition_penalty": None,
+                       "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": None}
+    assert lm.sampling(**omitted)["do_sample"] is False  # the tiny model's generation_config.json: greedy
+    asked = sampling_options(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                   temperature=0.5, top_p=0.5))
+    assert (asked["temperature"], asked["top_p"]) == (0.5, 0.5)

@@ -181,6 +181,17 @@ class ChatCompletionRequest(BaseModel):
         return stops
 
 
+def sampling_options(body: ChatCompletionRequest) -> dict:
+    """The request's sampling settings as ``LocalModel.generate`` takes them; None where the request
+    omits one, so the model's generation_config.json decides (as vLLM does). The route passes these
+    once the fields leave NOT_SUPPORTED; until then the penalties, bias and top_k are their no-effect
+    values here."""
+    bias = {int(token): float(value) for token, value in (body.logit_bias or {}).items()}
+    return {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
+            "repetition_penalty": body.repetition_penalty, "presence_penalty": float(body.presence_penalty or 0),
+            "frequency_penalty": float(body.frequency_penalty or 0), "logit_bias": bias or None}
+
+
 def over_limits(body: ChatCompletionRequest, settings):
     """A 400 for a request over this server's limits (``settings``, a ServeSettings) on max_tokens,
     messages or characters, else None."""
