@@ -490,10 +490,10 @@ def test_a_body_that_does_not_arrive_in_time_gets_408(local_model):
         assert time.monotonic() - started < 5
 
 
-def test_over_max_concurrency_gets_429_at_once_and_health_answers_during_generation(random_model, slowed):
+def test_a_full_queue_gets_429_at_once_and_health_answers_during_generation(random_model, slowed):
     from oig.serve.server import ServeSettings, create_app
 
-    with ServerThread(create_app(random_model, settings=ServeSettings(max_concurrency=1))) as s:
+    with ServerThread(create_app(random_model, settings=ServeSettings(max_concurrency=1, max_queue=0))) as s:
         with httpx.stream("POST", f"{s.url}/v1/chat/completions", json={**HELLO, "stream": True}, timeout=30) as r:
             lines = r.iter_lines()
             next(lines)  # the role chunk: admitted
@@ -628,7 +628,7 @@ def test_serve_help(capsys):
     out = capsys.readouterr().out
     assert "--engine" in out and "/v1/chat/completions" in out and "/metrics" in out
     for flag in ("--api-key-env", "--public-metrics", "--max-tokens-cap", "--max-request-bytes", "--max-messages",
-                 "--max-input-chars", "--max-concurrency", "--max-connections", "--body-timeout",
+                 "--max-input-chars", "--max-concurrency", "--max-queue", "--max-connections", "--body-timeout",
                  "--request-timeout"):
         assert flag in out
 

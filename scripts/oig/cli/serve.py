@@ -8,15 +8,23 @@ import re
 import sys
 from pathlib import Path
 
-from oig.cli.args import positive_int
+from oig.cli.args import positive_int, whole_number
 
 API_KEY_ENV = "OIG_SERVE_API_KEY"  # the same as oig.serve.limits.API_KEY_ENV, which imports pydantic
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 # The service's limits: None in argparse means "not given", so --engine vllm can say which it ignores.
 LIMIT_FLAGS = {"max_tokens_cap": "--max-tokens-cap", "max_request_bytes": "--max-request-bytes",
                "max_messages": "--max-messages", "max_input_chars": "--max-input-chars",
-               "max_concurrency": "--max-concurrency", "max_connections": "--max-connections",
+               "max_concurrency": "--max-concurrency", "max_queue": "--max-queue",
+               "max_connections": "--max-connections",
                "body_timeout": "--body-timeout", "request_timeout": "--request-timeout"}
+
+
+def nonnegative_int(text: str) -> int:
+    value = whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, not {value}")
+    return value
 
 
 def seconds(text: str) -> float:
@@ -41,6 +49,10 @@ def register(sub) -> None:
     )
     p.add_argument("--model", metavar="PATH_OR_HUB_ID", help="a model folder or a Hub repo id (default: model.yaml's)")
     p.add_argument("--revision", metavar="REV", help="the Hub revision of --model (branch, tag or commit)")
+    p.add_argument("--served-model-name", metavar="NAME",
+                   help="the model name /v1/models lists and answers carry (default: model.yaml's Hub repo, "
+                   "else its Together model, else its folder's name; with --model, --model). A request "
+                   "naming the model's path or Hub id is served too")
     p.add_argument("--model-yaml", type=Path, default=Path("model.yaml"), metavar="PATH",
                    help="the model.yaml to read when --model is not given (default: model.yaml)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -64,15 +76,19 @@ def register(sub) -> None:
     prod.add_argument("--max-input-chars", type=positive_int, metavar="N",
                       help="a request whose messages hold more characters in all gets 400 (default 400000)")
     prod.add_argument("--max-concurrency", type=positive_int, metavar="N",
-                      help="chat completions in flight at once (one generates, the others wait for the "
-                      "model); more get 429 with Retry-After at once (default 8)")
+                      help="chat completions generating at once; the transformers engine generates one at "
+                      "a time, so more only wait inside it (default 1)")
+    prod.add_argument("--max-queue", type=nonnegative_int, metavar="N",
+                      help="chat completions waiting for the model beyond those generating, served in "
+                      "arrival order, each within --request-timeout; one more gets 429 with Retry-After "
+                      "(default 64)")
     prod.add_argument("--max-connections", type=positive_int, metavar="N",
                       help="open connections, idle keep-alive ones included; a request on one more gets 503 "
                       "from uvicorn (default 256)")
     prod.add_argument("--body-timeout", type=seconds, metavar="S",
                       help="seconds a request's headers may take to arrive, and then its body; past it the "
                       "answer is 408 and the connection closes. A slow body holds its connection only, never a "
-                      "--max-concurrency slot; 0: no limit (default 10)")
+                      "place in the queue; 0: no limit (default 10)")
     prod.add_argument("--request-timeout", type=seconds, metavar="S",
                       help="seconds a chat completion may take from arrival, waiting for the model included; "
                       "past it generation stops and the answer is 504 (a stream ends with an error event); "
@@ -86,9 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise UsageError("--port must be between 0 and 65535")
     api_key = api_key_from_env(args.api_key_env)
-    model, revision = args.model, args.revision
+    model, revision, name = args.model, args.revision, args.served_model_name
     if not model:
-        model, revision = model_from_yaml(args.model_yaml)
+        model, revision, stable = model_from_yaml(args.model_yaml)
+        name = name or stable
     if args.engine == "vllm":
         from oig.serve.server import serve_vllm
 
@@ -97,13 +114,14 @@ def run(args: argparse.Namespace) -> int:
         if ignored:
             print(f"oig serve: note: vLLM applies its own limits; {', '.join(ignored)} apply to --engine "
                   "transformers only", file=sys.stderr)
-        return serve_vllm(model, revision=revision, host=args.host, port=args.port, api_key=api_key)
+        return serve_vllm(model, revision=revision, host=args.host, port=args.port, api_key=api_key, name=name)
     from oig.serve.server import serve
 
     if api_key is None and args.host not in LOOPBACK:
         print(f"oig serve: warning: listening on {args.host} with no API key: anyone who can reach it can use "
               f"it (set {API_KEY_ENV})", file=sys.stderr)
-    serve(model, revision=revision, host=args.host, port=args.port, settings=settings_from_args(args, api_key))
+    serve(model, revision=revision, host=args.host, port=args.port, settings=settings_from_args(args, api_key),
+          name=name)
     return 0
 
 
@@ -133,9 +151,20 @@ def settings_from_args(args: argparse.Namespace, api_key: str | None):
     return ServeSettings(api_key=api_key, public_metrics=args.public_metrics, **given)
 
 
-def model_from_yaml(path: Path) -> tuple[str, str | None]:
-    """The model folder (or Hub repo and revision) that model.yaml names."""
+def model_from_yaml(path: Path) -> tuple[str, str | None, str]:
+    """The model folder (or Hub repo and revision) that model.yaml names, and the name to serve it as."""
     from oig.serve import locate
 
-    weights = locate.weights(locate.read(path), path.parent, source=path, hint="pass --model to serve a model here")
-    return weights.ref, weights.revision
+    model = locate.read(path)
+    weights = locate.weights(model, path.parent, source=path, hint="pass --model to serve a model here")
+    return weights.ref, weights.revision, served_name(model)
+
+
+def served_name(model) -> str:
+    """A name that stays the same from run to run (``model``: a ModelRef): the Hub repo, else the
+    Together model, else the model folder's name, never the run's path, which changes every run."""
+    if model.hub_repo:
+        return model.hub_repo
+    if model.together is not None:
+        return model.together.model
+    return Path(model.local_path).name

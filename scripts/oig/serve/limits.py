@@ -1,28 +1,32 @@
 """The limits of ``oig serve``, enforced before a route runs, and at the connection below it.
 
-- ``ServeSettings``: the limits (API key, max_tokens cap, body size, messages, concurrency,
+- ``ServeSettings``: the limits (API key, max_tokens cap, body size, messages, concurrency, queue,
   connections, timeouts), one ``oig serve`` flag each.
 - ``Gate``: an ASGI middleware that decides, in order: API key (401), readiness (503), body size
-  (413), the whole body within its deadline (408), and only then concurrency (429); it also times
+  (413), the whole body within its deadline (408), and only then a full queue (429); it also times
   every request for ``Metrics``.
-- ``timed_h11``: uvicorn's HTTP/1.1 protocol with a deadline for a request's headers; ``server_config``
+- ``Turns``: the queue behind the gate: admitted chat completions take the model in arrival order.
+- ``timed_h11``: uvicorn's HTTP/1.1 protocol with a deadline for a request's headers (and TCP_NODELAY
+  on every connection); ``server_config``
   gives uvicorn it and the connection cap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hmac
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 
 from oig.serve.api import CHAT_ROUTE, ROUTES, error
-from oig.serve.inference import DEFAULT_MAX_TOKENS
+from oig.serve.inference import DEFAULT_MAX_TOKENS, GenerationCancelled, GenerationTimeout
 from oig.serve.metrics import Metrics
 
 API_KEY_ENV = "OIG_SERVE_API_KEY"
-RETRY_BUSY_S = 1  # Retry-After of a 429: one short answer frees a slot
+RETRY_BUSY_S = 1  # Retry-After of a 429: one short answer frees a place in the queue
 RETRY_LOADING_S = 5  # Retry-After of a 503 while the model loads
 
 
@@ -35,7 +39,8 @@ class ServeSettings:
     max_request_bytes: int = 1 << 20  # 1 MiB; a bigger body is a 413, before it is parsed
     max_messages: int = 500
     max_input_chars: int = 400_000  # characters of all messages together, about 100k tokens of English
-    max_concurrency: int = 8  # chat completions in flight (one generating, the rest waiting); more: 429
+    max_concurrency: int = 1  # chat completions generating at once (LocalModel generates one at a time)
+    max_queue: int = 64  # chat completions waiting, in arrival order, behind those generating; more: 429
     max_connections: int = 256  # open connections, idle keep-alive ones included; a request on one more: 503
     body_timeout: float | None = 10.0  # seconds for a request's headers, then again for its body; past it: 408
     request_timeout: float | None = 600.0  # seconds from arrival to the last token; past it: 504
@@ -52,9 +57,10 @@ def _bearer_matches(header: bytes | None, key: str) -> bool:
 class Gate:
     """ASGI middleware: what is decided before a route runs, in order: API key (401), readiness (503
     on /v1/*), body size (413; Content-Length first, then the bytes as they arrive), the whole body
-    within body_timeout (408), concurrency (429 with Retry-After). Every request is timed for /metrics.
-    The body is read here, so the route parses one that is known to be small enough, and a client that
-    sends it slowly holds only its connection, never one of the max_concurrency slots."""
+    within body_timeout (408), a full queue (429 with Retry-After: max_concurrency generating and
+    max_queue waiting). Every request is timed for /metrics. The body is read here, so the route parses
+    one that is known to be small enough, and a client that sends it slowly holds only its connection,
+    never a place in the queue."""
 
     def __init__(self, app, *, slot, settings: ServeSettings, metrics: Metrics):  # slot: server's _ModelSlot
         self.app, self.slot, self.settings, self.metrics = app, slot, settings, metrics
@@ -128,12 +134,13 @@ class Gate:
         if isinstance(body, int):
             await refuse(self._too_large(f"at least {body} bytes"))
             return
-        # --- only then a slot ------------------------------------------------------------------------
+        # --- only then a place in the queue (the route waits there for its turn at the model) ----------
         chat = path == CHAT_ROUTE and scope["method"] == "POST"
-        if chat and self.metrics.in_flight >= settings.max_concurrency:
+        if chat and self.metrics.in_flight >= settings.max_concurrency + settings.max_queue:
             self.metrics.add(rejected=1)
-            await refuse(error(429, f"the server is busy: {settings.max_concurrency} request(s) are in "
-                               "progress; retry shortly", "rate_limit_exceeded", code="too_many_requests",
+            await refuse(error(429, f"the server is busy: {settings.max_concurrency} request(s) generating "
+                               f"and {settings.max_queue} waiting, its queue's size; retry shortly",
+                               "rate_limit_exceeded", code="too_many_requests",
                                headers={"Retry-After": str(RETRY_BUSY_S)}))
             return
         if chat:
@@ -164,6 +171,58 @@ class Gate:
                      f"{self.settings.max_request_bytes} bytes", code="request_too_large")
 
 
+class Turns:
+    """The model, taken by chat completions in the order they arrive, ``size`` at a time: the others
+    wait on a future each, in a FIFO, and a turn that ends hands itself to the first waiter. (The lock
+    inside LocalModel is polled and wakes waiters in no order: worst latency about 9x the median at 16
+    clients.)"""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.busy = 0  # turns held
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()
+
+    async def take(self, deadline: float | None, gone: asyncio.Event) -> None:
+        """Wait for a turn; GenerationTimeout once ``deadline`` passes, GenerationCancelled once the
+        client is ``gone``."""
+        if self.busy < self.size and not self.waiting:
+            self.busy += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self.waiting.append(turn)
+        left = asyncio.ensure_future(gone.wait())
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait((turn, left), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the task was cancelled (a stream whose client left): leave the queue
+            self._leave(turn)
+            raise
+        finally:
+            left.cancel()
+        if not turn.done():
+            self._leave(turn)
+            if gone.is_set():
+                raise GenerationCancelled("cancelled while waiting for the model")
+            raise GenerationTimeout("the request ran out of time waiting for the model, which was busy with "
+                                    "other requests")
+
+    def _leave(self, turn: asyncio.Future) -> None:
+        if turn.done() and not turn.cancelled():
+            self.give_back()  # it was handed this turn as it left: pass it on
+        else:
+            turn.cancel()
+            self.waiting.remove(turn)
+
+    def give_back(self) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the turn passes on: busy stays as it is
+                return
+        self.busy -= 1
+
+
+
 def _replay(body: bytes, receive):
     """A receive() that hands over the body already read, then the connection's own messages (so that
     a disconnect is still seen)."""
@@ -184,7 +243,11 @@ def timed_h11(header_timeout: float | None):
     that connects and sends nothing, or its headers a byte at a time, would hold its connection for
     ever, and max_connections of them would lock everyone out. The deadline runs from the connection,
     or from the first byte after an answer on a kept-alive one; past it the connection closes (with a
-    408 if part of a request had come). The body then has its own deadline, in ``Gate``."""
+    408 if part of a request had come). The body then has its own deadline, in ``Gate``.
+
+    It also sets TCP_NODELAY on every connection: asyncio sets it only on sockets it creates itself,
+    not on the one ``serve`` listens on, and without it Nagle's algorithm and delayed ACKs add about
+    40 ms to every request after the first on a kept-alive connection."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     late = json.dumps({"error": {"message": f"the request headers did not arrive within {header_timeout:g} s "
@@ -198,6 +261,9 @@ def timed_h11(header_timeout: float | None):
         _partial = False  # some bytes of a request that has not begun have come
 
         def connection_made(self, transport) -> None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             super().connection_made(transport)
             self._arm()
 

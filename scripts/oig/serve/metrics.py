@@ -66,7 +66,7 @@ class Metrics:
             family("oig_generated_tokens_total", "counter", "Tokens generated, cancelled and timed-out "
                    "requests included.", [("", {}, self.generated_tokens)])
             family("oig_rejected_requests_total", "counter", "Chat completions refused with 429 because "
-                   "max_concurrency were in flight.", [("", {}, self.rejected)])
+                   "the queue was full (max_concurrency generating, max_queue waiting).", [("", {}, self.rejected)])
             family("oig_request_timeouts_total", "counter", "Chat completions stopped at their deadline.",
                    [("", {}, self.timeouts)])
             family("oig_cancelled_requests_total", "counter", "Chat completions whose client left before "

@@ -18,9 +18,11 @@ Layout, so that later additions have one obvious place each:
 - here, ``create_app``: error handlers and routes. The model loads on a thread when the server starts,
   so ``/health`` can say "loading" meanwhile; and ``serve``, which listens at once.
 
-The model generates one request at a time (a lock); admitted requests wait for it, up to
-``max_concurrency`` of them, each until its deadline. A client that disconnects, from a stream or
-from a plain request, stops its generation (a watcher task polls the connection).
+Admitted chat completions take the model in arrival order (``limits.Turns``, a FIFO: no polling),
+``max_concurrency`` at a time (LocalModel generates one at a time); up to ``max_queue`` more wait,
+each until its deadline, and the gate refuses the rest with 429. A client that disconnects, waiting
+or generating, from a stream or from a plain request, leaves the queue or stops its generation (a
+watcher task polls the connection).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request model from the route's real
@@ -46,7 +48,7 @@ from oig.serve.inference import (
     LocalModel,
     ServeError,
 )
-from oig.serve.limits import RETRY_LOADING_S, Gate, ServeSettings, server_config
+from oig.serve.limits import RETRY_LOADING_S, Gate, ServeSettings, Turns, server_config
 from oig.serve.metrics import Metrics
 
 DISCONNECT_POLL_S = 0.1  # how often a watcher asks whether the client is still there
@@ -86,21 +88,26 @@ class _ModelSlot:
         threading.Thread(target=work, name="oig-load", daemon=True).start()
 
 
-async def _watch_disconnect(request, cancel: threading.Event) -> None:
-    """Set ``cancel`` once the client has gone, so that its generation stops at the next token."""
+async def _watch_disconnect(request, cancel: threading.Event, gone: asyncio.Event | None = None) -> None:
+    """Set ``cancel`` (and ``gone``) once the client has gone, so that its generation stops at the next
+    token, or its wait for the model ends."""
     while not cancel.is_set():
         if await request.is_disconnected():
             cancel.set()
+            if gone is not None:
+                gone.set()
             return
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, revision: str | None = None,
-               name: str | None = None, settings: ServeSettings | None = None,
+               name: str | None = None, aliases: tuple[str, ...] = (), settings: ServeSettings | None = None,
                on_loaded: Callable[[str | None], None] | None = None):
     """The FastAPI app serving ``model``: a folder or Hub id (loaded on a thread when the server starts),
-    a function that loads it (likewise), or an already loaded LocalModel. ``on_loaded`` hears, from the
-    loading thread, None once the model is ready or the error that stopped it."""
+    a function that loads it (likewise), or an already loaded LocalModel. It is served as ``name`` (the
+    one /v1/models lists), and a request naming one of ``aliases`` (the model's path) is served too.
+    ``on_loaded`` hears, from the loading thread, None once the model is ready or the error that
+    stopped it."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
@@ -109,6 +116,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
 
     settings = settings or ServeSettings()
     metrics = Metrics()
+    turns = Turns(settings.max_concurrency)
     if isinstance(model, LocalModel):
         slot, load = _ModelSlot(name, model), None
     elif callable(model):
@@ -130,6 +138,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
     app.state.slot = slot
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.turns = turns
     app.add_middleware(Gate, slot=slot, settings=settings, metrics=metrics)
 
     # --- errors in OpenAI's shape ------------------------------------------------------------------
@@ -178,7 +187,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
     @app.post(CHAT_ROUTE)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         lm = slot.model  # the gate answered 503 while there was none
-        if body.model != lm.name:
+        if body.model != lm.name and body.model not in aliases:
             return error(404, f"the model '{body.model}' is not served here; this server serves '{lm.name}'",
                          param="model", code="model_not_found")
         refusal = over_limits(body, settings) or forged_turn(body, lm)
@@ -200,12 +209,15 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
             except BadRequest as exc:
                 return error(400, str(exc), param=exc.param, code=exc.code)
             return StreamingResponse(
-                _sse(lm, messages, options, request, completion_id, created, include_usage, metrics),
+                _sse(lm, messages, options, request, completion_id, created, include_usage, metrics, turns),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        cancel = threading.Event()
-        watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+        cancel, gone = threading.Event(), asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(request, cancel, gone))
         result = Generation()
+        turn = False
         try:
+            await turns.take(options["deadline"], gone)
+            turn = True
             text, _ = await run_in_threadpool(lm.complete, messages, cancel=cancel, result=result, **options)
         except BadRequest as exc:
             return error(400, str(exc), param=exc.param, code=exc.code)
@@ -219,6 +231,8 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         except ServeError as exc:
             return error(500, str(exc), "server_error")
         finally:
+            if turn:
+                turns.give_back()
             watcher.cancel()
             metrics.add(prompt_tokens=result.prompt_tokens, generated_tokens=result.completion_tokens)
         return {
@@ -232,9 +246,10 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
 
 
 async def _sse(lm: LocalModel, messages: list[dict], options: dict, request, completion_id: str, created: int,
-               include_usage: bool, metrics: Metrics):
-    """Server-sent events: a role chunk, content chunks, a finish chunk, usage if asked, [DONE]. A
-    deadline that passes ends the stream with an error event, then [DONE]."""
+               include_usage: bool, metrics: Metrics, turns: Turns):
+    """Server-sent events: a role chunk, then (once the model is this request's turn) content chunks, a
+    finish chunk, usage if asked, [DONE]. A deadline that passes, waiting or generating, ends the
+    stream with an error event, then [DONE]."""
     from fastapi.concurrency import run_in_threadpool
 
     def event(choices: list, **extra) -> str:
@@ -246,16 +261,19 @@ async def _sse(lm: LocalModel, messages: list[dict], options: dict, request, com
         body = {"error": {"message": str(exc), "type": type_, "param": None, "code": code}}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    cancel = threading.Event()
+    cancel, gone = threading.Event(), asyncio.Event()
     result = Generation()
     # Starlette cancels this generator when the client leaves, but only once the current next() below
     # returns, and that can wait long for a busy model: the watcher sets `cancel` meanwhile.
-    watcher = asyncio.create_task(_watch_disconnect(request, cancel))
+    watcher = asyncio.create_task(_watch_disconnect(request, cancel, gone))
     pieces = lm.generate(messages, cancel=cancel, result=result, **options)
     done = object()
     ended = False  # the answer, or an error event, went out; otherwise the client left
+    turn = False
     try:
         yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        await turns.take(options["deadline"], gone)
+        turn = True
         while True:
             piece = await run_in_threadpool(next, pieces, done)
             if piece is done:
@@ -282,6 +300,8 @@ async def _sse(lm: LocalModel, messages: list[dict], options: dict, request, com
         # iterator is still inside next() on a worker thread, which sees `cancel` and ends on its own.
         with contextlib.suppress(ValueError):
             pieces.close()
+        if turn:
+            turns.give_back()
         if not ended:
             metrics.add(cancelled=1)
         metrics.add(prompt_tokens=result.prompt_tokens, generated_tokens=result.completion_tokens)
@@ -314,9 +334,10 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          settings: ServeSettings | None = None, log_level: str = "info") -> None:
+          settings: ServeSettings | None = None, log_level: str = "info", name: str | None = None) -> None:
     """Listen at once, load the model on a thread (/health answers 503 "loading" meanwhile), then serve
-    until interrupted. A model that cannot be loaded stops the server with a ServeError."""
+    until interrupted, as ``name`` (default: ``model``), with ``model`` itself as an alias. A model that
+    cannot be loaded stops the server with a ServeError."""
     import uvicorn
 
     check_model_ref(model)
@@ -331,13 +352,14 @@ def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", p
             failure.append(error)
             server.should_exit = True
 
-    app = create_app(model, revision=revision, settings=settings, on_loaded=loaded)
+    app = create_app(model, revision=revision, name=name, aliases=(model,), settings=settings, on_loaded=loaded)
     # Streams in progress get 10 s to finish on Ctrl-C; generation threads stop with the process.
     server = uvicorn.Server(server_config(app, host=host, port=bound, log_level=log_level,
                                           timeout_graceful_shutdown=10))
     shown = f"[{host}]" if ":" in host else host
     print(f"oig serve: listening on http://{shown}:{bound}; loading {model}"
-          + (f"@{revision}" if revision else ""), file=sys.stderr, flush=True)
+          + (f"@{revision}" if revision else "") + (f" as {name}" if name and name != model else ""),
+          file=sys.stderr, flush=True)
     try:
         server.run(sockets=[sock])
     finally:
@@ -347,9 +369,10 @@ def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", p
 
 
 def serve_vllm(model: str, *, revision: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None) -> int:
-    """Hand serving to vLLM's OpenAI-compatible server (GPU machines with vLLM installed). The API key
-    goes to it in VLLM_API_KEY, never on its command line."""
+               api_key: str | None = None, name: str | None = None) -> int:
+    """Hand serving to vLLM's OpenAI-compatible server (GPU machines with vLLM installed), as ``name``
+    and ``model`` (vLLM lists the first name). The API key goes to it in VLLM_API_KEY, never on its
+    command line."""
     import importlib.util
     import os
     import subprocess
@@ -358,7 +381,7 @@ def serve_vllm(model: str, *, revision: str | None = None, host: str = "127.0.0.
         raise ServeError("--engine vllm needs vLLM, which is not installed here (it runs on GPU machines: "
                          "pip install vllm); leave out --engine to serve with transformers")
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-               "--served-model-name", model, "--host", host, "--port", str(port)]
+               "--served-model-name", *dict.fromkeys([name or model, model]), "--host", host, "--port", str(port)]
     if revision:
         command += ["--revision", revision]
     env = {**os.environ, "VLLM_API_KEY": api_key} if api_key else None
