@@ -294,3 +294,25 @@ def test_sampling_options_leave_what_the_request_omits_to_the_model(lm):
     asked = sampling_options(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
                                                    temperature=0.5, top_p=0.5))
     assert (asked["temperature"], asked["top_p"]) == (0.5, 0.5)
+
+
+def test_logprobs_are_openai_shaped_one_entry_per_generated_token(lm):
+    from oig.serve.inference import Generation
+
+    result = Generation()
+    text, _ = lm.complete([{"role": "user", "content": QUESTION}], temperature=0, logprobs=3, result=result)
+    assert text == ANSWER and len(result.logprobs) == result.completion_tokens
+    for entry in result.logprobs:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["bytes"] == list(entry["token"].encode()) and entry["logprob"] <= 0
+        assert len(entry["top_logprobs"]) == 3
+        # Greedy decoding chose the most likely token: the first alternative, at the same log-probability.
+        assert entry["top_logprobs"][0]["token"] == entry["token"]
+        assert entry["top_logprobs"][0]["logprob"] == pytest.approx(entry["logprob"])
+    assert "".join(e["token"] for e in result.logprobs).startswith(ANSWER)
+    none = Generation()
+    lm.complete([{"role": "user", "content": QUESTION}], temperature=0, logprobs=0, result=none)
+    assert [e["top_logprobs"] for e in none.logprobs] == [[]] * none.completion_tokens
+    untouched = Generation()
+    lm.complete([{"role": "user", "content": QUESTION}], temperature=0, result=untouched)
+    assert untouched.logprobs == []

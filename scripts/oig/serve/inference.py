@@ -48,6 +48,9 @@ class Generation:
     completion_tokens: int = 0
     finish_reason: str | None = None
     text: list[str] = field(default_factory=list)
+    # With logprobs asked for: one OpenAI-shaped entry per generated token, {token, logprob, bytes,
+    # top_logprobs}, appended as each token arrives (a stream can send the new ones with each piece).
+    logprobs: list[dict] = field(default_factory=list)
 
 
 class _IdStreamer:
@@ -128,7 +131,7 @@ class LocalModel:
                  top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
                  presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
                  logit_bias: dict[int, float] | None = None, stop: list[str] | None = None,
-                 seed: int | None = None, cancel: threading.Event | None = None, deadline: float | None = None,
+                 seed: int | None = None, logprobs: int | None = None, cancel: threading.Event | None = None, deadline: float | None = None,
                  result: Generation | None = None) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``result`` gets token counts and finish reason.
 
@@ -136,7 +139,9 @@ class LocalModel:
         repetition_penalty) comes from the model's generation_config.json where that file sets it, as
         transformers and vLLM do, else temperature 1 and no top-p, top-k or repetition penalty.
         presence_penalty and frequency_penalty follow OpenAI's formula; logit_bias maps token ids to a
-        bias added to their logits. Text stops before the first ``stop`` string. Setting ``cancel``
+        bias added to their logits. ``logprobs`` (0 to 20 alternatives) fills ``result.logprobs``:
+        log-probabilities after the penalties and bias, before temperature, top-k and top-p (the
+        distribution the model and the request's penalties give). Text stops before the first ``stop`` string. Setting ``cancel``
         stops generation at the next token and raises GenerationCancelled; passing ``deadline`` (a
         ``time.monotonic()`` value, counting the wait for the model too) does the same and raises
         GenerationTimeout. Closing the iterator stops generation quietly.
@@ -156,7 +161,10 @@ class LocalModel:
         if room is not None:
             max_new = min(max_new, room)
         stops = [s for s in stop or [] if s]
-        yield from self._stream(prompt, max_new, sampling, stops, seed, cancel, deadline, result)
+        capture = _Logprobs(logprobs) if logprobs is not None else None
+        if capture is not None:
+            sampling["logits_processor"].append(capture)
+        yield from self._stream(prompt, max_new, sampling, stops, seed, cancel, deadline, result, capture)
 
     def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  repetition_penalty: float | None = None, presence_penalty: float = 0.0,
@@ -201,7 +209,7 @@ class LocalModel:
                                         "with other requests")
 
     def _stream(self, prompt: list[int], max_new: int, sampling: dict, stops: list[str], seed: int | None, cancel: threading.Event, deadline: float | None,
-                result: Generation) -> Iterator[str]:
+                result: Generation, capture: _Logprobs | None = None) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -262,6 +270,8 @@ class LocalModel:
                 if chunk is None:
                     break
                 ids.extend(chunk)
+                if capture is not None:
+                    result.logprobs.extend(capture.entries(chunk, self.tokenizer))
                 result.completion_tokens = len(ids)
                 ended_on_eos = bool(chunk) and chunk[-1] in eos
                 text = decoded()
@@ -303,6 +313,39 @@ class LocalModel:
         result = result if result is not None else Generation()
         text = "".join(self.generate(messages, result=result, **options))
         return text, result
+
+
+class _Logprobs:
+    """Keeps each step's log-probabilities (from ``generate``'s thread) until the token chosen there
+    arrives, then makes OpenAI's ``logprobs.content`` entry for it and its ``top`` alternatives."""
+
+    def __init__(self, top: int):
+        self.top = top
+        self.rows: queue.Queue = queue.Queue()
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        row = torch.log_softmax(scores[0].float(), dim=-1)
+        best = torch.topk(row, self.top) if self.top else None
+        self.rows.put((row, best))
+        return scores
+
+    def entries(self, token_ids: list[int], tokenizer) -> list[dict]:
+        def one(token_id: int, logprob: float) -> dict:
+            text = tokenizer.decode([token_id])
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "backslashreplace"))}
+
+        out = []
+        for token_id in token_ids:
+            try:
+                row, best = self.rows.get_nowait()
+            except queue.Empty:  # a step whose scores were not seen (none expected)
+                break
+            top = [] if best is None else [one(int(i), float(v)) for v, i in zip(best.values, best.indices,
+                                                                                   strict=True)]
+            out.append({**one(token_id, float(row[token_id])), "top_logprobs": top})
+        return out
 
 
 class _OpenAIPenalties:
