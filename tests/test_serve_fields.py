@@ -316,3 +316,21 @@ def test_logprobs_are_openai_shaped_one_entry_per_generated_token(lm):
     untouched = Generation()
     lm.complete([{"role": "user", "content": QUESTION}], temperature=0, result=untouched)
     assert untouched.logprobs == []
+
+
+def test_chat_template_kwargs_reach_only_variables_the_template_reads(lm, monkeypatch):
+    from oig.serve.inference import BadRequest
+
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(BadRequest) as info:
+        lm.encode(hi, {"enable_thinking": False})  # the tiny ChatML template reads no such thing
+    assert info.value.param == "chat_template_kwargs" and "enable_thinking" in str(info.value)
+    with pytest.raises(BadRequest):
+        lm.encode(hi, {"add_generation_prompt": False})  # transformers' own, not the client's
+    assert lm.renders_tools()  # the tiny template renders tools as Qwen2.5 does
+    thinking = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "<|im_start|>assistant\n{% if not enable_thinking %}<think></think>{% endif %}")
+    monkeypatch.setattr(lm.tokenizer, "chat_template", thinking)
+    plain, without = lm.encode(hi), lm.encode(hi, {"enable_thinking": True})
+    assert len(plain) > len(without)  # the variable reached the template
+    assert not lm.renders_tools()

@@ -118,10 +118,37 @@ class LocalModel:
         found = self._special.search(text) if self._special is not None else None
         return found.group() if found else None
 
-    def encode(self, messages: list[dict]) -> list[int]:
-        """The prompt's token ids: the chat template with the assistant turn opened."""
+    def template_variables(self) -> frozenset[str]:
+        """The names the chat template reads from outside (jinja's undeclared variables): ``messages``,
+        ``tools``, ``enable_thinking``, ...; empty when it is not one template string."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        if not isinstance(template, str):
+            return frozenset()
+        from jinja2 import meta
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        # transformers' own environment: its {% generation %} tag and loop controls parse there.
+        environment = _compile_jinja_template(template).environment
+        return frozenset(meta.find_undeclared_variables(environment.parse(template)))
+
+    def renders_tools(self) -> bool:
+        """Whether the chat template renders tool definitions, assistant tool calls and tool results
+        (it reads ``tools`` and mentions ``tool_calls``); a template that does not would drop them."""
+        return "tools" in self.template_variables() and "tool_calls" in str(self.tokenizer.chat_template)
+
+    def encode(self, messages: list[dict], chat_template_kwargs: dict | None = None) -> list[int]:
+        """The prompt's token ids: the chat template with the assistant turn opened. Each key of
+        ``chat_template_kwargs`` must be a variable the template reads (not one transformers sets)."""
+        extra = dict(chat_template_kwargs or {})
+        readable = self.template_variables() - _TEMPLATE_OWN
+        unread = sorted(set(extra) - readable)
+        if unread:
+            raise BadRequest(f"chat_template_kwargs: the model's chat template does not read {', '.join(unread)}"
+                             f" (it reads {', '.join(sorted(readable)) or 'no other variables'})",
+                             "chat_template_kwargs")
         try:
-            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
+                                                     **extra)
         except Exception as exc:  # jinja raises its own errors for conversations the template refuses
             raise BadRequest(f"the model's chat template refused these messages: {exc}", "messages") from None
         ids = enc["input_ids"]
@@ -367,6 +394,11 @@ class _OpenAIPenalties:
         if generated.shape[1]:
             counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
+
+
+# Variables apply_chat_template sets itself: not a client's to pass through chat_template_kwargs.
+_TEMPLATE_OWN = frozenset({"messages", "tools", "documents", "add_generation_prompt", "continue_final_message",
+                           "bos_token", "eos_token", "pad_token", "unk_token", "raise_exception", "strftime_now"})
 
 
 def _special_tokens(tokenizer) -> frozenset[str]:
