@@ -274,9 +274,9 @@ def test_logit_bias_and_openai_penalties_change_the_greedy_answer(lm):
 def test_openai_penalties_follow_the_documented_formula():
     import torch
 
-    from oig.serve.inference import _OpenAIPenalties
+    from oig.serve.processors import OpenAIPenalties
 
-    penalties = _OpenAIPenalties(presence=0.5, frequency=2.0)
+    penalties = OpenAIPenalties(presence=0.5, frequency=2.0)
     prompt = torch.tensor([[3, 3, 3]])  # the prompt does not count
     assert torch.equal(penalties(prompt, torch.zeros(1, 5)), torch.zeros(1, 5))
     scores = penalties(torch.tensor([[3, 3, 3, 1, 4, 1]]), torch.zeros(1, 5))

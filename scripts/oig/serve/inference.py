@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oig.errors import OigError
+from oig.serve.processors import Logprobs, OpenAIPenalties
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -188,7 +189,7 @@ class LocalModel:
         if room is not None:
             max_new = min(max_new, room)
         stops = [s for s in stop or [] if s]
-        capture = _Logprobs(logprobs) if logprobs is not None else None
+        capture = Logprobs(logprobs) if logprobs is not None else None
         if capture is not None:
             sampling["logits_processor"].append(capture)
         yield from self._stream(prompt, max_new, sampling, stops, seed, cancel, deadline, result, capture)
@@ -214,7 +215,7 @@ class LocalModel:
                                  "logit_bias")
             processors.append(SequenceBiasLogitsProcessor([[[int(t)], float(b)] for t, b in logit_bias.items()]))
         if presence_penalty or frequency_penalty:
-            processors.append(_OpenAIPenalties(presence_penalty, frequency_penalty))
+            processors.append(OpenAIPenalties(presence_penalty, frequency_penalty))
         repetition_penalty = repetition_penalty if repetition_penalty is not None else shipped.get("repetition_penalty")
         kwargs: dict = {"logits_processor": processors, "repetition_penalty": repetition_penalty}
         if temperature > 0:
@@ -236,7 +237,7 @@ class LocalModel:
                                         "with other requests")
 
     def _stream(self, prompt: list[int], max_new: int, sampling: dict, stops: list[str], seed: int | None, cancel: threading.Event, deadline: float | None,
-                result: Generation, capture: _Logprobs | None = None) -> Iterator[str]:
+                result: Generation, capture: Logprobs | None = None) -> Iterator[str]:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -340,60 +341,6 @@ class LocalModel:
         result = result if result is not None else Generation()
         text = "".join(self.generate(messages, result=result, **options))
         return text, result
-
-
-class _Logprobs:
-    """Keeps each step's log-probabilities (from ``generate``'s thread) until the token chosen there
-    arrives, then makes OpenAI's ``logprobs.content`` entry for it and its ``top`` alternatives."""
-
-    def __init__(self, top: int):
-        self.top = top
-        self.rows: queue.Queue = queue.Queue()
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        row = torch.log_softmax(scores[0].float(), dim=-1)
-        best = torch.topk(row, self.top) if self.top else None
-        self.rows.put((row, best))
-        return scores
-
-    def entries(self, token_ids: list[int], tokenizer) -> list[dict]:
-        def one(token_id: int, logprob: float) -> dict:
-            text = tokenizer.decode([token_id])
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "backslashreplace"))}
-
-        out = []
-        for token_id in token_ids:
-            try:
-                row, best = self.rows.get_nowait()
-            except queue.Empty:  # a step whose scores were not seen (none expected)
-                break
-            top = [] if best is None else [one(int(i), float(v)) for v, i in zip(best.values, best.indices,
-                                                                                   strict=True)]
-            out.append({**one(token_id, float(row[token_id])), "top_logprobs": top})
-        return out
-
-
-class _OpenAIPenalties:
-    """OpenAI's presence and frequency penalties, which transformers has no processor for (its
-    RepetitionPenaltyLogitsProcessor divides, and counts the prompt): from each token's logit subtract
-    ``frequency * count + presence * (count > 0)``, counting the tokens generated so far only."""
-
-    def __init__(self, presence: float, frequency: float):
-        self.presence, self.frequency = presence, frequency
-        self.prompt_length: int | None = None
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        if self.prompt_length is None:  # the first call sees the prompt alone
-            self.prompt_length = input_ids.shape[1]
-        generated = input_ids[:, self.prompt_length:]
-        counts = torch.zeros_like(scores)
-        if generated.shape[1]:
-            counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-        return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
 # Variables apply_chat_template sets itself: not a client's to pass through chat_template_kwargs.
