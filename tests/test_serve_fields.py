@@ -195,7 +195,7 @@ def test_developer_role_is_a_system_message(http):
 
 def test_tool_turns_in_the_history_are_refused_with_the_field_named(http):
     call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
-    history = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+    history = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
     response = chat(http, messages=history)
     assert refused_param(response) == "messages.1.tool_calls"

@@ -40,6 +40,10 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # `name` and other fields the model has no use for
     role: Literal["system", "user", "assistant"]
+    # Tool calls in the history would be dropped on the way to the chat template: refused, not lost.
+    # Declared before content, so that an assistant turn with `content: null` is told about its calls.
+    tool_calls: Any = None
+    function_call: Any = None
     content: str | list[TextPart]
 
     @model_validator(mode="before")
@@ -57,10 +61,6 @@ class ChatMessage(BaseModel):
             raise ValueError(f"{v} messages are not supported yet: this server passes only each message's "
                              "role and content to the chat template, so the tool's result would be lost")
         return v
-
-    # Tool calls in the history would be dropped on the way to the chat template: refused, not lost.
-    tool_calls: Any = None
-    function_call: Any = None
 
     @field_validator("tool_calls", "function_call")
     @classmethod
