@@ -224,15 +224,11 @@ def test_a_client_that_leaves_the_queue_frees_its_place(random_model, slowed):
         assert wait_for(lambda: app.state.turns.busy == 1)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url, json={**HELLO, "max_tokens": 2}, timeout=0.3)
-        assert wait_for(lambda: not app.state.turns.waiting, 1.0)  # it left the queue with its client
-        with httpx.stream("POST", url, json={**HELLO, "max_tokens": 2, "stream": True}, timeout=10) as r:
-            next(r.iter_lines())  # the role chunk; then it waits for the model, and the client leaves
-            assert wait_for(lambda: len(app.state.turns.waiting) == 1)
-        assert wait_for(lambda: not app.state.turns.waiting, 1.0)
+        assert wait_for(lambda: not app.state.turns.waiting, 3.0)  # it left the queue with its client
         assert app.state.turns.busy == 1 and not done  # the first is still generating
         first.join(30)
         assert done[0][1] == 200 and wait_for(lambda: app.state.turns.busy == 0)
-        assert wait_for(lambda: app.state.metrics.cancelled == 2)
+        assert wait_for(lambda: app.state.metrics.cancelled == 1)
         assert httpx.post(url, json={**HELLO, "max_tokens": 2}, timeout=10).status_code == 200
 
 
