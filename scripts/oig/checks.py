@@ -152,17 +152,25 @@ def judge_messages(question: str, answer: str, reference: str | None, rubric: st
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
 
 
+def json_objects(reply: object, scan: int = 20000):
+    """Every JSON object a judge's reply holds, in order (prose and code fences around them are skipped;
+    only an object starting in the first ``scan`` characters counts)."""
+    if not isinstance(reply, str):
+        return
+    decoder = json.JSONDecoder()
+    for m in re.finditer(r"\{", reply[:scan]):
+        try:
+            obj, _ = decoder.raw_decode(reply, m.start())
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            yield obj
+
+
 def parse_verdict(reply: object, pass_score: float = DEFAULT_PASS_SCORE) -> Verdict:
     """The first JSON object in the reply with a boolean ``pass`` or a number ``score`` from 1 to 10."""
     if isinstance(reply, str):
-        decoder = json.JSONDecoder()
-        for m in re.finditer(r"\{", reply[:20000]):
-            try:
-                obj, _ = decoder.raw_decode(reply, m.start())
-            except ValueError:
-                continue
-            if not isinstance(obj, dict):
-                continue
+        for obj in json_objects(reply):
             if isinstance(obj.get("pass"), bool):
                 return Verdict(obj["pass"], f"judge: {'pass' if obj['pass'] else 'fail'}")
             score = obj.get("score")

@@ -38,9 +38,7 @@ labels the issue with its outcome (``LABELS``).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,17 +149,7 @@ def judge_prompt(text: str, answer: str, expected: str | None, reported: str | N
 
 def parse_judge_reply(reply: object) -> bool | None:
     """The ``pass`` of the first JSON object in the reply that has a boolean one; else None."""
-    if not isinstance(reply, str):
-        return None
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", reply[:20000]):
-        try:
-            obj, _ = decoder.raw_decode(reply, m.start())
-        except ValueError:
-            continue
-        if isinstance(obj, dict) and isinstance(obj.get("pass"), bool):
-            return obj["pass"]
-    return None
+    return next((obj["pass"] for obj in checks.json_objects(reply) if isinstance(obj.get("pass"), bool)), None)
 
 
 def make_judge(model: str, base_url: str | None = None, *, timeout: float = 60.0) -> Judge:
