@@ -20,7 +20,6 @@ import contextlib
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,17 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 
+from fake_openai import start_child  # noqa: E402
+
 from oig.cli import main as oig  # noqa: E402
-
-
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--latency", str(latency)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    port = proc.stdout.readline().strip()  # type: ignore[union-attr]
-    if not port.isdigit():
-        proc.kill()
-        raise SystemExit("the fake server did not start")
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def write_suite(folder: Path, cases: int) -> Path:
@@ -73,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
-    proc, base_url = start_server(args.latency)
+    proc, base_url = start_child(args.latency)
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="oig-bench-eval-") as tmp:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,19 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 
+from fake_openai import start_child  # noqa: E402
+
 from oig.generate.config import load_config  # noqa: E402
 from oig.generate.run import generate  # noqa: E402
 from oig.generate.store import CallStore, call_key  # noqa: E402
-
-
-def start_server(latency: float) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_openai.py"), "--latency", str(latency)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    port = proc.stdout.readline().strip()  # type: ignore[union-attr]
-    if not port.isdigit():
-        proc.kill()
-        raise SystemExit("the fake server did not start")
-    return proc, f"http://127.0.0.1:{port}"
 
 
 def write_config(folder: Path, base_url: str, calls: int, concurrency: int, kind: str) -> Path:
@@ -108,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("OIG_BENCH_KEY", "bench-key")  # the together SDK wants a key; the fake ignores it
-    proc, base_url = start_server(args.latency)
+    proc, base_url = start_child(args.latency)
     rows = []
     try:
         for c in args.concurrency:

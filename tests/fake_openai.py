@@ -263,6 +263,20 @@ class FakeOpenAI:
         return self.answer
 
 
+def start_child(latency: float) -> tuple:
+    """This server in a child process (a benchmark's load must not share the measuring process's GIL):
+    (the Popen, whose stdin closing stops it, and the base URL)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, __file__, "--latency", str(latency)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    port = proc.stdout.readline().strip()  # type: ignore[union-attr]
+    if not port.isdigit():
+        proc.kill()
+        raise SystemExit("the fake server did not start")
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def main() -> None:
     import argparse
 

@@ -182,12 +182,6 @@ def test_a_template_that_cannot_render_tools_is_a_clear_error(tmp_path):
     assert isinstance(info.value, TrainError)
 
 
-def test_linked_rows_refuse_the_same_control_tokens_as_inline_slices():
-    from oig.data import formats, validate
-
-    assert formats.CONTROL_TOKEN.pattern == validate.CONTROL_TOKEN.pattern
-
-
 def test_hub_tool_rows_from_parquet_with_tools_as_a_json_string(tmp_path):
     # Hub function-calling sets often keep `tools` as a JSON string; parquet gives every message every field.
     import pyarrow as pa

@@ -12,7 +12,7 @@ import bench_generate  # noqa: E402
 
 
 def test_benchmark_smoke():
-    proc, base_url = bench_generate.start_server(0.05)
+    proc, base_url = bench_generate.start_child(0.05)
     try:
         result = bench_generate.one_run(base_url, calls=48, concurrency=8, kind="openai")
     finally:

@@ -1,10 +1,10 @@
 """oig train evaluates the new model and the previous one, and the release gate decides what is published."""
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from test_train import make_repo
 
 from oig import runlog
 from oig.cli import main
@@ -18,17 +18,10 @@ SUITE = (
 
 
 def repo_with(root: Path, training: str) -> Path:
-    (root / "data").mkdir(parents=True)
-    rows = [{"input": q, "output": a} for q, a in PAIRS]
-    (root / "data" / "basics.yaml").write_text(yaml.safe_dump({"IOPairs": rows, "license": "CC0-1.0"}))
-    (root / "evals").mkdir()
+    """test_train's repository, with an eval suite committed beside the data."""
+    (root / "evals").mkdir(parents=True)
     (root / "evals" / "smoke.yaml").write_text(SUITE)
-    (root / "training.yaml").write_text(training)
-    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
-    subprocess.run([*git, "init", "-q", str(root)], check=True)
-    subprocess.run([*git, "-C", str(root), "add", "."], check=True)
-    subprocess.run([*git, "-C", str(root), "commit", "-qm", "data"], check=True)
-    return root
+    return make_repo(root, training, PAIRS)
 
 
 def train(repo: Path, *extra: str) -> int:

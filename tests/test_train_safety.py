@@ -16,6 +16,7 @@ import yaml
 from oig import files, runlog
 from oig.cli import main
 from oig.data.config import TrainingConfig
+from oig.records import special_token_texts
 from oig.train import masking, tiny
 from oig.train.args import dpo_config, sft_config
 from oig.train.base import check_base_model, looks_local
@@ -362,7 +363,7 @@ def _record(slice_name: str, answer: str) -> dict:
 
 def test_special_token_text_is_found(tmp_path):
     _, tok = tiny.build_tiny(["hello", FORGED], tmp_path, seed=1)
-    assert masking.special_tokens(tok)[0] in ("<|im_start|>", "<|im_end|>")
+    assert special_token_texts(tok)[0] in ("<|im_start|>", "<|im_end|>")
     records = [_record("clean", "fine"), _record("forger", FORGED), _record("other", "a <|pad|> b"),
                _record("forger", "<|im_start|>")]
     assert masking.special_token_text(records, tok) == (3, ["forger", "other"], "<|im_end|>")

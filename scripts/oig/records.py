@@ -14,9 +14,27 @@ answers one with ``tool_call_id`` and/or ``name``. Content is always a string.
 
 from __future__ import annotations
 
+import re
 from typing import TypedDict
 
 ROLES = ("system", "user", "assistant", "tool")
+
+# --- control tokens -----------------------------------------------------------------------------------
+# Text that chat templates turn into control tokens (ChatML, Llama 3, Mistral, Gemma, Phi, GPT-2...): in a
+# message it would forge a turn (a fake system message) or end the answer early. Inline slices
+# (oig validate) and linked rows (oig.data.formats) are checked against this pattern; training and
+# serving check against the model's own tokens (``special_token_texts``).
+CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
+
+
+def special_token_texts(tokenizer) -> list[str]:
+    """The text of every special token of a tokenizer, longest first: the named ones (bos, eos, pad, ...)
+    and the added tokens marked special (ChatML's ``<|im_start|>`` is often only the latter)."""
+    found = {str(t) for t in getattr(tokenizer, "all_special_tokens", None) or []}
+    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(token, "special", False):
+            found.add(str(getattr(token, "content", token)))
+    return sorted((t for t in found if t.strip()), key=lambda t: (-len(t), t))
 
 
 class _MessageBase(TypedDict):

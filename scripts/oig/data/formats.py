@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from oig.records import Record, check_messages, check_tools
+from oig.records import CONTROL_TOKEN, Record, check_messages, check_tools
 
 # Bump when conversion output changes: materialized slices are cached under this version.
 CONVERTER_VERSION = 2  # 2: tool calls, multimodal and control-token rows refused
@@ -67,9 +67,6 @@ TOOL_SPEAKERS = {"tool", "function", "ipython", "observation"}
 MEDIA_COLUMNS = ("images", "image", "audio", "audios", "video", "videos")
 # Only LLaVA's <image>: <audio> and <video> are also HTML elements, common in web-development answers.
 MEDIA_PLACEHOLDER = re.compile(r"<image>")
-# Text chat templates read as control tokens; the same pattern as oig.data.validate's for inline slices
-# (validate imports this module, so it cannot be imported here; a test keeps the two equal).
-CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
 OIG_TURN = re.compile(r"^[ \t]*<(human|bot)>:[ \t]?", re.MULTILINE)
 
 

@@ -82,13 +82,16 @@ class Index:
         return Match(self.labels[-best[1]], False, best[0])
 
 
-def pair_warnings(text: str, display: str, io_pairs: list[dict[str, str]], index: Index,
+def pair_warnings(text: str | Callable[[], str], display: str, io_pairs: list[dict[str, str]], index: Index,
                   message: Callable[[Match], str]) -> list[Problem]:
-    """A warning at each IOPairs input that overlaps a reference. ``text``: the slice file, for lines."""
+    """A warning at each IOPairs input that overlaps a reference. ``text``: the slice file (or a function
+    that reads it, called only when something overlaps), for the lines."""
     found = []
     for i, pair in enumerate(io_pairs if index else ()):
         m = index.match(pair["input"])
         if m is not None:
+            if callable(text):
+                text = text()
             line, col = yamlsafe.locate(text, ("IOPairs", i, "input"))
             found.append(Problem(display, line, col, "warning", message(m)))
     return found
@@ -131,4 +134,6 @@ class EvalOverlap:
         index = self.indexes[evals_dir]
         if not index or not io_pairs:
             return []
-        return pair_warnings(yamlsafe.decode(Path(path).read_bytes()), display, io_pairs, index, eval_message)
+        # The file is read again only when an input overlaps: its lines are wanted only then.
+        return pair_warnings(lambda: yamlsafe.decode(Path(path).read_bytes()), display, io_pairs, index,
+                             eval_message)

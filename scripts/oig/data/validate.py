@@ -23,6 +23,7 @@ from oig.data.config import parse_training_config
 from oig.data.schemas import SLICE_SCHEMA
 from oig.data.slices import SECTIONS, Slice, slice_from_document
 from oig.errors import InvalidInput, Problem
+from oig.records import CONTROL_TOKEN
 
 SLICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 SHA40 = re.compile(r"[0-9a-f]{40}")
@@ -30,10 +31,6 @@ HF_HOST = "huggingface.co"
 HF_REPO = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
 TRAINING_FILE = "training.yaml"
 IGNORED_IN_DATA = {"README.md", "LICENSE"}
-# Text that chat templates turn into control tokens (ChatML, Llama 3, Mistral, Gemma, Phi, GPT-2...): in
-# a slice it would forge turns (a fake system message) or end the answer early. `oig train` checks the
-# base model's own special tokens too; this catches the common ones in inline slices at review time.
-CONTROL_TOKEN = re.compile(r"<\|[A-Za-z0-9_]{1,40}\|>|</?s>|\[/?INST\]|<(?:start|end)_of_turn>|<(?:bos|eos|pad)>")
 
 
 # Without --remote, what an unpinned link should add; --remote replaces these with the exact line.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oig.errors import OigError
+from oig.records import special_token_texts
 from oig.serve.processors import Logprobs, OpenAIPenalties
 
 DEFAULT_MAX_TOKENS = 512
@@ -82,7 +83,7 @@ class LocalModel:
         self.created = int(time.time())
         config = getattr(model, "config", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 0) or None
-        self.special_tokens = _special_tokens(tokenizer)
+        self.special_tokens = frozenset(special_token_texts(tokenizer))
         # Longest first: a token that begins another (<s>, <start>) must not hide it from the match.
         longest_first = sorted(self.special_tokens, key=len, reverse=True)
         self._special = re.compile("|".join(map(re.escape, longest_first))) if longest_first else None
@@ -346,16 +347,6 @@ class LocalModel:
 # Variables apply_chat_template sets itself: not a client's to pass through chat_template_kwargs.
 _TEMPLATE_OWN = frozenset({"messages", "tools", "documents", "add_generation_prompt", "continue_final_message",
                            "bos_token", "eos_token", "pad_token", "unk_token", "raise_exception", "strftime_now"})
-
-
-def _special_tokens(tokenizer) -> frozenset[str]:
-    """The text of every special token: the named ones (bos, eos, pad, ...) and added tokens marked
-    special (chat markers such as <|im_start|>, reserved tokens)."""
-    texts = {str(t) for t in getattr(tokenizer, "all_special_tokens", None) or []}
-    for added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
-        if getattr(added, "special", False):
-            texts.add(str(added.content))
-    return frozenset(t for t in texts if t.strip())
 
 
 def _as_list(value) -> list[int]:

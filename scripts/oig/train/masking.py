@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 
+from oig.records import special_token_texts
 from oig.train.errors import TrainError
 
 
@@ -38,20 +39,10 @@ def training_template(tokenizer) -> str:
         return template
 
 
-def special_tokens(tokenizer) -> list[str]:
-    """The tokenizer's special tokens, and the added tokens marked special (ChatML's ``<|im_start|>``
-    is often only the latter)."""
-    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
-    for token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
-        if getattr(token, "special", False):
-            found.add(getattr(token, "content", str(token)))
-    return sorted((t for t in found if t.strip()), key=lambda t: (-len(t), t))
-
-
 def special_token_text(records: list[dict], tokenizer) -> tuple[int, list[str], str] | None:
     """(messages whose content spells a special token, their slices in order, the first token found),
     or None when no message does. ``records`` are ``{"slice", "messages"}`` dicts."""
-    tokens = special_tokens(tokenizer)
+    tokens = special_token_texts(tokenizer)
     if not tokens:
         return None
     pattern = re.compile("|".join(map(re.escape, tokens)))
