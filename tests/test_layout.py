@@ -11,7 +11,7 @@ PACKAGE = ROOT / "scripts" / "oig"
 # The stages, lowest first. A module may import its own stage and the ones below it, never one above
 # it or a peer (stages of the same rank know nothing of each other). The core is everything at the
 # top of the package.
-RANKS = {"core": 0, "data": 1, "serve": 2, "generate": 2, "bugs": 3, "eval": 4, "publish": 5, "train": 6, "cli": 7}
+RANKS = {"core": 0, "data": 1, "serve": 2, "generate": 2, "bugs": 3, "eval": 4, "publish": 5, "train": 6, "history": 6, "cli": 7}
 HEAVY = ("torch", "transformers", "trl", "datasets", "peft", "accelerate")
 
 

@@ -19,6 +19,7 @@ COMMANDS = [
     "validate",
     "mix",
     "train",
+    "history",
     "report",
     "query",
     "eval",
