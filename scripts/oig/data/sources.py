@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from oig.annotations import NOT_FULLY_CHECKED
-from oig.data import download, fetch, formats, hf, links
+from oig.data import canonical, download, fetch, formats, hf, links
 from oig.data.fetch import SourceOptions
 from oig.data.slices import HFEntry, JsonlEntry, Slice
 from oig.errors import FetchError, InvalidInput, Problem
@@ -85,10 +85,12 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
         offset = len(slice.huggingface)
         for i, e in enumerate(slice.openai_jsonl):
             with _about("OpenAIJsonl", i, e.link):
-                blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=e.sha256)
+                # The blob its pin was taken from: a local file is not copied and hashed twice.
+                blob = fetch.fetch_to_cache(e.link, opts, expected_sha256=pins[offset + i]["sha256"])
             before = len(problems)
             try:
-                _convert(formats.iter_jsonl(blob), formats.convert_openai_line, e.limit, f"OpenAIJsonl[{i}] {e.link}",
+                # Lines already in canonical form are copied through unparsed (oig.data.canonical).
+                _convert(canonical.iter_jsonl(blob), formats.convert_openai_line, e.limit, f"OpenAIJsonl[{i}] {e.link}",
                          writer, problems, display, pins[offset + i], e.max_bad_rows)
             finally:
                 if len(problems) > before and not links.is_local_link(e.link):
@@ -414,10 +416,11 @@ class _Writer:
     def __init__(self, f: BinaryIO):
         self.f, self.hash, self.count, self.size = f, hashlib.sha256(), 0, 0
 
-    def write(self, line: bytes) -> None:
+    def write(self, line: bytes, count: int = 1) -> None:
+        """One line, or ``count`` lines at once."""
         self.f.write(line)
         self.hash.update(line)
-        self.count += 1
+        self.count += count
         self.size += len(line)
 
 
@@ -443,8 +446,12 @@ def _convert(rows: Iterator[tuple[str, object]], convert: Callable[[object], Rec
     With ``max_bad`` (``on_bad_rows: skip``) a bad row is left out and counted in ``pin["bad_rows"]``;
     more than ``max_bad`` of them is one error."""
     seen = bad = 0
-    # islice stops before pulling the row past the limit: no download of a file that is not needed.
-    for at, row in islice(_readable(rows), limit):
+    for at, row in _limited(_readable(rows), limit):
+        if isinstance(row, canonical.Lines):  # valid rows, already as dumps() writes them
+            seen += row.count
+            if not problems:
+                writer.write(row.data, row.count)
+            continue
         seen += 1
         try:
             line = _line(row, convert)
@@ -470,6 +477,26 @@ def _convert(rows: Iterator[tuple[str, object]], convert: Callable[[object], Rec
         if max_bad is not None:
             pin["bad_rows"] = bad  # skipped, in the manifest
     return seen
+
+
+def _limited(rows: Iterator[tuple[str, object]], limit: int | None) -> Iterator[tuple[str, object]]:
+    """The first ``limit`` rows (a run of canonical lines counts its lines), like islice: it stops
+    before pulling the row past the limit, so no file that is not needed is downloaded."""
+    if limit is None:
+        yield from rows
+        return
+    left = limit
+    if left <= 0:
+        return
+    for at, row in rows:
+        if isinstance(row, canonical.Lines):
+            row = row if row.count <= left else row.head(left)
+            left -= row.count
+        else:
+            left -= 1
+        yield at, row
+        if left <= 0:
+            return
 
 
 def _too_many_bad(where: str, max_bad: int, message: str) -> str:
