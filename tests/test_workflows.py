@@ -287,7 +287,8 @@ def test_train_is_dispatch_only_on_the_gpu_runner():
     assert inputs["together"]["type"] == inputs["dry_run"]["type"] == "boolean"
     assert doc["concurrency"] == {"group": "training-${{ github.ref }}", "cancel-in-progress": False}
     assert doc["permissions"] == {}
-    [(_, job)] = jobs(doc)
+    assert list(doc["jobs"]) == ["train", "pages"]
+    job = doc["jobs"]["train"]
     assert job["runs-on"] == ["self-hosted", "gpu"] and job["environment"] == "training"
     assert job["permissions"] == {"contents": "write", "issues": "write"}
 
@@ -300,8 +301,9 @@ def test_train_never_checks_out_or_runs_pull_request_code():
     fetch = step(doc, "Take data/ and the mixture from the pull request")["run"]
     assert "archive" in fetch and "-- \"${paths[@]}\"" in fetch and "pip install" not in fetch
     # Everything is installed from this branch before any file of the pull request arrives.
-    names = [s.get("name") for s in steps(doc)]
-    installs = [i for i, s in enumerate(steps(doc)) if "pip install" in (s.get("run") or "")]
+    train = doc["jobs"]["train"]["steps"]  # the pages job installs on its own runner, with no pull request data
+    names = [s.get("name") for s in train]
+    installs = [i for i, s in enumerate(train) if "pip install" in (s.get("run") or "")]
     assert installs and max(installs) < names.index("Take data/ and the mixture from the pull request")
 
 
@@ -442,6 +444,54 @@ def test_train_summary_shows_the_loss_curve(tmp_path):
     assert out.returncode == 0 and "No training_log from this run" in (tmp_path / "summary.md").read_text()
 
 
+def test_train_deploys_the_history_site_after_committing_results():
+    doc = load(WORKFLOW_DIR / "train.yml")
+    pages = doc["jobs"]["pages"]
+    # After the train job, only when it committed results: never a pull request run.
+    assert pages["needs"] == "train" and pages["if"] == step(doc, "Commit the results")["if"]
+    assert "inputs.pr == ''" in pages["if"]
+    # The Pages permissions on this job alone, which holds no secret and runs on a GitHub-hosted runner.
+    assert pages["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    assert doc["jobs"]["train"]["permissions"] == {"contents": "write", "issues": "write"}
+    assert pages["runs-on"] == "ubuntu-latest" and pages["environment"]["name"] == "github-pages"
+    assert "secrets." not in yaml.safe_dump(pages)
+    uses = [s["uses"].split("@")[0] for s in pages["steps"] if "uses" in s]
+    assert uses == ["actions/checkout", "actions/setup-python", "actions/upload-pages-artifact", "actions/deploy-pages"]
+    checkout = pages["steps"][0]["with"]
+    assert checkout == {"fetch-depth": 0, "persist-credentials": False}
+    install = step({"jobs": {"pages": pages}}, "Install oig")["run"]
+    assert "-c requirements/lock.txt -e ." in install and "[train]" not in install and "torch" not in install
+    upload = step(doc, "Upload the site")["with"]["path"]
+    assert upload == "${{ runner.temp }}/history-site" and "$RUNNER_TEMP/history-site" in step(doc, "Build the history site")["run"]
+    assert step(doc, "Deploy to GitHub Pages")["id"] == "deploy"
+
+
+def test_train_history_step_builds_every_trained_branch(tmp_path):
+    bare = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    src = tmp_path / "src"
+    git(tmp_path, "init", "-q", "-b", "main", str(src))
+    log = {"run_id": "run-main", "base_model": "tiny", "train_loss": 1.0}
+    (src / "training_log").write_text(yaml.safe_dump(log))
+    git(src, "add", "training_log")
+    git(src, "commit", "-q", "-m", "Training results of run 1 (hub)")
+    git(src, "checkout", "-q", "-b", "text2sql")
+    (src / "training_log").write_text(yaml.safe_dump({**log, "run_id": "run-sql"}))
+    git(src, "commit", "-q", "-am", "Training results of run 2 (hub)")
+    git(src, "checkout", "-q", "-b", "untrained", "main")
+    git(src, "rm", "-q", "training_log")
+    git(src, "commit", "-q", "-m", "no runs here")
+    git(src, "push", "-q", str(bare), "main", "text2sql", "untrained")
+    ws = tmp_path / "ws"
+    git(tmp_path, "clone", "-q", "--branch", "text2sql", str(bare), str(ws))  # the run was on text2sql
+    env = {**workflow_env(tmp_path), "DEFAULT_BRANCH": "main"}
+    out = run_step(load(WORKFLOW_DIR / "train.yml"), "Build the history site", ws, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 run(s) on main, text2sql" in (tmp_path / "summary.md").read_text()
+    index = (tmp_path / "runner-temp" / "history-site" / "index.html").read_text()
+    assert "run-main" in index and "run-sql" in index and "untrained" not in index
+
+
 # --- bug-report.yml ------------------------------------------------------------------------------------
 
 
@@ -502,6 +552,6 @@ def test_train_workflow_can_override_the_release_gate_on_a_maintainers_word():
     doc = load(WORKFLOW_DIR / "train.yml")
     inputs = doc["on"]["workflow_dispatch"]["inputs"]
     assert inputs["override_gate"]["type"] == "boolean" and inputs["override_gate"]["default"] is False
-    [(_, job)] = jobs(doc)
+    job = doc["jobs"]["train"]
     assert job["env"]["OVERRIDE_GATE"] == "${{ inputs.override_gate }}"
     assert 'if [ "$OVERRIDE_GATE" = true ]; then args+=(--override-gate); fi' in step(doc, "Train")["run"]

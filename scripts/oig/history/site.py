@@ -30,7 +30,6 @@ _RESULTS_RUN = re.compile(r"^Training results of run ([0-9]{1,20})\b")  # oig co
 _PR_SUBJECT = re.compile(r"\(#([0-9]{1,9})\)\s*$|^Merge pull request #([0-9]{1,9})\b")
 _SHA = re.compile(r"[0-9a-f]{40}")
 _SLICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-_BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
 MAX_POINTS = 400  # points of one loss curve; longer runs are sampled evenly
 
 
@@ -352,8 +351,7 @@ def read_history(root: Path, *, branches: list[str] = (), repo_url: str | None =
     names = [current] + [b for b in dict.fromkeys(branches) if b != current]
     refs = []
     for name in names:
-        if name != "HEAD" and (not _BRANCH.fullmatch(name) or ".." in name
-                               or not git.ok("rev-parse", "--verify", "--quiet", f"refs/heads/{name}")):
+        if name != "HEAD" and (name.startswith("-") or not git.ok("rev-parse", "--verify", "--quiet", f"refs/heads/{name}")):
             raise HistoryError(f"--branches: there is no local branch {name!r} (see `git branch`)")
         refs.append((name, "HEAD" if name == "HEAD" else f"refs/heads/{name}"))
     warnings: list[str] = []
