@@ -115,12 +115,20 @@ def test_model_init_kwargs_take_only_what_loading_needs():
     ("dataset_num_proc: 0", "at least 1"),
     ("save_steps: 0", "above 0"),
     ("max_length: 0", "at least 1"),
-    ("report_to: wandb", "'report_to' may only be 'none'"),
-    ("report_to: [tensorboard]", "'report_to' may only be 'none'"),
-    ("deepspeed: ds_config.json", "'deepspeed' is not allowed: the runner's launch configuration decides"),
+    ("report_to: mlflow", "'report_to' must be none, trackio, wandb, tensorboard or a list of them, not 'mlflow'"),
+    ("report_to: [tensorboard, comet_ml]", "'report_to' must be none, trackio, wandb, tensorboard"),
+    ("report_to: all", "'report_to' must be none"),  # every installed tracker: never implicit
+    ("trackio_space_id: me/space", "'trackio_space_id' is not allowed: where a tracker logs is the maintainers'"),
+    ("deepspeed: ds_config.json", "'deepspeed' is not allowed: the runner's launch configuration decides the "
+     "distributed set-up: set `distributed: ddp`, `fsdp`, `zero2` or `zero3` instead"),
     ("fsdp: full_shard", "'fsdp' is not allowed"),
+    ("fsdp_config: {min_num_params: 1}", "'fsdp_config' is not allowed"),
+    ("accelerator_config: {split_batches: true}", "'accelerator_config' is not allowed"),
+    ("distributed: tp", "'distributed' must be one of 'ddp', 'fsdp', 'zero2', 'zero3'"),
+    ("distributed: configs/accelerate/zero3.yaml", "'distributed' must be one of"),  # never a path
+    ("distributed_offload: nvme", "'distributed_offload' must be one of 'none', 'optimizer', 'all'"),
     ("chat_template_path: /etc/passwd", "'chat_template_path' is not allowed: it names a file on the runner"),
-    ("use_liger_kernel: true", "'use_liger_kernel' is not allowed"),
+    ("liger_kernel_config: {rope: true}", "'liger_kernel_config' is not allowed: `use_liger_kernel: true`"),
     ("push_to_hub: true", "'push_to_hub' is not allowed: oig publishes the model itself"),
     ("hub_model_id: evil/model", "'hub_model_id' is not allowed"),
     ("resume_from_checkpoint: /tmp/x", "'resume_from_checkpoint' is not allowed"),
@@ -131,6 +139,41 @@ def test_settings_that_burn_resources_or_crash_later_are_errors_now(line, fragme
     assert config is None
     [problem] = problems
     assert problem.line == 2 and fragment in problem.message, problem.message
+
+
+def test_distributed_trackers_and_kernels_are_the_branchs_to_set():
+    config, problems = parse("Training:\n  - distributed: zero3\n  - distributed_offload: all\n"
+                             "  - report_to: [trackio, tensorboard]\n  - use_liger_kernel: true\n")
+    assert problems == []
+    assert config.oig == {"distributed": "zero3", "distributed_offload": "all"}
+    assert config.training == {"report_to": ["trackio", "tensorboard"], "use_liger_kernel": True}
+    config, problems = parse("Training:\n  distributed: fsdp\n  distributed_offload: all\n  report_to: wandb\n")
+    assert problems == [] and config.training["report_to"] == "wandb"
+
+
+@pytest.mark.parametrize(("text", "line", "fragment"), [
+    ("distributed_offload: optimizer", 2, "distributed_offload: optimizer needs `distributed: fsdp`, `zero2` or"),
+    ("distributed: ddp\n  distributed_offload: all", 3, "needs `distributed: fsdp`"),
+    ("distributed: fsdp\n  distributed_offload: optimizer", 3, "FSDP offloads the weights, gradients and optimizer"),
+    ("distributed: zero2\n  distributed_offload: all", 3, "ZeRO-2 does not shard the weights"),
+    ("distributed: zero3\n  method: dpo", 2, "method: dpo copies the model as its reference, which zero3 cannot"),
+    ("distributed: fsdp\n  lora: true", 2, "LoRA adapters are merged into the saved model"),
+    ("distributed: zero3\n  load_in_4bit: true", 2, "use `distributed: ddp` or `zero2` with lora"),
+    ("distributed: zero2\n  backend: together", 2, "backend: together trains on Together's machines"),
+    ("distributed: fsdp\n  packing: true", 3, "set `model_init_kwargs: {attn_implementation: flash_attention_2}`"),
+])
+def test_distributed_settings_that_cannot_go_together(text, line, fragment):
+    config, problems = parse(f"Training:\n  {text}\n")
+    assert config is None
+    [problem] = problems
+    assert (problem.line, fragment in problem.message) == (line, True), problem.message
+
+
+def test_what_goes_with_distributed():
+    for text in ("distributed: zero2\n  method: dpo\n  lora: true", "distributed: zero3\n  distributed_offload: "
+                 "optimizer", "distributed: fsdp\n  packing: true\n  model_init_kwargs: {attn_implementation: "
+                 "flash_attention_2}", "distributed: ddp\n  load_in_4bit: true"):
+        assert parse(f"Training:\n  {text}\n")[1] == [], text
 
 
 def test_mixture_total_has_an_absolute_cap():

@@ -25,6 +25,7 @@ from oig.data.schemas import (
     MAX_MIXTURE_TOTAL,
     OIG_KEYS,
     REFUSED_FIELDS,
+    TRACKERS,
     training_schema,
 )
 from oig.errors import InvalidInput, Problem
@@ -167,6 +168,7 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
     training: dict = {}
     oig: dict = {}
     origin: dict[str, str] = {}
+    at: dict[str, tuple] = {}  # where each setting is written
     for key, value, ypath in _entries(doc.get("Training"), "Training", problems, where):
         if key in REFUSED_FIELDS:
             problems.append(where(ypath, f"Training key '{key}' is not allowed: {REFUSED_FIELDS[key]}"))
@@ -190,9 +192,8 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
             continue
         if not validators[key].is_valid(value) or (isinstance(value, float) and math.isnan(value)):
             if key == "report_to":
-                problems.append(where(ypath, f"Training key 'report_to' may only be 'none', not {value!r}: experiment "
-                                      "trackers are the maintainers' to set up on the runner, never training.yaml's",
-                                      key=False))
+                problems.append(where(ypath, f"Training key 'report_to' must be none, {', '.join(TRACKERS)} or a list "
+                                      f"of them, not {value!r}", key=False))
             elif _type_ok(props[key], value):  # the right kind of value, out of bounds
                 problems.append(where(ypath, f"Training key '{key}' must be {_expected(props[key])}, not {value!r}",
                                       key=False))
@@ -205,12 +206,13 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
         if target in origin:
             problems.append(where(ypath, f"'{key}' sets {target}, which '{origin[target]}' already sets; keep one"))
             continue
-        origin[target] = key
+        origin[target], at[target] = key, ypath
         if target in OIG_KEYS:
             oig[target] = value
         else:
             training[target] = value
     base_model = oig.pop("base_model", None)
+    problems += [where(at[key], message) for key, message in _distributed_problems(training, oig)]
     if oig.get("load_in_4bit"):
         oig["lora"] = True
 
@@ -264,6 +266,38 @@ def parse_training_config(data: bytes, path: Path, display: str | None = None, s
     config = TrainingConfig(path=path, training=training, base_model=base_model, mixture=mixture,
                             mixture_total=total, seed=int(seed), oig=oig, eval=eval_config, gate=gate)
     return config, problems
+
+
+def _distributed_problems(training: dict, oig: dict) -> list[tuple[str, str]]:
+    """(key, message) for the ``distributed`` settings that cannot go together with the others."""
+    mode, offload = oig.get("distributed"), oig.get("distributed_offload", "none")
+    sharded = mode in ("fsdp", "zero3")  # the weights are split across the GPUs
+    init = training.get("model_init_kwargs")
+    attention = str(init.get("attn_implementation", "")) if isinstance(init, dict) else ""
+    found = []
+    if offload != "none" and mode not in ("fsdp", "zero2", "zero3"):
+        found.append(("distributed_offload", f"distributed_offload: {offload} needs `distributed: fsdp`, `zero2` or "
+                      "`zero3` (DDP keeps everything on each GPU)"))
+    elif offload == "optimizer" and mode == "fsdp":
+        found.append(("distributed_offload", "FSDP offloads the weights, gradients and optimizer state together: "
+                      "use `distributed_offload: all`, or `zero2`/`zero3` to offload the optimizer alone"))
+    elif offload == "all" and mode == "zero2":
+        found.append(("distributed_offload", "ZeRO-2 does not shard the weights, so it cannot offload them: use "
+                      "`distributed_offload: optimizer`, or `distributed: zero3`"))
+    if sharded and oig.get("method") == "dpo":
+        found.append(("distributed", f"method: dpo copies the model as its reference, which {mode} cannot shard: "
+                      "use `distributed: ddp` or `zero2` for DPO"))
+    if sharded and (oig.get("lora") or oig.get("load_in_4bit")):
+        found.append(("distributed", f"LoRA adapters are merged into the saved model (QLoRA's saved alone), which "
+                      f"oig does only with whole weights on each GPU, and {mode} shards them: use `distributed: ddp` "
+                      "or `zero2` with lora"))
+    if mode and oig.get("backend") == "together":
+        found.append(("distributed", "backend: together trains on Together's machines: remove `distributed`"))
+    if sharded and training.get("packing") and not attention.startswith("flash"):
+        found.append(("packing", f"packing is checked on the loaded model before training, which {mode} shards "
+                      "across the GPUs: set `model_init_kwargs: {attn_implementation: flash_attention_2}` (it keeps "
+                      "packed conversations apart by their positions), or `packing: false`"))
+    return found
 
 
 def _section(doc: dict, name: str, schema: dict, problems: list, where) -> dict | None:

@@ -212,6 +212,14 @@ ALIASES = {
     "batch_size": "per_device_train_batch_size",
 }
 
+# training.yaml's `distributed` values, each an accelerate configuration in configs/accelerate/, and what
+# `distributed_offload` may move to the CPU (oig.train.launch).
+DISTRIBUTED_MODES = ("ddp", "fsdp", "zero2", "zero3")
+OFFLOAD_MODES = ("none", "optimizer", "all")
+# Experiment trackers `report_to` may name: the maintainers' branch sets them; a pull request cannot
+# (oig pr-data takes only the mixture from it). Their credentials come from the runner's environment.
+TRACKERS = ("trackio", "wandb", "tensorboard")
+
 # oig's own keys in the Training section (not SFTConfig fields). name -> JSON Schema.
 OIG_KEYS: dict[str, dict] = {
     "base_model": {
@@ -267,6 +275,20 @@ OIG_KEYS: dict[str, dict] = {
         "minLength": 1,
         "description": "Name of the model registered on Together.",
     },
+    "distributed": {
+        "enum": list(DISTRIBUTED_MODES),
+        "description": "How several GPUs share the training (oig.train.launch; `oig train --print-launch` shows "
+        "the command): `ddp` (a copy of the model on each GPU), `fsdp` (FSDP 2, full shard, each decoder layer "
+        "wrapped), `zero2` (DeepSpeed ZeRO-2: optimizer state and gradients sharded) or `zero3` (ZeRO-3: "
+        "the weights too). Each maps to a file shipped in configs/accelerate/. Default: ddp on several GPUs, "
+        "one process on one.",
+    },
+    "distributed_offload": {
+        "enum": list(OFFLOAD_MODES),
+        "description": "What moves to CPU memory to fit a larger model: `none` (default), `optimizer` (ZeRO-2/3: "
+        "the optimizer state) or `all` (ZeRO-3: the optimizer state and the weights; FSDP: the weights, "
+        "gradients and optimizer state). Slower; needs `distributed: fsdp`, `zero2` or `zero3`.",
+    },
 }
 
 
@@ -274,7 +296,10 @@ OIG_KEYS: dict[str, dict] = {
 # some to the runner (the distributed set-up, trackers), and some would run code or read paths on the
 # runner. They are not in the schema; validation names the reason.
 _OIG_PUBLISHES = "oig publishes the model itself: set `hub_repo` and dispatch with publish: hub"
-_RUNNER_DECIDES = "the runner's launch configuration decides the distributed set-up, not training.yaml"
+_RUNNER_DECIDES = ("the runner's launch configuration decides the distributed set-up: set `distributed: ddp`, "
+                   "`fsdp`, `zero2` or `zero3` instead (oig launches with its shipped accelerate files)")
+_TRACKER_SET_UP = ("where a tracker logs is the maintainers' to set up on the runner (its environment), never "
+                   "training.yaml's, which may only name the tracker in `report_to`")
 REFUSED_FIELDS: dict[str, str] = {
     "trust_remote_code": "oig never runs code that comes with a model; a model that needs custom code is "
     "refused. Remove it",
@@ -294,13 +319,12 @@ REFUSED_FIELDS: dict[str, str] = {
     "ddp_backend": _RUNNER_DECIDES,
     "chat_template_path": "it names a file on the runner; oig trains with the base model's own chat template "
     "(ChatML when it has none)",
-    "use_liger_kernel": "kernels need packages the runner may not have; not supported yet",
-    "liger_kernel_config": "kernels need packages the runner may not have; not supported yet",
-    "trackio_space_id": "experiment trackers are the maintainers' to set up on the runner, never training.yaml's",
-    "trackio_bucket_id": "experiment trackers are the maintainers' to set up on the runner, never training.yaml's",
-    "trackio_static_space_id": "experiment trackers are the maintainers' to set up on the runner, never "
-    "training.yaml's",
-    "project": "experiment trackers are the maintainers' to set up on the runner, never training.yaml's",
+    "liger_kernel_config": "`use_liger_kernel: true` turns Liger's kernels on (the gpu extra); their selection is "
+    "Liger's default",
+    "trackio_space_id": _TRACKER_SET_UP,
+    "trackio_bucket_id": _TRACKER_SET_UP,
+    "trackio_static_space_id": _TRACKER_SET_UP,
+    "project": _TRACKER_SET_UP,
     "torch_compile_backend": "a compiler backend can load code on the runner; `torch_compile: true` uses the default",
 }
 
@@ -328,7 +352,9 @@ FIELD_BOUNDS: dict[str, dict] = {
     "dataset_num_proc": {"minimum": 1, "maximum": 64},
     "eval_accumulation_steps": {"minimum": 1},
     "torch_empty_cache_steps": {"minimum": 1},
-    "report_to": {"enum": ["none", [], ["none"]]},  # trackers: see REFUSED_FIELDS
+    # Trackers: only these (their Spaces and projects are refused: see REFUSED_FIELDS).
+    "report_to": {"anyOf": [{"enum": ["none", *TRACKERS]},
+                            {"type": "array", "uniqueItems": True, "items": {"enum": ["none", *TRACKERS]}}]},
     # Only these keys reach from_pretrained; anything else (a token, a cache path, code) is refused.
     "model_init_kwargs": {
         "type": "object",
