@@ -142,3 +142,28 @@ def test_the_branchs_eval_and_gate_stay_in_the_merged_training_yaml(tmp_path, ch
     merged = yaml.safe_load((checkout / "training.yaml").read_text())
     assert merged["Eval"] == yaml.safe_load(BRANCH_EVAL)["Eval"] and merged["Gate"] == {"max_drop": 0.05}
     assert merged["Mixture"] == [{"fix": 0.5}]
+
+
+def test_the_launch_and_the_trackers_are_the_branchs(tmp_path, checkout):
+    """distributed, distributed_offload and report_to are trusted on the branch (a maintainer set them) and
+    a pull request may neither change nor add nor drop them: it would pick the runner's launch or send
+    its logs somewhere."""
+    branch = BRANCH_TRAINING.replace("  - hub_repo: org/model\n", "  - hub_repo: org/model\n  - distributed: zero3\n"
+                                     "  - report_to: wandb\n")
+    (checkout / "training.yaml").write_text(branch)
+    changed = branch.replace("distributed: zero3", "distributed: fsdp").replace("report_to: wandb",
+                                                                             "report_to: [wandb, tensorboard]")
+    added = branch.replace("  - report_to: wandb\n", "  - report_to: wandb\n  - distributed_offload: all\n")
+    dropped = changed.replace("  - distributed: fsdp\n", "")
+    cases = ((changed, "distributed, report_to"), (dropped, "distributed, report_to"), (added, "distributed_offload"))
+    for n, (pr_text, keys) in enumerate(cases):
+        with pytest.raises(InvalidInput) as exc:
+            pr = pull_request(tmp_path / str(n), pr_text.replace("greetings: 0.4", "fix: 1"))
+            apply_pull_request(pr, checkout)
+        assert f"changes: {keys}." in exc.value.problems[0].message
+    assert (checkout / "training.yaml").read_text() == branch
+    # The same settings with the pull request's mixture: taken, and the branch's launch and trackers kept.
+    apply_pull_request(pull_request(tmp_path / "same", branch.replace("greetings: 0.4", "fix: 1")), checkout)
+    merged = yaml.safe_load((checkout / "training.yaml").read_text())
+    assert {"distributed": "zero3"} in merged["Training"] and {"report_to": "wandb"} in merged["Training"]
+    assert merged["Mixture"] == [{"fix": 1}]
