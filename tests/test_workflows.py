@@ -314,6 +314,7 @@ def test_train_secrets_reach_only_the_training_step():
     assert holders["Train"] == {"HF_TOKEN": "${{ secrets.HF_TOKEN }}",
                                 "TOGETHER_API_KEY": "${{ secrets.TOGETHER_API_KEY }}",
                                 "GITHUB_TOKEN": "${{ github.token }}",
+                                "WANDB_API_KEY": "${{ secrets.WANDB_API_KEY }}",
                                 "OIG_HUB_BRANCH": "${{ inputs.pr != '' && format('pr-{0}', inputs.pr) || '' }}"}
     commit = step(doc, "Commit the results")
     assert commit["env"]["GITHUB_TOKEN"] == "${{ github.token }}" and "oig commit-results" in commit["run"]
@@ -322,13 +323,43 @@ def test_train_secrets_reach_only_the_training_step():
 def test_train_uses_accelerate_on_several_gpus_and_keeps_artifacts():
     doc = load(WORKFLOW_DIR / "train.yml")
     train = step(doc, "Train")["run"]
-    assert "nvidia-smi -L" in train and 'accelerate launch --multi_gpu --num_processes "$gpus" -m oig' in train
+    assert "nvidia-smi -L" in train and 'oig train --print-launch --gpus "${gpus:-0}"' in train
     assert step(doc, "Train")["if"] == "${{ !inputs.dry_run }}"
     upload = step(doc, "Upload the results")
     assert upload["uses"].startswith("actions/upload-artifact@") and upload["if"] == "${{ always() }}"
     collect = step(doc, "Collect the results")["run"]
     for name in ("training_log", "model.yaml", "train.log", "loss_curve.png", "manifest.json"):
         assert name in collect
+
+
+def test_the_train_step_launches_what_training_yaml_asks_for(tmp_path):
+    """The Train step as the runner runs it, with 4 GPUs (a fake nvidia-smi) and a fake `accelerate` that
+    records its arguments: training.yaml's `distributed` reaches accelerate as oig's printed command."""
+    doc = load(WORKFLOW_DIR / "train.yml")
+    env = workflow_env(tmp_path)
+    shim = Path(env["PATH"].split(os.pathsep)[0])
+    (shim / "nvidia-smi").write_text('#!/bin/sh\nfor i in 0 1 2 3; do echo "GPU $i: NVIDIA H100 (UUID: GPU-$i)"; done\n')
+    (shim / "accelerate").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{tmp_path}/accelerate-args"\n')
+    for name in ("nvidia-smi", "accelerate"):
+        (shim / name).chmod(0o755)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "training.yaml").write_text("Training:\n  base_model: tiny\n  distributed: zero2\n"
+                                      "  distributed_offload: optimizer\n")
+    env.update({"RUN_DIR": str(tmp_path / "run"), "PUBLISH": "none", "TOGETHER": "false", "OVERRIDE_GATE": "false",
+                "GITHUB_REPOSITORY": "org/repo"})
+    (tmp_path / "run").mkdir()
+    out = run_step(doc, "Train", ws, env)
+    if "needs DeepSpeed, from the gpu extra" in out.stderr:  # this machine has no gpu extra: use FSDP instead
+        (ws / "training.yaml").write_text("Training:\n  base_model: tiny\n  distributed: fsdp\n")
+        out = run_step(doc, "Train", ws, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    argv = (tmp_path / "accelerate-args").read_text().splitlines()
+    assert argv[0] == "launch" and argv[argv.index("--num_processes") + 1] == "4"
+    mode = "zero2" if "--offload_optimizer_device" in argv else "fsdp"
+    assert argv[argv.index("--config_file") + 1].endswith(f"configs/accelerate/{mode}.yaml")
+    assert argv[argv.index("-m") + 1:][:4] == ["oig", "train", "--publish", "none"]
+    assert "Launch: accelerate launch --config_file" in out.stdout
 
 
 @pytest.mark.parametrize(("env", "error"), [

@@ -52,19 +52,47 @@ def register(sub) -> None:
                       "YAML) and record before, after and a verdict in training_log")
     bugs.add_argument("--bugs-repo", default=None, metavar="OWNER/NAME",
                       help="the same for the open issues labelled `bug` in a GitHub repository (GITHUB_TOKEN)")
+    launch = p.add_argument_group("launching on GPUs (with --print-launch)")
+    launch.add_argument("--print-launch", action="store_true",
+                        help="print, one argument a line, the command that starts oig for training.yaml's "
+                        "`distributed` (accelerate launch with configs/accelerate/MODE.yaml, or python -m oig for "
+                        "one process); `train` and its arguments follow it. Trains nothing")
+    launch.add_argument("--gpus", type=int, default=None, metavar="N",
+                        help="GPUs on each machine (default: the GPUs torch sees)")
+    launch.add_argument("--num-machines", type=int, default=1, metavar="N", help="machines (default 1)")
+    launch.add_argument("--machine-rank", type=int, default=0, metavar="R",
+                        help="this machine's rank, 0 on the main machine")
+    launch.add_argument("--main-process-ip", default=None, metavar="HOST",
+                        help="the main machine's address (several machines)")
+    launch.add_argument("--main-process-port", type=int, default=29500, metavar="PORT",
+                        help="the main machine's port (default 29500)")
     p.set_defaults(run=run)
+
+
+LAUNCH_FLAGS = {"gpus": None, "num_machines": 1, "machine_rank": 0, "main_process_ip": None,
+                "main_process_port": 29500}
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     from oig.train.run import TrainOptions, train
 
-    log = train(TrainOptions(config=args.config, data=args.data, base_model=args.base_model, publish=args.publish,
-                             together=args.together, output=args.output, mixture=args.mixture,
-                             allow_local_sources=args.allow_local_sources,
-                             allow_local_base_model=args.allow_local_base_model, bugs=args.bugs,
-                             bugs_repo=args.bugs_repo, override_gate=args.override_gate,
-                             results=args.results))
+    opts = TrainOptions(config=args.config, data=args.data, base_model=args.base_model, publish=args.publish,
+                        together=args.together, output=args.output, mixture=args.mixture,
+                        allow_local_sources=args.allow_local_sources,
+                        allow_local_base_model=args.allow_local_base_model, bugs=args.bugs,
+                        bugs_repo=args.bugs_repo, override_gate=args.override_gate, results=args.results)
+    if args.print_launch:
+        from oig.train.launch import launch_for
+
+        print("\n".join(launch_for(opts, gpus=args.gpus, machines=args.num_machines, machine_rank=args.machine_rank,
+                                   main_ip=args.main_process_ip, main_port=args.main_process_port)))
+        return 0
+    stray = [f"--{k.replace('_', '-')}" for k, default in LAUNCH_FLAGS.items() if getattr(args, k) != default]
+    if stray:
+        print(f"oig train: {', '.join(stray)} only go with --print-launch", file=sys.stderr)
+        return 2
+    log = train(opts)
     if log.get("finished_at") is None:  # a secondary process under accelerate: the main one reports
         return 0
     if log.get("together_job"):
