@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 LOCK := requirements/lock.txt
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup setup-core lock demo generate-demo test lint bench clean
+.PHONY: setup setup-core lock demo generate-demo history-demo test lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ demo: setup
 # Offline: two `oig serve` instances with tiny models answer, a tiny reward model judges.
 generate-demo: setup
 	HF_HUB_OFFLINE=1 bash scripts/generate_demo.sh runs/generate-demo
+
+# Offline: three tiny training runs in a throw-away git repository, their history site and screenshots
+# (runs/history-demo/).
+history-demo: setup
+	HF_HUB_OFFLINE=1 bash scripts/history_demo.sh
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

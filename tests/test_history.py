@@ -210,6 +210,18 @@ def test_charts_escape_and_break_on_missing_values():
     assert "<b>" not in svg and "&lt;b&gt;" in svg and "&lt;run&gt;" in svg and svg.count("<polyline") == 1
     assert "nothing recorded" in charts.line_chart([("a", [(1.0, None)])], title="t", x_label="x", y_label="y")
     assert charts.nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0] and charts.nice_ticks(3, 3)[0] == 3
+    assert charts.nice_ticks(1, 3, 8, integer=True) == [1, 2, 3] and charts.nice_ticks(0, 2, integer=True) == [0, 1, 2]
+
+
+def test_history_never_imports_the_training_stack(history_repo, tmp_path):
+    # The pages job installs oig without the train extra: the light dependencies must do.
+    from test_layout import HEAVY
+
+    code = ("import sys\nfrom oig.cli import main\n"
+            f"assert main(['history', '--repo', {str(history_repo)!r}, '--out', {str(tmp_path / 'site')!r}]) == 0\n"
+            f"print([m for m in {(*HEAVY, 'jinja2')!r} if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.splitlines()[-1] == "[]", out.stdout + out.stderr
 
 
 def test_benchmark_smoke():

@@ -23,13 +23,16 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
 
 
-def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
-    """About ``count`` round numbers from ``low`` to ``high`` (1, 2 or 5 times a power of ten apart)."""
+def nice_ticks(low: float, high: float, count: int = 6, *, integer: bool = False) -> list[float]:
+    """About ``count`` round numbers from ``low`` to ``high`` (1, 2 or 5 times a power of ten apart; whole
+    numbers only when ``integer``: runs, bug counts)."""
     if high <= low:
         high = low + 1.0
     raw = (high - low) / max(count - 1, 1)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    if integer:
+        step = max(1.0, round(step))
     first = math.floor(low / step) * step
     ticks, value = [], first
     while value <= high + step * 1e-9:
@@ -41,9 +44,11 @@ def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
 
 
 def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, y_range: tuple[float, float] | None = None,
-               x_names: dict[float, str] | None = None, points: bool = True, colors: dict[str, str] | None = None) -> str:
+               x_names: dict[float, str] | None = None, points: bool = True, colors: dict[str, str] | None = None,
+               integer: str = "") -> str:
     """An SVG line chart of ``series``; ``x_names`` labels x values (a run's commit) in the tooltips, ``colors``
-    gives some series their own colour (else the palette's, in order)."""
+    gives some series their own colour (else the palette's, in order), ``integer`` names the axes ("x", "xy")
+    whose ticks are whole numbers."""
     values = [(x, y) for _, pts in series for x, y in pts if y is not None]
     label = escape(title)
     if not values:
@@ -53,7 +58,7 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
     xs = [x for x, _ in values]
     ys = [y for _, y in values]
     y_low, y_high = y_range if y_range else (min(0.0, min(ys)), max(ys))
-    y_ticks = nice_ticks(y_low, y_high)
+    y_ticks = nice_ticks(y_low, y_high, integer="y" in integer)
     y_low, y_high = y_ticks[0], y_ticks[-1]
     x_low, x_high = min(xs), max(xs)
     if x_high == x_low:
@@ -71,7 +76,7 @@ def line_chart(series: list[Series], *, title: str, x_label: str, y_label: str, 
     for t in y_ticks:
         out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{py(t)}" y2="{py(t)}" stroke="#e4e4e4"/>'
                    f'<text x="{LEFT - 6}" y="{py(t) + 4}" text-anchor="end" font-size="11" fill="#555">{_fmt(t)}</text>')
-    for t in [v for v in nice_ticks(x_low, x_high, 8) if x_low <= v <= x_high]:
+    for t in [v for v in nice_ticks(x_low, x_high, 8, integer="x" in integer) if x_low <= v <= x_high]:
         out.append(f'<text x="{px(t)}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" font-size="11" '
                    f'fill="#555">{_fmt(t)}</text>')
     out.append(f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" y2="{TOP + plot_h}" stroke="#888"/>'

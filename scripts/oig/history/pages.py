@@ -70,11 +70,11 @@ def index_page(history: History) -> str:
               ("eval loss", [(xi, r.eval_loss) for xi, r in zip(x, runs, strict=True)])]
     chart_html = "".join(f"<figure><figcaption>{esc(title)}</figcaption>{svg}</figure>" for title, svg in [
         ("Eval suite scores", charts.line_chart(scores, title="Eval suite scores by run", x_label="run",
-                                                y_label="score", y_range=(0.0, 1.0), x_names=names)),
+                                                y_label="score", y_range=(0.0, 1.0), x_names=names, integer="x")),
         ("Bug suite verdicts", charts.line_chart(bugs, title="Bug suite by run", x_label="run", y_label="bugs",
-                                                 x_names=names, colors=COUNTED)),
+                                                 x_names=names, colors=COUNTED, integer="xy")),
         ("Final train and eval loss", charts.line_chart(losses, title="Final loss by run", x_label="run",
-                                                        y_label="loss", x_names=names)),
+                                                        y_label="loss", x_names=names, integer="x")),
     ])
     several = len(history.branches) > 1
     body = []

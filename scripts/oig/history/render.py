@@ -14,7 +14,7 @@ from oig.history.site import History, Run
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;margin:0 auto;max-width:1200px;padding:0 20px 40px}
 nav{border-bottom:1px solid #ddd;padding:10px 0;margin-bottom:8px}nav a{margin-right:16px}
-a{color:#0b5cad;text-decoration:none}a:hover{text-decoration:underline}
+a{color:#0b5cad;text-decoration:none}a:hover{text-decoration:underline}table a{white-space:nowrap}
 h1{font-size:22px;margin:14px 0 6px}h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #eee;padding-bottom:3px}
 table{border-collapse:collapse;margin:6px 0 12px;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 7px;text-align:left;vertical-align:top}th{background:#f5f5f5}
