@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
 # Installed beside the lock on purpose, each by its own pin (Makefile TORCH_SPEC, the train workflow).
 OUTSIDE_THE_LOCK = {"torch"}
+# The gpu extra (DeepSpeed, Liger, bitsandbytes) needs CUDA: it is installed only on the GPU runner, with
+# `-c requirements/lock.txt` so that the packages it shares with the lock keep their pins, and so it is
+# not locked on this CPU machine. Only that extra is exempt.
+UNLOCKED_EXTRAS = {"gpu"}
 
 
 def _lock() -> dict[str, str]:
@@ -29,23 +33,34 @@ def _lock() -> dict[str, str]:
     return pins
 
 
-def _declared() -> list[Requirement]:
+def _declared(locked_only: bool = False) -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in project["optional-dependencies"].values():
-        reqs += [Requirement(r) for r in extra]
+    for name, extra in project["optional-dependencies"].items():
+        if not (locked_only and name in UNLOCKED_EXTRAS):
+            reqs += [Requirement(r) for r in extra]
     return reqs
 
 
 def test_every_declared_dependency_is_pinned_within_its_range():
     pins = _lock()
-    for req in _declared():
+    for req in _declared(locked_only=True):
         name = canonicalize_name(req.name)
         if name in OUTSIDE_THE_LOCK:
             continue
         assert name in pins, f"{req.name} is declared but not locked: run `make lock`"
         assert req.specifier.contains(pins[name], prereleases=True), \
             f"the lock pins {req.name}=={pins[name]}, outside pyproject's {req.specifier}: run `make lock`"
+
+
+def test_the_gpu_extra_is_the_only_unlocked_one_and_the_runner_installs_it_with_the_lock():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert UNLOCKED_EXTRAS <= set(extras)
+    gpu = {canonicalize_name(Requirement(r).name) for r in extras["gpu"]}
+    assert gpu == {"deepspeed", "liger-kernel", "bitsandbytes"}
+    assert not gpu & set(_lock())  # not locked here (CUDA-only), so nothing in the lock is shadowed
+    train = (ROOT / ".github" / "workflows" / "train.yml").read_text()
+    assert re.search(r'pip install --quiet -c requirements/lock.txt -e "\.\[train,gpu\]"', train)
 
 
 def test_the_lock_leaves_torch_to_its_own_pin():
