@@ -2,6 +2,7 @@
 
     python benchmarks/bench_generate.py                        # concurrency 16 and 64, 200 ms latency
     python benchmarks/bench_generate.py --concurrency 32 --calls 640 --kind together --repeat 1
+    python benchmarks/bench_generate.py --scale 10000 100000 --concurrency 128 --latency 0.1 --repeat 1
 
 A local OpenAI-compatible server (tests/fake_openai.py) runs in a child process, so that it does not
 share the client's interpreter, and answers every call after exactly --latency seconds. Each run is
@@ -13,6 +14,11 @@ Reported per concurrency: calls/s (median of --repeat runs), the ideal concurren
 ratio (the target is at least 90%), a rerun's calls/s when every answer comes from the store, and the
 store's cost per call (the mean time of one committed write, measured inside the run, and a separate
 loop of 5,000 writes of the same size).
+
+``--scale N ...``: one run per N instructions, each in a fresh child process so that its peak resident
+memory (``getrusage``'s ``ru_maxrss``) is that run's alone; reported per N: peak RSS in MiB, calls/s
+and their ratio to concurrency / latency. Memory that stays flat from 10k to 100k instructions is the
+target: nothing in the run may hold every record or every instruction.
 """
 
 from __future__ import annotations
@@ -72,6 +78,42 @@ def one_run(base_url: str, calls: int, concurrency: int, kind: str) -> dict:
             "store_ms_per_write": summary.stats["store_ms_per_write"]}
 
 
+def scale_child(base_url: str, n: int, concurrency: int) -> dict:
+    """One run of n instructions in this (fresh) process: its peak RSS and calls/s."""
+    import resource
+
+    with tempfile.TemporaryDirectory(prefix="oig-bench-scale-") as tmp:
+        folder = Path(tmp)
+        cfg = load_config(write_config(folder, base_url, n, concurrency, "openai"))
+        start = time.perf_counter()
+        summary = generate(cfg, folder / "out", allow_local=True)
+        elapsed = time.perf_counter() - start
+        records = sum(1 for _ in (folder / "out" / "records.jsonl").open())
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"instructions": n, "records": records, "errors": summary.response_errors, "seconds": round(elapsed, 2),
+            "calls_per_s": round(n / elapsed, 1), "peak_rss_mib": round(peak_kib / 1024, 1)}
+
+
+def scale_runs(base_url: str, sizes: list[int], concurrency: int, latency: float, repeat: int) -> list[dict]:
+    import subprocess
+
+    rows = []
+    for n in sizes:
+        runs = []
+        for _ in range(repeat):
+            out = subprocess.run([sys.executable, __file__, "--scale-child", str(n), "--base-url", base_url,
+                                  "--concurrency", str(concurrency)], capture_output=True, text=True, check=True)
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rate = statistics.median(r["calls_per_s"] for r in runs)
+        rows.append({"instructions": n, "concurrency": concurrency, "latency_s": latency,
+                     "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs),
+                     "calls_per_s": rate, "ideal": round(concurrency / latency, 1),
+                     "ratio": round(rate / (concurrency / latency), 3), "errors": sum(r["errors"] for r in runs),
+                     "records_ok": all(r["records"] == n for r in runs),
+                     "runs": [(r["calls_per_s"], r["peak_rss_mib"]) for r in runs]})
+    return rows
+
+
 def store_loop(n: int = 5000) -> float:
     """ms per committed write of a typical answer (~600 bytes of JSON), outside any event loop."""
     value = {"text": "An answer of a few sentences. " * 15, "finish_reason": "stop", "latency_s": 0.2,
@@ -94,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=None, help="calls per run (default: 80 x concurrency)")
     parser.add_argument("--kind", choices=["openai", "together"], default="openai")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--scale", type=int, nargs="+", default=None, metavar="N",
+                        help="instruction counts for the memory benchmark (one child process per run)")
+    parser.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale_child is not None:
+        print(json.dumps(scale_child(args.base_url, args.scale_child, args.concurrency[0])))
+        return 0
 
     import os
 
@@ -102,6 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     proc, base_url = start_child(args.latency)
     rows = []
     try:
+        if args.scale:
+            scale = scale_runs(base_url, args.scale, args.concurrency[0], args.latency, args.repeat)
+            print(f"oig generate at scale: one model, concurrency {args.concurrency[0]}, {args.latency * 1000:g} ms "
+                  f"latency, ideal {args.concurrency[0] / args.latency:g} calls/s")
+            print(f"{'instructions':>12} {'peak RSS MiB':>12} {'calls/s':>8} {'ratio':>6} {'errors':>6}  runs")
+            for r in scale:
+                print(f"{r['instructions']:>12} {r['peak_rss_mib']:>12} {r['calls_per_s']:>8} {r['ratio']:>6.1%} "
+                      f"{r['errors']:>6}  {r['runs']}")
+            print(json.dumps({"scale": scale}))
+            return 0 if all(r["errors"] == 0 and r["records_ok"] for r in scale) else 1
         for c in args.concurrency:
             calls = args.calls or 80 * c
             runs = [one_run(base_url, calls, c, args.kind) for _ in range(args.repeat)]

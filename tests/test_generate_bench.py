@@ -24,3 +24,15 @@ def test_benchmark_smoke():
     assert result["calls_per_s"] >= 0.5 * 8 / 0.05
     assert result["rerun_calls_per_s"] > result["calls_per_s"] and result["store_ms_per_write"] < 50
     assert bench_generate.store_loop(200) < 50
+
+
+def test_scale_benchmark_smoke():
+    # One run in its own process, as the benchmark makes them: records all written, memory measured.
+    proc, base_url = bench_generate.start_child(0.0)
+    try:
+        [row] = bench_generate.scale_runs(base_url, [300], concurrency=8, latency=0.01, repeat=1)
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+    assert row["records_ok"] and row["errors"] == 0
+    assert 20 < row["peak_rss_mib"] < 1000 and row["calls_per_s"] > 0

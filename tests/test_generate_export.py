@@ -94,7 +94,7 @@ def test_a_slice_quotes_text_that_would_read_as_a_number_or_null():
         r["messages"] = [{"role": "user", "content": text}]
         r["responses"][0]["text"] = text
         recs.append(r)
-    text, count, skipped = export.slice_text(recs, name="tricky", description="d", license="CC0-1.0", source="s")
+    text, count, skipped = export.slice_text(export.sft_rows(recs), name="tricky", description="d", license="CC0-1.0", source="s")
     assert count == len(tricky) and skipped == 0
     assert [p["input"] for p in load(text)["IOPairs"]] == tricky
 
@@ -119,13 +119,13 @@ def test_emit_slice_writes_a_valid_slice_with_provenance(tmp_path, monkeypatch):
 def test_emit_slice_leaves_out_multi_turn_prompts(tmp_path):
     recs = [record("a", {"x": 1.0}),
             record("b", {"x": 1.0}, prompt=[{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])]
-    count, skipped = export.emit_slice(tmp_path / "s.yaml", recs, description="d", license="MIT", source="s")
+    count, skipped = export.emit_slice(tmp_path / "s.yaml", export.sft_rows(recs), description="d", license="MIT", source="s")
     assert (count, skipped) == (1, 1)
 
 
 def test_emit_slice_needs_a_license(tmp_path):
     with pytest.raises(OigError, match="needs the data's license"):
-        export.emit_slice(tmp_path / "s.yaml", RECORDS, description="d", license=None, source="s")
+        export.emit_slice(tmp_path / "s.yaml", export.sft_rows(RECORDS), description="d", license=None, source="s")
     assert not (tmp_path / "s.yaml").exists()
 
 

@@ -27,8 +27,10 @@ def register(sub) -> None:
         description="Ask every model in the config to answer every instruction (Together models through the "
         "together SDK, any OpenAI-compatible server such as `oig serve` or vLLM), optionally let an aggregator "
         "write its own answer from theirs, judge the answers, and write OUT/records.jsonl (one record per "
-        "instruction) with sft.jsonl, prefs.jsonl and battles.jsonl beside it. Every finished call is stored "
-        "in OUT/calls.sqlite: a rerun makes only the calls not made yet. API keys come from the environment "
+        "instruction) with sft.jsonl, prefs.jsonl and battles.jsonl beside it, each record appended as it "
+        "finishes (to NAME.part files, renamed at the end; OUT/progress.json checkpoints them). Every finished "
+        "call is stored in OUT/calls.sqlite: a rerun makes only the calls not made yet, and a rerun after an "
+        "interruption goes on after the records already written. API keys come from the environment "
         "(TOGETHER_API_KEY, or a provider's api_key_env). Exit 0 when done, 1 on bad input or a failed "
         "source, 2 on a usage error.",
     )
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if summary.dry_run:
         print(summary.plan_text)
         return 0
+    if summary.resumed:
+        print(f"resumed: {summary.resumed} records written by an interrupted run were kept as they were")
     for name, count in summary.files.items():
         print(f"wrote {args.out / name} ({count} lines)")
     if summary.responses and summary.response_errors == summary.responses:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import yaml
@@ -41,6 +41,13 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
             f.write(dumps(row))
             count += 1
     return count
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """The rows of a JSONL file this module wrote, one at a time."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
 
 
 def _usable(record: dict) -> list[dict]:
@@ -140,10 +147,11 @@ def _represent_str(dumper: yaml.SafeDumper, value: str):
 _SliceDumper.add_representer(str, _represent_str)
 
 
-def slice_text(records: list[dict], *, name: str, description: str, license: str, source: str) -> tuple[str, int, int]:
-    """(the slice file's text, pairs written, prompts skipped as multi-turn or with a system message)."""
+def slice_text(sft: Iterable[dict], *, name: str, description: str, license: str, source: str) -> tuple[str, int, int]:
+    """(the slice file's text, pairs written, prompts skipped as multi-turn or with a system message),
+    from SFT rows (``sft_rows`` of records, or sft.jsonl read back)."""
     pairs, skipped = [], 0
-    for row in sft_rows(records):
+    for row in sft:
         prompt, answer = row["messages"][:-1], row["messages"][-1]["content"]
         if len(prompt) != 1 or prompt[0]["role"] != "user" or not prompt[0]["content"].strip() or not answer.strip():
             skipped += 1
@@ -162,7 +170,7 @@ def slice_text(records: list[dict], *, name: str, description: str, license: str
     return text, len(pairs), skipped
 
 
-def emit_slice(path: Path, records: list[dict], *, description: str, license: str | None,
+def emit_slice(path: Path, sft: Iterable[dict], *, description: str, license: str | None,
                source: str) -> tuple[int, int]:
     """Write the SFT export as the slice ``path``, checked by ``oig validate``'s rules first."""
     from oig.data.validate import ValidateOptions, check_slice
@@ -170,7 +178,7 @@ def emit_slice(path: Path, records: list[dict], *, description: str, license: st
     if not license:
         raise OigError("--emit-slice needs the data's license: add `license: <SPDX id>` to the config "
                        "(check the models' terms and the instructions' license)")
-    text, count, skipped = slice_text(records, name=path.stem, description=description, license=license, source=source)
+    text, count, skipped = slice_text(sft, name=path.stem, description=description, license=license, source=source)
     _, problems = check_slice(text.encode("utf-8"), path, str(path), ValidateOptions())
     errors = [p for p in problems if p.severity == "error"]
     if errors:

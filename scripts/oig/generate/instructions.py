@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from urllib.parse import urlsplit
 
@@ -34,17 +35,95 @@ class Instruction:
     reference: str | None = None  # the row's own answer, when it had one
 
 
+@dataclass
+class Plan:
+    """What a run will ask, from one reading of every source, holding no instruction: the count, the
+    sources at their revisions, a hash of every instruction id in order, and the sample's positions."""
+
+    count: int
+    sources: list[str]  # "dataset@revision", sorted: for the provenance line
+    ids_sha256: str  # of the instruction ids in order: the plan's identity, for resuming
+    keep: array | None = None  # with ``limit``: the sampled positions among all instructions, ascending
+    opened: list = field(default_factory=list, repr=False)  # per source: (handle, revision, split)
+
+
+def plan_instructions(cfg: GenerateConfig, opts: SourceOptions, limit: int | None = None,
+                      seed: int | None = None) -> Plan:
+    """Read every source once, checking every row (all problems at once); keep only what the run needs."""
+    problems: list[Problem] = []
+    opened = [_open(i, src, opts) for i, src in enumerate(cfg.sources)]
+    total, digest, sources = _digest(_walk(cfg, opened, problems))
+    if problems:
+        raise InvalidInput(problems)
+    plan = Plan(count=total, sources=sources, ids_sha256=digest, opened=opened)
+    if limit is not None and limit < total:
+        plan.keep = array("q", sorted(random.Random(seed).sample(range(total), limit)))  # 8 bytes a kept row
+        plan.count, plan.ids_sha256, plan.sources = _digest(iter_instructions(cfg, plan))
+    return plan
+
+
+def _digest(instructions: Iterator[Instruction]) -> tuple[int, str, list[str]]:
+    """(count, sha256 of the ids in order, sorted DATASET@REVISION) of instructions, holding none."""
+    count, digest, sources = 0, hashlib.sha256(), set()
+    for inst in instructions:
+        count += 1
+        digest.update(inst.id.encode() + b"\n")
+        sources.add(f"{inst.source['dataset']}@{inst.source['revision'][:12]}")
+    return count, digest.hexdigest(), sorted(sources)
+
+
+def iter_instructions(cfg: GenerateConfig, plan: Plan, skip: int = 0) -> Iterator[Instruction]:
+    """The plan's instructions in source order, after the first ``skip``, read again from the same files
+    (cached blobs, resolved revisions). A source that changed since it was planned is an error."""
+    problems: list[Problem] = []
+    rows = _walk(cfg, plan.opened, problems)
+    if plan.keep is not None:
+        rows = _sampled(rows, plan.keep)
+    yield from islice(rows, skip, None)
+    if problems:
+        raise FetchError(f"{problems[0].message} (the source changed after the run planned it; run again)")
+
+
 def load_instructions(cfg: GenerateConfig, opts: SourceOptions, limit: int | None = None,
                       seed: int | None = None) -> list[Instruction]:
     """Every instruction of every source, in order; ``limit`` of them sampled with ``seed`` if more."""
-    found: list[Instruction] = []
-    problems: list[Problem] = []
+    return list(iter_instructions(cfg, plan_instructions(cfg, opts, limit, seed)))
+
+
+def _sampled(rows: Iterator[Instruction], keep: array) -> Iterator[Instruction]:
+    wanted = iter(keep)
+    target = next(wanted, None)
+    for position, inst in enumerate(rows):
+        if target is None:
+            return
+        if position == target:
+            yield inst
+            target = next(wanted, None)
+
+
+def _open(i: int, src, opts: SourceOptions) -> tuple:
+    """(handle, revision, split) of one source: a cached data file, or a resolved Hugging Face dataset."""
+    try:
+        fmt = formats.file_format(urlsplit(src.link).path)
+        if fmt is not None:
+            blob = fetch.fetch_to_cache(src.link, opts, expected_sha256=src.sha256)
+            return (blob, fmt, None), blob.name, None
+        resolved = hf.resolve(HFEntry(link=src.link, revision=src.revision, config=src.config, split=src.split,
+                                      columns=src.columns, limit=src.limit), opts)
+        return (None, None, (resolved, opts)), resolved.revision, src.split
+    except FetchError as exc:
+        raise FetchError(f"instructions[{i}] {src.link}: {exc}") from None
+
+
+def _walk(cfg: GenerateConfig, opened: list, problems: list[Problem]) -> Iterator[Instruction]:
+    """Every instruction of every source, in order; rows that hold no prompt go to ``problems``."""
     display = str(cfg.path)
-    for i, src in enumerate(cfg.sources):
+    for i, (src, (handle, revision, split)) in enumerate(zip(cfg.sources, opened, strict=True)):
         where = f"instructions[{i}] {src.link}"
+        blob, fmt, hub = handle
+        rows = _readable(formats.iter_rows(blob, fmt) if hub is None else hf.iter_rows(*hub))
+        seen = 0
         try:
-            rows, revision, split = _source_rows(src, opts)
-            seen = 0
             for n, (at, row) in enumerate(islice(rows, src.limit)):
                 seen += 1
                 try:
@@ -56,28 +135,11 @@ def load_instructions(cfg: GenerateConfig, opts: SourceOptions, limit: int | Non
                         raise InvalidInput(problems) from None
                     continue
                 source = {"dataset": src.link, "config": src.config, "split": split, "row": n, "revision": revision}
-                found.append(Instruction(instruction_id(source, messages), source, messages, reference))
-            if seen == 0:
-                problems.append(Problem(display, 0, 0, "error", f"{where}: no rows"))
+                yield Instruction(instruction_id(source, messages), source, messages, reference)
         except FetchError as exc:
             raise FetchError(f"{where}: {exc}") from None
-    if problems:
-        raise InvalidInput(problems)
-    if limit is not None and limit < len(found):
-        keep = sorted(random.Random(seed).sample(range(len(found)), limit))
-        found = [found[k] for k in keep]
-    return found
-
-
-def _source_rows(src, opts: SourceOptions) -> tuple[Iterator[tuple[str, object]], str, str | None]:
-    """(rows, revision, split) of one source: a data file by its extension, else a Hugging Face dataset."""
-    fmt = formats.file_format(urlsplit(src.link).path)
-    if fmt is not None:
-        blob = fetch.fetch_to_cache(src.link, opts, expected_sha256=src.sha256)
-        return _readable(formats.iter_rows(blob, fmt)), blob.name, None
-    resolved = hf.resolve(HFEntry(link=src.link, revision=src.revision, config=src.config, split=src.split,
-                                  columns=src.columns, limit=src.limit), opts)
-    return _readable(hf.iter_rows(resolved, opts)), resolved.revision, src.split
+        if seen == 0:
+            problems.append(Problem(display, 0, 0, "error", f"{where}: no rows"))
 
 
 def _readable(rows: Iterator[tuple[str, object]]) -> Iterator[tuple[str, object]]:

@@ -3,9 +3,11 @@
 ``generate`` reads as that pipeline: the instructions (``oig.generate.instructions``); one asyncio
 task per instruction making its record (``oig.generate.record``: every model answers, the aggregator
 reads them, every judge judges, scores give the best and the worst); every call through the store
-first (``oig.generate.calls``), so a finished call is never made twice. Records are kept in
-instruction order and written at the end, all files atomically (``oig.generate.export``); a call that
-fails is recorded on its answer or verdict and never shifts a row.
+first (``oig.generate.calls``), so a finished call is never made twice. Records go to disk as they
+finish, in instruction order, with their export rows (``oig.generate.stream``: appended, checkpointed,
+resumed after an interruption, renamed into place at the end); memory holds only the records in
+flight, whatever the number of instructions. A call that fails is recorded on its answer or verdict
+and never shifts a row.
 
 ``--dry-run`` runs the same pipeline with placeholder answers (``max_tokens`` long) for every call
 not in the store, counting instead of calling: the plan and its cost are an upper bound.
@@ -17,6 +19,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +30,10 @@ from oig.generate import export, judges
 from oig.generate.calls import CHARS_PER_TOKEN, Ctx
 from oig.generate.clients import ProviderClient
 from oig.generate.config import GenerateConfig
-from oig.generate.instructions import Instruction, load_instructions
+from oig.generate.instructions import Instruction, iter_instructions, plan_instructions
 from oig.generate.record import process
 from oig.generate.store import CallStore
+from oig.generate.stream import Sink
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Summary:
     budget_reached: bool = False
     slice_pairs: int | None = None
     slice_skipped: int = 0
+    resumed: int = 0  # records an interrupted run had written, kept as they were
     dry_run: bool = False
     plan_text: str = ""
 
@@ -86,20 +91,26 @@ class Progress:
 # --- the whole run ---------------------------------------------------------------------------------
 
 
-async def _run_all(ctx: Ctx, instructions: list[Instruction], progress: Progress) -> list[dict]:
-    records: list[dict | None] = [None] * len(instructions)
+async def _run_all(ctx: Ctx, instructions: Iterator[Instruction], progress: Progress, sink: Sink | None,
+                   done: int = 0) -> None:
+    """One task per instruction, a bounded window of them; finished records go to ``sink`` in order."""
     total_concurrency = sum(c.provider.concurrency for c in ctx.clients.values()) or 8
-    # Instructions in flight: enough to keep every provider busy, few enough to finish rows in order.
-    window = asyncio.Semaphore(max(4, 2 * total_concurrency))
-    done = 0
+    # Records in flight or waiting for an earlier one: enough to keep every provider busy past a slow
+    # record, and the only records in memory (a slot is freed when its record is written).
+    window = asyncio.Semaphore(max(8, 4 * total_concurrency))
+    finished: dict[int, dict] = {}
+    next_out = 0
 
     async def one(i: int, inst: Instruction) -> None:
-        nonlocal done
-        try:
-            records[i] = await process(ctx, inst)
-        finally:
+        nonlocal next_out, done
+        finished[i] = await process(ctx, inst)
+        while next_out in finished:
+            record = finished.pop(next_out)
+            next_out += 1
+            if sink is not None:
+                sink.write(record)
             window.release()
-        done += 1
+            done += 1
         progress.update(done, f"{ctx.calls} calls, {ctx.cached} stored, ${ctx.spent_usd:.4f}")
 
     try:
@@ -116,7 +127,6 @@ async def _run_all(ctx: Ctx, instructions: list[Instruction], progress: Progress
     finally:
         for client in ctx.clients.values():
             await client.aclose()
-    return [r for r in records if r is not None]
 
 
 def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, limit: int | None = None,
@@ -135,19 +145,26 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
             raise OigError(f"--budget-usd needs a price for every model; add these to `prices` (a free local model "
                            f"is {{input: 0, output: 0}}): {', '.join(unpriced)}")
 
-    # --- instructions ------------------------------------------------------------------------------
+    # --- instructions: every source read once to plan, then again as the run goes ------------------
     opts = SourceOptions(allow_local=allow_local, base_dir=cfg.base_dir)
-    instructions = load_instructions(cfg, opts, limit, seed)
+    plan = plan_instructions(cfg, opts, limit, seed)
 
-    # --- the pipeline ------------------------------------------------------------------------------
+    # --- the pipeline, records streamed to disk ------------------------------------------------------
     store = CallStore.open_readonly(store_path) if dry_run else CallStore(store_path)
     summary = Summary(out_dir=out_dir, dry_run=dry_run)
-    progress = Progress(len(instructions), progress_stream, enabled=False if dry_run else None)
+    sink = None
+    if not dry_run:
+        sink = Sink(out_dir, {"config_sha256": cfg.sha256, "seed": seed, "limit": limit, "count": plan.count,
+                              "instructions_sha256": plan.ids_sha256}, prefs_policy=cfg.prefs_policy,
+                    prefs_margin=cfg.prefs_margin, seed=seed, pairwise=any(j.kind == "pairwise" for j in cfg.judges),
+                    total=plan.count)
+    progress = Progress(plan.count, progress_stream, enabled=False if dry_run else None)
     try:
         reward_models = {j.name: judges.RewardModel(_local_or_hub(cfg, j.model), j.revision)
                          for j in cfg.judges if j.kind == "reward_model"}
+        resumed = sink.open() if sink is not None else 0
 
-        async def main() -> list[dict]:
+        async def main() -> None:
             clients: dict[str, ProviderClient] = {}
             if not dry_run:
                 try:
@@ -158,48 +175,37 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
                         await client.aclose()
                     raise
             ctx = Ctx(cfg, store, clients, reward_models, dry_run=dry_run, budget_usd=budget_usd)
-            records = await _run_all(ctx, instructions, progress)
+            await _run_all(ctx, iter_instructions(cfg, plan, skip=resumed), progress, sink, done=resumed)
             summary.stats = {"calls": ctx.calls, "stored": ctx.cached, "spent_usd": round(ctx.spent_usd, 6),
                              "by_model": list(ctx.stats.values()), "store_writes": store.writes,
                              "store_ms_per_write": round(1000 * store.write_s / store.writes, 4) if store.writes else None}
             summary.budget_reached = ctx.budget_reached
             if dry_run:
-                summary.plan_text = _plan_text(ctx, len(instructions), budget_usd)
-            return records
+                summary.plan_text = _plan_text(ctx, plan.count, budget_usd)
 
-        records = asyncio.run(main())
+        asyncio.run(main())
+        if sink is not None:
+            summary.files = sink.finish()
     finally:
         store.close()
+        if sink is not None:
+            sink.close()  # after finish() a no-op; after an error the parts stay, checkpointed, to resume
     if dry_run:
         progress.close(f"oig generate: dry run, {summary.stats['calls']} calls planned, nothing written")
         return summary
 
-    # --- files ---------------------------------------------------------------------------------------
-    summary.records = len(records)
-    for r in records:
-        summary.responses += len(r["responses"])
-        summary.response_errors += sum(x["error"] is not None for x in r["responses"])
-        summary.first_error = summary.first_error or next(
-            (f"{x['model']}: {x['error']}" for x in r["responses"] if x["error"]), None)
-        summary.evaluations += len(r["evaluations"])
-        summary.parse_failures += sum(not e["parse_ok"] for e in r["evaluations"])
-        summary.unscored += r["best"] is None
-        summary.incomplete += not r["verdicts_complete"]
-    pairwise = any(j.kind == "pairwise" for j in cfg.judges)
-    summary.files = {
-        "records.jsonl": export.write_jsonl(out_dir / "records.jsonl", records),
-        "sft.jsonl": export.write_jsonl(out_dir / "sft.jsonl", export.sft_rows(records)),
-        "prefs.jsonl": export.write_jsonl(out_dir / "prefs.jsonl",
-                                          export.pref_rows(records, cfg.prefs_policy, cfg.prefs_margin, seed)),
-        "battles.jsonl": export.write_jsonl(out_dir / "battles.jsonl", export.battle_rows(records, pairwise)),
-    }
+    # --- the slice and run.json ----------------------------------------------------------------------
+    for key, value in sink.counts.items():
+        setattr(summary, key, value)
+    summary.first_error, summary.resumed = sink.first_error, sink.resumed
+    source = provenance(cfg, plan.sources)
     if emit_slice is not None:
         summary.slice_pairs, summary.slice_skipped = export.emit_slice(
-            emit_slice, records, description=cfg.description or _default_description(cfg), license=cfg.license,
-            source=provenance(cfg, instructions))
-    run_info = {"config": str(cfg.path), "config_sha256": cfg.sha256, "instructions": len(instructions),
+            emit_slice, export.read_jsonl(out_dir / "sft.jsonl"), description=cfg.description or
+            _default_description(cfg), license=cfg.license, source=source)
+    run_info = {"config": str(cfg.path), "config_sha256": cfg.sha256, "instructions": plan.count,
                 "limit": limit, "seed": seed, "budget_usd": budget_usd, "budget_reached": summary.budget_reached,
-                "files": summary.files, "provenance": provenance(cfg, instructions), **summary.stats}
+                "resumed_records": summary.resumed, "files": summary.files, "provenance": source, **summary.stats}
     write_atomic(out_dir / "run.json", json.dumps(run_info, indent=1, ensure_ascii=False) + "\n")
     progress.close(summary_line(summary))
     return summary
@@ -221,9 +227,8 @@ def _default_description(cfg: GenerateConfig) -> str:
     return f"Answers chosen by judges among {', '.join(m.name for m in cfg.models)}."
 
 
-def provenance(cfg: GenerateConfig, instructions: list[Instruction]) -> str:
-    """One line naming what made the data: instructions and their revisions, models, judges, config."""
-    sources = sorted({f"{i.source['dataset']}@{i.source['revision'][:12]}" for i in instructions})
+def provenance(cfg: GenerateConfig, sources: list[str]) -> str:
+    """One line naming what made the data: instructions (DATASET@REVISION), models, judges, config."""
     parts = [f"oig generate with {cfg.path.name} (sha256 {cfg.sha256})",
              f"instructions: {', '.join(sources)}",
              f"models: {', '.join(f'{m.name} ({m.provider})' for m in cfg.models)}"]
