@@ -193,7 +193,8 @@ def test_models_and_health(server):
     ({"model": "tiny-test", "messages": []}, "messages"),
     ({"model": "tiny-test"}, "messages"),
     ({"model": "tiny-test", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
-    ({"model": "tiny-test", "messages": [{"role": "tool", "content": "hi"}]}, "messages.0.role"),
+    ({"model": "tiny-test", "messages": [{"role": "function", "content": "hi"}]}, "messages.0.role"),
+    ({"model": "tiny-test", "messages": [{"role": "tool", "content": "hi"}]}, "messages.0"),
     ({"model": "tiny-test", "messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
     ({"model": "tiny-test", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
     ({"model": "tiny-test", "messages": [{"role": "user", "content": "hi"}], "stop": list("abcde")}, "stop"),
@@ -231,7 +232,7 @@ def test_closing_a_stream_stops_generation_and_frees_the_model(local_model):
     pieces = local_model.generate([{"role": "user", "content": "Say hello"}], temperature=0, max_tokens=50)
     assert next(pieces)
     pieces.close()
-    assert not local_model.lock.locked()
+    assert wait_for(lambda: not local_model.engine.lock.locked())
     text, _ = local_model.complete([{"role": "user", "content": QUESTION}], temperature=0)
     assert text == ANSWER
 
@@ -276,7 +277,7 @@ def test_a_client_that_disconnects_stops_its_generation(random_model):
             lines = r.iter_lines()
             for _ in range(3):
                 next(lines)
-        while lm.lock.locked() and time.monotonic() - started < full_s:
+        while lm.engine.lock.locked() and time.monotonic() - started < full_s:
             time.sleep(0.005)
         freed_s = time.monotonic() - started
         assert wait_for(lambda: app.state.metrics.cancelled == 1)
@@ -322,7 +323,7 @@ def slowed(random_model, monkeypatch) -> list[float]:
 
 def stopped(calls: list[float], lm) -> bool:
     """Generation has ended and stays ended (no forward pass for 0.2 s)."""
-    assert wait_for(lambda: not lm.lock.locked()), "the model is still busy"
+    assert wait_for(lambda: not lm.engine.lock.locked()), "the model is still busy"
     before = len(calls)
     time.sleep(0.2)
     return len(calls) == before
@@ -558,7 +559,7 @@ def test_a_deadline_or_cancel_also_ends_the_wait_for_a_busy_model(random_model):
     from oig.serve.inference import GenerationCancelled, GenerationTimeout
 
     messages = [{"role": "user", "content": "hello"}]
-    with random_model.lock:  # another request is generating
+    with random_model.engine.lock:  # another request is generating
         asked = time.monotonic()
         with pytest.raises(GenerationTimeout, match="waiting for the model"):
             random_model.complete(messages, deadline=time.monotonic() + 0.2)

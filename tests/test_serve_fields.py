@@ -28,30 +28,20 @@ TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type
 # A value asking for an effect this server does not give: each must be a 400 naming the field.
 REFUSED = {
     "audio": {"voice": "alloy", "format": "wav"},
-    "frequency_penalty": 0.5,
     "function_call": "auto",
     "functions": [TOOL["function"]],
-    "logit_bias": {"42": 100},
-    "logprobs": True,
     "modalities": ["text", "audio"],
     "n": 2,
-    "parallel_tool_calls": False,
     "prediction": {"type": "content", "content": "Paris"},
-    "presence_penalty": 0.5,
     "reasoning_effort": "high",
-    "response_format": {"type": "json_object"},
     "service_tier": "flex",
     "store": True,
-    "tool_choice": "required",
-    "tools": [TOOL],
-    "top_logprobs": 3,
     "verbosity": "low",
     "web_search_options": {},
-    "top_k": 5,
-    "repetition_penalty": 1.3,
-    "min_p": 0.1,
-    "chat_template_kwargs": {"enable_thinking": False},
 }
+CHOICE = {"type": "object", "properties": {"capital": {"type": "string", "enum": ["Paris", "Rome"]},
+                                           "sure": {"type": "boolean"}},
+          "required": ["capital", "sure"], "additionalProperties": False}
 # Named in the README's "Request fields" as accepted and ignored: they label the caller, not the answer.
 IGNORED = {"user": "alice", "metadata": {"team": "eval"}, "safety_identifier": "u-123", "prompt_cache_key": "k1"}
 
@@ -145,9 +135,97 @@ def _messages(http):
     assert body["choices"][0]["message"]["content"] == "Hello there!"
 
 
+def _reaches(field, value, **expected):
+    """The field's value reaches LocalModel.generate (whose effect the tests below check) and the answer is a 200."""
+    def check(http):
+        lm = http.app.state.slot.model
+        seen: dict = {}
+        generate = lm.generate
+
+        def spy(*args, **kwargs):
+            seen.update(kwargs)
+            return generate(*args, **kwargs)
+
+        lm.generate = spy
+        try:
+            answer(chat(http, **{field: value}))
+        finally:
+            del lm.generate
+        assert {k: seen.get(k) for k in expected} == expected
+    return check
+
+
+def _logit_bias(http):
+    lm = http.app.state.slot.model
+    paris = lm.tokenizer.encode("Paris", add_special_tokens=False)[0]
+    text = answer(chat(http, messages=[{"role": "user", "content": QUESTION}], logit_bias={str(paris): -100}))
+    assert "Paris" not in text["choices"][0]["message"]["content"]
+    assert refused_param(chat(http, logit_bias={"10000000": 5})) == "logit_bias"
+    assert refused_param(chat(http, logit_bias={"a": 5})) == "logit_bias"
+
+
+def _logprobs(http):
+    body = answer(chat(http, logprobs=True))
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"] and all(e["top_logprobs"] == [] for e in content)
+    assert answer(chat(http))["choices"][0]["logprobs"] is None
+
+
+def _top_logprobs(http):
+    content = answer(chat(http, logprobs=True, top_logprobs=3))["choices"][0]["logprobs"]["content"]
+    assert content and all(len(e["top_logprobs"]) == 3 for e in content)
+    assert refused_param(chat(http, top_logprobs=3)) == "top_logprobs"  # without logprobs: true
+
+
+def _greedy_through(field, value):
+    # Sampling hot (temperature 2) through the narrowest filter is the most likely token each step.
+    def check(http):
+        assert answer(chat(http, temperature=2, **{field: value}))["choices"][0]["message"]["content"] == ANSWER
+    return check
+
+
+def _chat_template_kwargs(http):
+    response = chat(http, chat_template_kwargs={"enable_thinking": False})  # the tiny template reads no such thing
+    assert refused_param(response) == "chat_template_kwargs" and "enable_thinking" in response.text
+
+
+def _response_format(http):
+    body = answer(chat(http, max_tokens=60, response_format={
+        "type": "json_schema", "json_schema": {"name": "capital", "schema": CHOICE, "strict": True}}))
+    got = json.loads(body["choices"][0]["message"]["content"])
+    assert set(got) == {"capital", "sure"} and got["capital"] in ("Paris", "Rome") and isinstance(got["sure"], bool)
+
+
+def _tools(http):
+    plain, with_tools = answer(chat(http)), answer(chat(http, tools=[TOOL]))
+    assert with_tools["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]  # the template rendered them
+    assert with_tools["choices"][0]["finish_reason"] == "stop"
+
+
+def _tool_choice(http):
+    body = answer(chat(http, tools=[TOOL], tool_choice="required", max_tokens=600))  # up to 8 calls
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    calls = choice["message"]["tool_calls"]
+    assert calls and {c["function"]["name"] for c in calls} == {"weather"}
+    assert all(isinstance(json.loads(c["function"]["arguments"]), dict) and c["id"] for c in calls)
+
+
+def _parallel_tool_calls(http):
+    body = answer(chat(http, tools=[TOOL], tool_choice="required", parallel_tool_calls=False, max_tokens=60))
+    assert len(body["choices"][0]["message"]["tool_calls"]) == 1
+
+
 HONOURED = {"messages": _messages, "model": _model, "max_tokens": _max_tokens("max_tokens"),
             "max_completion_tokens": _max_tokens("max_completion_tokens"), "stop": _stop, "stream": _stream,
-            "stream_options": _stream_options, "seed": _seed, "temperature": _temperature, "top_p": _top_p}
+            "stream_options": _stream_options, "seed": _seed, "temperature": _temperature, "top_p": _top_p,
+            "logit_bias": _logit_bias, "logprobs": _logprobs, "top_logprobs": _top_logprobs,
+            "top_k": _greedy_through("top_k", 1), "min_p": _greedy_through("min_p", 1.0),
+            "presence_penalty": _reaches("presence_penalty", 1.5, presence_penalty=1.5),
+            "frequency_penalty": _reaches("frequency_penalty", -0.5, frequency_penalty=-0.5),
+            "repetition_penalty": _reaches("repetition_penalty", 1.3, repetition_penalty=1.3),
+            "chat_template_kwargs": _chat_template_kwargs, "response_format": _response_format,
+            "tools": _tools, "tool_choice": _tool_choice, "parallel_tool_calls": _parallel_tool_calls}
 
 
 @pytest.mark.parametrize("field", sorted(HONOURED))
@@ -193,16 +271,44 @@ def test_developer_role_is_a_system_message(http):
     assert answer(as_developer)["choices"] == answer(as_system)["choices"]
 
 
-def test_tool_turns_in_the_history_are_refused_with_the_field_named(http):
-    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
+def test_tool_turns_in_the_history_reach_the_template(http, monkeypatch):
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
     history = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    short = answer(chat(http, messages=history[:1], tools=[TOOL]))
+    long = answer(chat(http, messages=history, tools=[TOOL]))
+    assert long["usage"]["prompt_tokens"] > short["usage"]["prompt_tokens"] + 10  # the call and its result
+    bad = {**call, "function": {"name": "weather", "arguments": "[1]"}}
+    assert refused_param(chat(http, messages=[history[0], {**history[1], "tool_calls": [bad]}])).startswith(
+        "messages.1.tool_calls.0.function.arguments")
+    assert refused_param(chat(http, messages=[{"role": "tool", "content": "sunny"}])) == "messages.0"
+    # A template that cannot render tools: a 400 saying so, not a prompt that silently lost them.
+    lm = http.app.state.slot.model
+    monkeypatch.setattr(lm.tokenizer, "chat_template", "{% for m in messages %}{{ m.content }}{% endfor %}")
     response = chat(http, messages=history)
-    assert refused_param(response) == "messages.1.tool_calls"
-    assert "not supported yet" in response.json()["error"]["message"]
-    response = chat(http, messages=[history[0], history[2]])
-    assert refused_param(response) == "messages.1.role"
-    assert "tool messages are not supported yet" in response.json()["error"]["message"]
+    assert refused_param(response) == "messages" and "does not render tools" in response.text
+    assert refused_param(chat(http, tools=[TOOL])) == "tools"
+
+
+def test_a_named_tool_choice_gives_that_functions_arguments(http):
+    weather = {"type": "function", "function": {"name": "weather", "parameters": CHOICE}}
+    other = {"type": "function", "function": {"name": "other", "parameters": {"type": "object"}}}
+    body = answer(chat(http, tools=[weather, other], max_tokens=60,
+                       tool_choice={"type": "function", "function": {"name": "weather"}}))
+    (call,) = body["choices"][0]["message"]["tool_calls"]
+    assert call["function"]["name"] == "weather" and json.loads(call["function"]["arguments"])["capital"] in (
+        "Paris", "Rome")
+    assert refused_param(chat(http, tools=[weather], tool_choice={"type": "function",
+                                                                  "function": {"name": "nope"}})) == "tool_choice"
+    assert refused_param(chat(http, tool_choice="required")) == "tool_choice"  # no tools to choose from
+    both = chat(http, tools=[weather], tool_choice="required", response_format={"type": "json_object"})
+    assert refused_param(both) == "response_format"
+
+
+def test_a_json_schema_the_grammar_cannot_follow_is_a_400(http):
+    response = chat(http, response_format={"type": "json_schema",
+                                           "json_schema": {"name": "x", "schema": {"type": "nonsense"}}})
+    assert refused_param(response) == "response_format.json_schema.schema"
 
 
 # --- LocalModel's sampling settings (the server, `oig query` and the bug suite answer through it) -----
@@ -224,7 +330,7 @@ def test_an_omitted_temperature_comes_from_the_models_generation_config(lm, tmp_
     config = json.loads((folder / "generation_config.json").read_text())
     (folder / "generation_config.json").write_text(json.dumps({**config, "do_sample": False, "temperature": 0.0}))
     greedy = LocalModel.load(folder, name="greedy")
-    assert greedy.sampling()["do_sample"] is False
+    assert greedy.sampling().greedy
     assert [greedy.complete([{"role": "user", "content": QUESTION}], seed=s)[0] for s in range(3)] == [ANSWER] * 3
 
     shipped = copy.deepcopy(lm.model.generation_config)
@@ -233,15 +339,15 @@ def test_an_omitted_temperature_comes_from_the_models_generation_config(lm, tmp_
         setattr(shipped, key, value)
     monkeypatch.setattr(lm.model, "generation_config", shipped)
     got = lm.sampling()
-    assert (got["temperature"], got["top_p"], got["top_k"], got["repetition_penalty"]) == (0.7, 0.9, 20, 1.1)
+    assert (got.temperature, got.top_p, got.top_k, got.repetition_penalty) == (0.7, 0.9, 20, 1.1)
     asked = lm.sampling(temperature=1.5, top_p=0.5, top_k=-1, repetition_penalty=1.0)
-    assert (asked["temperature"], asked["top_p"], asked["top_k"], asked["repetition_penalty"]) == (1.5, 0.5, 0, 1.0)
+    assert (asked.temperature, asked.top_p, asked.top_k, asked.repetition_penalty) == (1.5, 0.5, 0, 1.0)
     shipped = copy.deepcopy(shipped)
     shipped.do_sample, shipped.temperature, shipped.top_p, shipped.top_k, shipped.repetition_penalty = (
         None, None, None, None, None)
     monkeypatch.setattr(lm.model, "generation_config", shipped)
     got = lm.sampling()  # the file sets none of them: plain sampling
-    assert (got["do_sample"], got["temperature"], got["top_p"], got["top_k"]) == (True, 1.0, 1.0, 0)
+    assert (got.greedy, got.temperature, got.top_p, got.top_k) == (False, 1.0, 1.0, 0)
 
 
 def first_word(lm, **options) -> str:
@@ -258,7 +364,7 @@ def test_logit_bias_and_openai_penalties_change_the_greedy_answer(lm):
     assert first_word(lm, logit_bias={paris: -100}) != "Paris"
     assert first_word(lm, logit_bias={hello: 100}) == "Hello"
     with pytest.raises(BadRequest) as info:
-        lm.sampling(logit_bias={10**9: 5})
+        lm.complete([{"role": "user", "content": QUESTION}], logit_bias={10**9: 5})
     assert info.value.param == "logit_bias"
     # Kept from ending, greedy decoding repeats itself; a frequency or presence penalty of 1e4 forbids
     # any generated token a second time.
@@ -288,9 +394,10 @@ def test_sampling_options_leave_what_the_request_omits_to_the_model(lm):
     from oig.serve.api import ChatCompletionRequest, sampling_options
 
     omitted = sampling_options(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}]))
-    assert omitted == {"temperature": None, "top_p": None, "top_k": None, "repetition_penalty": None,
+    assert omitted == {"temperature": None, "top_p": None, "top_k": None, "min_p": None, "repetition_penalty": None,
                        "presence_penalty": 0.0, "frequency_penalty": 0.0, "logit_bias": None}
-    assert lm.sampling(**omitted)["do_sample"] is False  # the tiny model's generation_config.json: greedy
+    del omitted["logit_bias"]
+    assert lm.sampling(**omitted).greedy  # the tiny model's generation_config.json: greedy
     asked = sampling_options(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
                                                    temperature=0.5, top_p=0.5))
     assert (asked["temperature"], asked["top_p"]) == (0.5, 0.5)

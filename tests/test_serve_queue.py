@@ -120,9 +120,10 @@ def _post_in_thread(url: str, body: dict, into: list, tag) -> threading.Thread:
 
 
 def test_waiting_requests_are_served_in_arrival_order(random_model, slowed):
+    from oig.serve.limits import ServeSettings
     from oig.serve.server import create_app
 
-    app = create_app(random_model)
+    app = create_app(random_model, settings=ServeSettings(max_concurrency=1))
     done: list = []
     with ServerThread(app) as s:
         url = f"{s.url}/v1/chat/completions"
@@ -191,7 +192,7 @@ def test_a_full_queue_gets_429_with_retry_after_and_the_queue_drains(random_mode
 def test_a_request_that_waits_past_its_deadline_gets_504_and_leaves_the_queue(random_model):
     from oig.serve.server import ServeSettings, create_app
 
-    app = create_app(random_model, settings=ServeSettings(request_timeout=0.5))
+    app = create_app(random_model, settings=ServeSettings(request_timeout=0.5, max_concurrency=1))
     turns = app.state.turns
     with ServerThread(app) as s:
         url = f"{s.url}/v1/chat/completions"
@@ -214,9 +215,9 @@ def test_a_request_that_waits_past_its_deadline_gets_504_and_leaves_the_queue(ra
 
 
 def test_a_client_that_leaves_the_queue_frees_its_place(random_model, slowed):
-    from oig.serve.server import create_app
+    from oig.serve.server import ServeSettings, create_app
 
-    app = create_app(random_model)
+    app = create_app(random_model, settings=ServeSettings(max_concurrency=1))
     done: list = []
     with ServerThread(app) as s:
         url = f"{s.url}/v1/chat/completions"
@@ -282,7 +283,7 @@ def test_the_queue_flags(monkeypatch):
     def settings(*argv):
         return settings_from_args(build_parser().parse_args(["serve", *argv]), None)
 
-    assert (ServeSettings().max_concurrency, ServeSettings().max_queue) == (1, 64)
+    assert (ServeSettings().max_concurrency, ServeSettings().max_queue) == (16, 64)
     got = settings("--max-queue", "0", "--max-concurrency", "2")
     assert got.max_queue == 0 and got.max_concurrency == 2
     assert main(["serve", "--max-queue", "-1"]) == 2

@@ -4,11 +4,12 @@ the model sees it (this server's limits, and no message holding a special token'
 
 # No `from __future__ import annotations`: FastAPI reads the request model from the route's real
 # annotations, and pydantic the models' fields.
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from oig.serve.inference import Generation, LocalModel
+from oig.serve.inference import Generation
 
 CHAT_ROUTE = "/v1/chat/completions"
 ROUTES = (CHAT_ROUTE, "/v1/models", "/health", "/metrics")  # metrics label any other path "other"
@@ -37,14 +38,37 @@ class TextPart(BaseModel):
     text: str
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: str  # JSON, as OpenAI sends it
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_object(cls, v):
+        try:
+            parsed = json.loads(v)
+        except ValueError:
+            raise ValueError("arguments must be a JSON object (a string holding one)") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("arguments must be a JSON object (a string holding one)")
+        return v
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # `name` and other fields the model has no use for
-    role: Literal["system", "user", "assistant"]
-    # Tool calls in the history would be dropped on the way to the chat template: refused, not lost.
-    # Declared before content, so that an assistant turn with `content: null` is told about its calls.
-    tool_calls: Any = None
+    model_config = ConfigDict(extra="ignore")  # `name` on a user turn, `refusal`: nothing the model reads
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn's answer to one of them
     function_call: Any = None
-    content: str | list[TextPart]
 
     @model_validator(mode="before")
     @classmethod
@@ -56,49 +80,107 @@ class ChatMessage(BaseModel):
 
     @field_validator("role", mode="before")
     @classmethod
-    def _tool_role(cls, v):
-        if v in ("tool", "function"):
-            raise ValueError(f"{v} messages are not supported yet: this server passes only each message's "
-                             "role and content to the chat template, so the tool's result would be lost")
+    def _function_role(cls, v):
+        if v == "function":
+            raise ValueError("function messages are OpenAI's deprecated form: send the result as a tool "
+                             "message (role tool, tool_call_id)")
         return v
 
-    @field_validator("tool_calls", "function_call")
+    @field_validator("function_call")
     @classmethod
-    def _tool_calls(cls, v, info):
+    def _function_call(cls, v):
         if v:
-            raise ValueError(f"assistant {info.field_name} are not supported yet: this server passes only each "
-                             "message's role and content to the chat template")
+            raise ValueError("function_call is OpenAI's deprecated form: send the assistant's calls as tool_calls")
         return v
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (it may be null only on an assistant turn with tool_calls)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant turn has tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+    def for_template(self) -> dict:
+        """The message as chat templates read it: tool calls with their arguments as objects."""
+        out: dict = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.function.name, "arguments": json.loads(c.function.arguments)}}
+                                 for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     include_usage: bool = False
 
 
-# Fields of OpenAI's (and vLLM's) chat-completions request this server cannot honour yet, each with its
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None  # the arguments of a forced call always follow `parameters`
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+    def for_template(self) -> dict:
+        return {"type": "function", "function": self.function.model_dump(exclude_none=True)}
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None  # the answer always follows the schema
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type json_schema, and only then")
+        return self
+
+
+# Fields of OpenAI's (and vLLM's) chat-completions request this server cannot honour, each with its
 # value that means "no effect" (accepted) and what a client asking for more would miss. Any other value is
 # a 400 naming the field: a client that asks for an effect is told it will not get one. README: "Request
 # fields".
 NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
-    "tools": ((None, []), "tool definitions are not supported yet"),
-    "tool_choice": ((None, "none"), "tool calling is not supported yet"),
-    "parallel_tool_calls": ((None,), "tool calling is not supported yet"),
-    "functions": ((None, []), "function calling is not supported yet"),
-    "function_call": ((None, "none"), "function calling is not supported yet"),
-    "response_format": ((None, {"type": "text"}), "response_format json_schema and json_object are not "
-                        "supported yet; only {\"type\": \"text\"}"),
-    "logprobs": ((None, False), "logprobs are not supported yet"),
-    "top_logprobs": ((None, 0), "top_logprobs are not supported yet"),
-    "presence_penalty": ((None, 0), "presence_penalty is not supported yet"),
-    "frequency_penalty": ((None, 0), "frequency_penalty is not supported yet"),
-    "logit_bias": ((None, {}), "logit_bias is not supported yet"),
-    "top_k": ((None, -1, 0), "top_k is not supported yet"),
-    "repetition_penalty": ((None, 1), "repetition_penalty is not supported yet"),
-    "min_p": ((None, 0), "min_p is not supported yet"),
-    "chat_template_kwargs": ((None, {}), "chat_template_kwargs are not supported yet"),
+    "functions": ((None, []), "functions (OpenAI's deprecated form of tools) is not supported: send tools"),
+    "function_call": ((None, "none"), "function_call (OpenAI's deprecated form of tool_choice) is not supported: "
+                      "send tool_choice"),
     "audio": ((None,), "audio output is not supported: this server generates text only"),
     "modalities": ((None, ["text"]), "modalities other than text are not supported"),
     "prediction": ((None,), "predicted outputs are not supported"),
@@ -131,21 +213,22 @@ class ChatCompletionRequest(BaseModel):
     metadata: dict[str, str] | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
-    tools: Any = None
-    tool_choice: Any = None
-    parallel_tool_calls: Any = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=300)
+    # vLLM's sampling extras: top_k -1 or 0 is no top-k.
+    top_k: int | None = Field(default=None, ge=-1)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=2)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    chat_template_kwargs: dict[str, Any] | None = None
     functions: Any = None
     function_call: Any = None
-    response_format: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
-    logit_bias: Any = None
-    top_k: Any = None
-    repetition_penalty: Any = None
-    min_p: Any = None
-    chat_template_kwargs: Any = None
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
@@ -180,14 +263,48 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("at most 4 stop sequences")
         return stops
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v):
+        for token, bias in (v or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys are token ids (as strings of digits), not {token!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {token} is {bias:g}; biases are from -100 to 100")
+        return v
+
+    def tool_mode(self) -> str | None:
+        """None (no tools in play), "auto" (the model may call), "required" or a function's name."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.function.name
+        return self.tool_choice or "auto"
+
+
+def combination_problem(body: ChatCompletionRequest) -> tuple[str, str] | None:
+    """(param, message) for fields that cannot go together, else None."""
+    if body.top_logprobs is not None and not body.logprobs:
+        return "top_logprobs", "top_logprobs needs logprobs: true"
+    if body.tool_choice is not None and body.tool_choice != "none" and not body.tools:
+        return "tool_choice", "tool_choice needs tools to choose from"
+    if isinstance(body.tool_choice, NamedToolChoice):
+        names = [t.function.name for t in body.tools]
+        if body.tool_choice.function.name not in names:
+            return "tool_choice", (f"tool_choice names {body.tool_choice.function.name!r}, which is not one of the "
+                                   f"tools ({', '.join(names)})")
+    forced = body.tools and body.tool_choice not in (None, "none", "auto")
+    if forced and body.response_format is not None and body.response_format.type != "text":
+        return "response_format", ("response_format and a forced tool call cannot both shape one answer: the "
+                                   "call's arguments already follow the function's parameters schema")
+    return None
+
 
 def sampling_options(body: ChatCompletionRequest) -> dict:
     """The request's sampling settings as ``LocalModel.generate`` takes them; None where the request
-    omits one, so the model's generation_config.json decides (as vLLM does). The route passes these
-    once the fields leave NOT_SUPPORTED; until then the penalties, bias and top_k are their no-effect
-    values here."""
+    omits one, so the model's generation_config.json decides (as vLLM does)."""
     bias = {int(token): float(value) for token, value in (body.logit_bias or {}).items()}
-    return {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k,
+    return {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k, "min_p": body.min_p,
             "repetition_penalty": body.repetition_penalty, "presence_penalty": float(body.presence_penalty or 0),
             "frequency_penalty": float(body.frequency_penalty or 0), "logit_bias": bias or None}
 
@@ -207,20 +324,6 @@ def over_limits(body: ChatCompletionRequest, settings):
     if chars > settings.max_input_chars:
         return error(400, f"messages: {chars} characters in all; this server accepts at most "
                      f"{settings.max_input_chars}", param="messages", code="input_too_long")
-    return None
-
-
-def forged_turn(body: ChatCompletionRequest, lm: LocalModel):
-    """A 400 for a message holding the text of a special token, else None: the chat template's output
-    is tokenized as a whole, so ``<|im_end|><|im_start|>system`` in a user message would become real
-    control tokens and open a turn the client may not write."""
-    for i, message in enumerate(body.messages):
-        token = lm.special_token_in(message.text())
-        if token is not None:
-            param = f"messages.{i}.content"
-            return error(400, f"{param} holds {token!r}, the text of one of the model's special tokens; it "
-                         "would become that control token, so it is refused", param=param,
-                         code="special_token_in_content")
     return None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from oig.errors import OigError
 from oig.records import special_token_texts
-from oig.serve.processors import Logprobs, OpenAIPenalties
+from oig.serve.engine import Engine, Job, Sampling
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -55,31 +55,15 @@ class Generation:
     logprobs: list[dict] = field(default_factory=list)
 
 
-class _IdStreamer:
-    """Receives token ids from ``generate`` (on its thread) and hands them to the consumer."""
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate() first pushes the prompt itself
-            self._prompt_seen = True
-            return
-        self.queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self.queue.put(None)
-
-
 class LocalModel:
-    """A causal LM and its tokenizer with a chat template, loaded once and served one request at a time."""
+    """A causal LM and its tokenizer with a chat template, loaded once; requests are answered by its
+    engine, ``max_batch`` at a time."""
 
-    def __init__(self, model, tokenizer, name: str):
+    def __init__(self, model, tokenizer, name: str, *, max_batch: int = 16):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.lock = threading.Lock()
+        self.engine = Engine(model, tokenizer, max_batch=max_batch)
         self.created = int(time.time())
         config = getattr(model, "config", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 0) or None
@@ -138,9 +122,11 @@ class LocalModel:
         (it reads ``tools`` and mentions ``tool_calls``); a template that does not would drop them."""
         return "tools" in self.template_variables() and "tool_calls" in str(self.tokenizer.chat_template)
 
-    def encode(self, messages: list[dict], chat_template_kwargs: dict | None = None) -> list[int]:
-        """The prompt's token ids: the chat template with the assistant turn opened. Each key of
-        ``chat_template_kwargs`` must be a variable the template reads (not one transformers sets)."""
+    def encode(self, messages: list[dict], chat_template_kwargs: dict | None = None,
+               tools: list[dict] | None = None) -> list[int]:
+        """The prompt's token ids: the chat template with the assistant turn opened (and ``tools``, in
+        OpenAI's format, rendered the template's way). Each key of ``chat_template_kwargs`` must be a
+        variable the template reads (not one transformers sets)."""
         extra = dict(chat_template_kwargs or {})
         readable = self.template_variables() - _TEMPLATE_OWN
         unread = sorted(set(extra) - readable)
@@ -149,38 +135,43 @@ class LocalModel:
                              f" (it reads {', '.join(sorted(readable)) or 'no other variables'})",
                              "chat_template_kwargs")
         try:
-            enc = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                                     **extra)
+            enc = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
+                                                     return_dict=True, **extra)
         except Exception as exc:  # jinja raises its own errors for conversations the template refuses
             raise BadRequest(f"the model's chat template refused these messages: {exc}", "messages") from None
         ids = enc["input_ids"]
         return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
     def generate(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, top_k: int | None = None, repetition_penalty: float | None = None,
-                 presence_penalty: float = 0.0, frequency_penalty: float = 0.0,
-                 logit_bias: dict[int, float] | None = None, stop: list[str] | None = None,
-                 seed: int | None = None, logprobs: int | None = None, cancel: threading.Event | None = None, deadline: float | None = None,
+                 top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
+                 repetition_penalty: float | None = None, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0, logit_bias: dict[int, float] | None = None,
+                 stop: list[str] | None = None, seed: int | None = None, logprobs: int | None = None,
+                 constraint=None, tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
+                 cancel: threading.Event | None = None, deadline: float | None = None,
                  result: Generation | None = None) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``result`` gets token counts and finish reason.
 
         temperature 0 is greedy decoding. A sampling setting left None (temperature, top_p, top_k,
-        repetition_penalty) comes from the model's generation_config.json where that file sets it, as
-        transformers and vLLM do, else temperature 1 and no top-p, top-k or repetition penalty.
-        presence_penalty and frequency_penalty follow OpenAI's formula; logit_bias maps token ids to a
-        bias added to their logits. ``logprobs`` (0 to 20 alternatives) fills ``result.logprobs``:
-        log-probabilities after the penalties and bias, before temperature, top-k and top-p (the
-        distribution the model and the request's penalties give). Text stops before the first ``stop`` string. Setting ``cancel``
-        stops generation at the next token and raises GenerationCancelled; passing ``deadline`` (a
-        ``time.monotonic()`` value, counting the wait for the model too) does the same and raises
-        GenerationTimeout. Closing the iterator stops generation quietly.
+        min_p, repetition_penalty) comes from the model's generation_config.json where that file sets
+        it, as transformers and vLLM do, else temperature 1 and no top-p, top-k, min-p or repetition
+        penalty. presence_penalty and frequency_penalty follow OpenAI's formula; logit_bias maps token
+        ids to a bias added to their logits; ``constraint`` (see oig.serve.structured) limits each next
+        token to the ones its grammar allows. ``logprobs`` (0 to 20 alternatives) fills
+        ``result.logprobs``: log-probabilities after the penalties, bias and constraint, before
+        temperature, top-k and top-p. Text stops before the first ``stop`` string. The request waits
+        its turn in the engine (oig.serve.engine), which generates for several requests at once.
+        Setting ``cancel`` stops generation at the next token and raises GenerationCancelled; passing
+        ``deadline`` (a ``time.monotonic()`` value, counting the wait for the model too) does the same
+        and raises GenerationTimeout. Closing the iterator stops generation quietly.
         """
         result = result if result is not None else Generation()
         cancel = cancel or threading.Event()
-        sampling = self.sampling(temperature=temperature, top_p=top_p, top_k=top_k,
+        sampling = self.sampling(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
                                  repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
-                                 frequency_penalty=frequency_penalty, logit_bias=logit_bias)
-        prompt = self.encode(messages)
+                                 frequency_penalty=frequency_penalty)
+        bias = self._bias(logit_bias)
+        prompt = self.encode(messages, chat_template_kwargs, tools=tools)
         result.prompt_tokens = len(prompt)
         room = (self.context_length - len(prompt)) if self.context_length else None
         if room is not None and room < 1:
@@ -189,99 +180,65 @@ class LocalModel:
         max_new = max_tokens or DEFAULT_MAX_TOKENS
         if room is not None:
             max_new = min(max_new, room)
-        stops = [s for s in stop or [] if s]
-        capture = Logprobs(logprobs) if logprobs is not None else None
-        if capture is not None:
-            sampling["logits_processor"].append(capture)
-        yield from self._stream(prompt, max_new, sampling, stops, seed, cancel, deadline, result, capture)
+        job = Job(prompt, max_new, sampling, logit_bias=bias, seed=seed, top_logprobs=logprobs,
+                  constraint=constraint, cancel=cancel, deadline=deadline)
+        yield from self._stream(job, [s for s in stop or [] if s], result)
 
     def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-                 repetition_penalty: float | None = None, presence_penalty: float = 0.0,
-                 frequency_penalty: float = 0.0, logit_bias: dict[int, float] | None = None) -> dict:
-        """The keyword arguments ``model.generate`` samples with: the request's settings, else the ones
-        the model's generation_config.json sets (only those it sets: ``to_diff_dict``, as vLLM reads
-        it), else temperature 1 and nothing else. Unknown token ids in ``logit_bias`` are a BadRequest."""
-        from transformers import LogitsProcessorList, SequenceBiasLogitsProcessor
-
+                 min_p: float | None = None, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0) -> Sampling:
+        """The settings a request samples with: its own, else the ones the model's generation_config.json
+        sets (only those it sets: ``to_diff_dict``, as vLLM reads it), else temperature 1 and nothing else."""
         shipped = self.model.generation_config.to_diff_dict() if getattr(self.model, "generation_config", None) else {}
         if temperature is None:
             # do_sample: false in the model's file is greedy decoding, as generate() would do by default.
             temperature = 0.0 if shipped.get("do_sample") is False else float(shipped.get("temperature", 1.0) or 0.0)
-        processors = LogitsProcessorList()
-        if logit_bias:
-            vocab = len(self.tokenizer)
-            unknown = [t for t in logit_bias if not 0 <= int(t) < vocab]
-            if unknown:
-                raise BadRequest(f"logit_bias: token id(s) {unknown} are not in the model's vocabulary of {vocab}",
-                                 "logit_bias")
-            processors.append(SequenceBiasLogitsProcessor([[[int(t)], float(b)] for t, b in logit_bias.items()]))
-        if presence_penalty or frequency_penalty:
-            processors.append(OpenAIPenalties(presence_penalty, frequency_penalty))
-        repetition_penalty = repetition_penalty if repetition_penalty is not None else shipped.get("repetition_penalty")
-        kwargs: dict = {"logits_processor": processors, "repetition_penalty": repetition_penalty}
-        if temperature > 0:
-            top_p = top_p if top_p is not None else shipped.get("top_p", 1.0)
-            top_k = top_k if top_k is not None else shipped.get("top_k", 0)
-            # top_k 0 (and vLLM's -1): no top-k; generate() would otherwise default to 50.
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=max(int(top_k or 0), 0))
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
 
-    def _acquire(self, cancel: threading.Event, deadline: float | None) -> None:
-        """Wait for the model, giving up when the caller cancels or the deadline passes."""
-        while not self.lock.acquire(timeout=0.05):  # 50 ms: how late a cancel or a deadline is noticed
-            if cancel.is_set():
-                raise GenerationCancelled("cancelled while waiting for the model")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise GenerationTimeout("the request ran out of time waiting for the model, which was busy "
-                                        "with other requests")
+        def pick(value, key: str, off):
+            value = value if value is not None else shipped.get(key)
+            return off if value is None else value
 
-    def _stream(self, prompt: list[int], max_new: int, sampling: dict, stops: list[str], seed: int | None, cancel: threading.Event, deadline: float | None,
-                result: Generation, capture: Logprobs | None = None) -> Iterator[str]:
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        # top_k 0 (and vLLM's -1): no top-k; generate() would otherwise default to 50.
+        return Sampling(temperature=float(temperature), top_p=float(pick(top_p, "top_p", 1.0)),
+                        top_k=max(int(pick(top_k, "top_k", 0)), 0), min_p=float(pick(min_p, "min_p", 0.0)),
+                        repetition_penalty=float(pick(repetition_penalty, "repetition_penalty", 1.0)),
+                        presence_penalty=float(presence_penalty or 0.0),
+                        frequency_penalty=float(frequency_penalty or 0.0))
 
-        expired = threading.Event()  # the deadline, not the caller, stopped generation
+    def _bias(self, logit_bias: dict[int, float] | None) -> dict[int, float] | None:
+        """logit_bias with every token id checked against the vocabulary (a BadRequest otherwise)."""
+        if not logit_bias:
+            return None
+        vocab = len(self.tokenizer)
+        unknown = [t for t in logit_bias if not 0 <= int(t) < vocab]
+        if unknown:
+            raise BadRequest(f"logit_bias: token id(s) {unknown} are not in the model's vocabulary of {vocab}",
+                             "logit_bias")
+        return {int(t): float(b) for t, b in logit_bias.items()}
 
-        class Interrupt(StoppingCriteria):
-            """Checked after every token: a cancel or a passed deadline ends generation there."""
-
-            def __call__(self, input_ids, scores, **kwargs):
-                if deadline is not None and time.monotonic() >= deadline:
-                    expired.set()
-                stop = cancel.is_set() or expired.is_set()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-        streamer = _IdStreamer()
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([prompt], device=device)
-        kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "max_new_tokens": max_new,
-                  "streamer": streamer, "stopping_criteria": StoppingCriteriaList([Interrupt()]),
-                  "pad_token_id": self.tokenizer.pad_token_id, **sampling}
-        failure: list[BaseException] = []
-
-        def work() -> None:
+    def _next(self, job: Job):
+        """The job's next queue item; while it waits for the engine, a cancel or a passed deadline takes
+        it out of the queue (GenerationCancelled / GenerationTimeout)."""
+        while True:
             try:
-                with torch.inference_mode():
-                    if seed is not None:
-                        torch.manual_seed(seed)
-                    self.model.generate(**kwargs)
-            except BaseException as exc:  # handed to the consumer, which raises it on its thread
-                failure.append(exc)
-                streamer.end()
-            finally:
-                self.lock.release()
+                return job.tokens.get(timeout=0.05)  # 50 ms: how late a cancel or a deadline is noticed
+            except queue.Empty:
+                if job.started.is_set():
+                    continue
+                late = job.deadline is not None and time.monotonic() >= job.deadline
+                if (late or job.cancel.is_set()) and self.engine.withdraw(job):
+                    if late:
+                        raise GenerationTimeout("the request ran out of time waiting for the model, which was "
+                                                "busy with other requests") from None
+                    raise GenerationCancelled("cancelled while waiting for the model") from None
 
-        self._acquire(cancel, deadline)
-        thread = threading.Thread(target=work, name="oig-generate", daemon=True)
-        try:
-            thread.start()
-        except BaseException:
-            self.lock.release()
-            raise
-        eos = set(_as_list(getattr(self.model.generation_config, "eos_token_id", None))) | set(
+    def eos_ids(self) -> set[int]:
+        """The tokens that end an answer: the model's generation_config.json's and the tokenizer's."""
+        return set(_as_list(getattr(self.model.generation_config, "eos_token_id", None))) | set(
             _as_list(self.tokenizer.eos_token_id))
+
+    def _stream(self, job: Job, stops: list[str], result: Generation) -> Iterator[str]:
+        eos = self.eos_ids()
         ids: list[int] = []
         # Decoding all ids after every token costs O(n^2); text up to a finished line is kept as it
         # was decoded and only the tokens after it are decoded again (as TextStreamer does).
@@ -293,14 +250,17 @@ class LocalModel:
         sent = 0  # characters of the decoded text already yielded
         hold = max((len(s) for s in stops), default=1) - 1  # a stop string may be forming at the end
         ended_on_eos = False
+        self.engine.submit(job)
         try:
             while True:
-                chunk = streamer.queue.get()
+                chunk = self._next(job)
                 if chunk is None:
                     break
+                if isinstance(chunk, BaseException):
+                    raise ServeError(f"generation failed: {chunk}")
+                if job.top_logprobs is not None:
+                    result.logprobs.extend(self._logprob_entries(job.logprobs[len(ids):len(ids) + len(chunk)]))
                 ids.extend(chunk)
-                if capture is not None:
-                    result.logprobs.extend(capture.entries(chunk, self.tokenizer))
                 result.completion_tokens = len(ids)
                 ended_on_eos = bool(chunk) and chunk[-1] in eos
                 text = decoded()
@@ -314,17 +274,14 @@ class LocalModel:
                         yield text[sent:cut]
                     result.text.append(text[:cut])
                     result.finish_reason = "stop"
-                    cancel.set()
                     return
                 safe = len(text) - hold
                 if safe > sent:
                     yield text[sent:safe]
                     sent = safe
-            if failure:
-                raise ServeError(f"generation failed: {failure[0]}")
-            if expired.is_set():
+            if job.expired:
                 raise GenerationTimeout(f"the request ran out of time after {len(ids)} generated token(s)")
-            if cancel.is_set():  # only the caller sets it before this point
+            if job.cancel.is_set():  # only the caller sets it before this point
                 raise GenerationCancelled(f"cancelled after {len(ids)} generated token(s)")
             text = decoded()
             cut = _first_stop(text, stops, 0)
@@ -332,10 +289,19 @@ class LocalModel:
             if len(final) > sent:
                 yield final[sent:]
             result.text.append(final)
-            result.finish_reason = "stop" if (ended_on_eos or cut is not None or len(ids) < max_new) else "length"
+            result.finish_reason = "stop" if (ended_on_eos or cut is not None or len(ids) < job.max_new) else "length"
         finally:
-            cancel.set()
-            thread.join()
+            job.cancel.set()  # the engine ends this row at its next step
+            self.engine.withdraw(job)
+
+    def _logprob_entries(self, captured: list[tuple]) -> list[dict]:
+        """OpenAI's ``logprobs.content`` entries for the engine's (token, logprob, top) tuples."""
+        def one(token_id: int, logprob: float) -> dict:
+            text = self.tokenizer.decode([token_id])
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "backslashreplace"))}
+
+        return [{**one(token, logprob), "top_logprobs": [one(i, v) for i, v in top]}
+                for token, logprob, top in captured]
 
     def complete(self, messages: list[dict], *, result: Generation | None = None, **options) -> tuple[str, Generation]:
         """The whole answer at once (``result``, if given, has the counts even when generation fails)."""

@@ -39,7 +39,7 @@ class ServeSettings:
     max_request_bytes: int = 1 << 20  # 1 MiB; a bigger body is a 413, before it is parsed
     max_messages: int = 500
     max_input_chars: int = 400_000  # characters of all messages together, about 100k tokens of English
-    max_concurrency: int = 1  # chat completions generating at once (LocalModel generates one at a time)
+    max_concurrency: int = 16  # chat completions generating at once: the engine's largest batch
     max_queue: int = 64  # chat completions waiting, in arrival order, behind those generating; more: 429
     max_connections: int = 256  # open connections, idle keep-alive ones included; a request on one more: 503
     body_timeout: float | None = 10.0  # seconds for a request's headers, then again for its body; past it: 408

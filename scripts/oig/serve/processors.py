@@ -1,43 +1,8 @@
-"""Logits processors ``LocalModel.generate`` adds to transformers' own: OpenAI's presence and
-frequency penalties, and the capture behind ``logprobs``. Called by ``model.generate`` on its thread
-with the ids so far and the next token's scores; torch is imported lazily, as in inference."""
+"""The logits processor the engine adds to transformers' own: OpenAI's presence and frequency
+penalties. Called on the engine's thread with the ids so far and the next token's scores; torch is
+imported lazily, as in inference."""
 
 from __future__ import annotations
-
-import queue
-
-
-class Logprobs:
-    """Keeps each step's log-probabilities (from ``generate``'s thread) until the token chosen there
-    arrives, then makes OpenAI's ``logprobs.content`` entry for it and its ``top`` alternatives."""
-
-    def __init__(self, top: int):
-        self.top = top
-        self.rows: queue.Queue = queue.Queue()
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        row = torch.log_softmax(scores[0].float(), dim=-1)
-        best = torch.topk(row, self.top) if self.top else None
-        self.rows.put((row, best))
-        return scores
-
-    def entries(self, token_ids: list[int], tokenizer) -> list[dict]:
-        def one(token_id: int, logprob: float) -> dict:
-            text = tokenizer.decode([token_id])
-            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8", "backslashreplace"))}
-
-        out = []
-        for token_id in token_ids:
-            try:
-                row, best = self.rows.get_nowait()
-            except queue.Empty:  # a step whose scores were not seen (none expected)
-                break
-            top = [] if best is None else [one(int(i), float(v)) for v, i in zip(best.values, best.indices,
-                                                                                   strict=True)]
-            out.append({**one(token_id, float(row[token_id])), "top_logprobs": top})
-        return out
 
 
 class OpenAIPenalties:
@@ -45,9 +10,9 @@ class OpenAIPenalties:
     RepetitionPenaltyLogitsProcessor divides, and counts the prompt): from each token's logit subtract
     ``frequency * count + presence * (count > 0)``, counting the tokens generated so far only."""
 
-    def __init__(self, presence: float, frequency: float):
+    def __init__(self, presence: float, frequency: float, prompt_length: int | None = None):
         self.presence, self.frequency = presence, frequency
-        self.prompt_length: int | None = None
+        self.prompt_length = prompt_length  # None: taken from the first call, which sees the prompt alone
 
     def __call__(self, input_ids, scores):
         import torch

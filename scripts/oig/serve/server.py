@@ -39,7 +39,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from oig.serve.api import CHAT_ROUTE, ChatCompletionRequest, error, forged_turn, over_limits, usage
+from oig.serve import chat
+from oig.serve.api import CHAT_ROUTE, ChatCompletionRequest, error, over_limits, sampling_options, usage
+from oig.serve.chat import forged_turn
 from oig.serve.inference import (
     BadRequest,
     Generation,
@@ -57,9 +59,12 @@ DISCONNECT_POLL_S = 0.1  # how often a watcher asks whether the client is still 
 class _ModelSlot:
     """The served model, or why there is none yet: it loads on a thread so that /health answers meanwhile."""
 
-    def __init__(self, name: str | None, model: LocalModel | None = None):
+    def __init__(self, name: str | None, model: LocalModel | None = None, max_batch: int = 16):
         self.name = model.name if model is not None else name
+        self.max_batch = max_batch
         self.model = model
+        if model is not None:
+            model.engine.max_batch = max_batch
         self.error: str | None = None
         self._started = False
 
@@ -81,6 +86,7 @@ class _ModelSlot:
                 self.error = f"cannot load model {self.name}: {type(exc).__name__}: {exc}"
             else:
                 self.name = model.name
+                model.engine.max_batch = self.max_batch
                 self.model = model
             if on_loaded is not None:
                 on_loaded(self.error)
@@ -118,12 +124,12 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
     metrics = Metrics()
     turns = Turns(settings.max_concurrency)
     if isinstance(model, LocalModel):
-        slot, load = _ModelSlot(name, model), None
+        slot, load = _ModelSlot(name, model, settings.max_concurrency), None
     elif callable(model):
-        slot, load = _ModelSlot(name), model
+        slot, load = _ModelSlot(name, max_batch=settings.max_concurrency), model
     else:
         ref = str(model)
-        slot = _ModelSlot(name or ref)
+        slot = _ModelSlot(name or ref, max_batch=settings.max_concurrency)
 
         def load() -> LocalModel:
             return LocalModel.load(ref, revision=revision, name=name)
@@ -196,29 +202,29 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         cap = settings.max_tokens_cap
         max_tokens = body.max_completion_tokens or body.max_tokens or min(settings.default_max_tokens,
                                                                           cap or settings.default_max_tokens)
-        options = {"max_tokens": max_tokens, "temperature": 1.0 if body.temperature is None else body.temperature,
-                   "top_p": 1.0 if body.top_p is None else body.top_p, "stop": body.stop, "seed": body.seed,
-                   "deadline": request.scope.get("oig.deadline")}
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        base = {"max_tokens": max_tokens, "stop": body.stop, "seed": body.seed,
+                "deadline": request.scope.get("oig.deadline"), **sampling_options(body)}
+        try:  # refuse what the model cannot do with a 400 before anything is generated or streamed
+            p = await run_in_threadpool(chat.plan, body, lm, base)
+            await run_in_threadpool(lm.encode, p.messages, p.options.get("chat_template_kwargs"),
+                                    p.options.get("tools"))
+        except BadRequest as exc:
+            return error(400, str(exc), param=exc.param, code=exc.code)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            try:  # refuse a bad conversation with a 400 before the stream starts
-                await run_in_threadpool(lm.encode, messages)
-            except BadRequest as exc:
-                return error(400, str(exc), param=exc.param, code=exc.code)
             return StreamingResponse(
-                _sse(lm, messages, options, request, completion_id, created, include_usage, metrics, turns),
+                _sse(lm, p, request, completion_id, created, include_usage, metrics, turns, bool(body.logprobs)),
                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         cancel, gone = threading.Event(), asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(request, cancel, gone))
         result = Generation()
         turn = False
         try:
-            await turns.take(options["deadline"], gone)
+            await turns.take(base["deadline"], gone)
             turn = True
-            text, _ = await run_in_threadpool(lm.complete, messages, cancel=cancel, result=result, **options)
+            text, _ = await run_in_threadpool(lm.complete, p.messages, cancel=cancel, result=result, **p.options)
         except BadRequest as exc:
             return error(400, str(exc), param=exc.param, code=exc.code)
         except GenerationTimeout as exc:
@@ -235,21 +241,24 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
                 turns.give_back()
             watcher.cancel()
             metrics.add(prompt_tokens=result.prompt_tokens, generated_tokens=result.completion_tokens)
+        message, finish_reason = chat.answer(p, text, result.finish_reason)
         return {
             "id": completion_id, "object": "chat.completion", "created": created, "model": lm.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": result.finish_reason, "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason,
+                         "logprobs": {"content": result.logprobs} if body.logprobs else None}],
             "usage": usage(result),
         }
 
     return app
 
 
-async def _sse(lm: LocalModel, messages: list[dict], options: dict, request, completion_id: str, created: int,
-               include_usage: bool, metrics: Metrics, turns: Turns):
-    """Server-sent events: a role chunk, then (once the model is this request's turn) content chunks, a
-    finish chunk, usage if asked, [DONE]. A deadline that passes, waiting or generating, ends the
-    stream with an error event, then [DONE]."""
+async def _sse(lm: LocalModel, p: chat.Plan, request, completion_id: str, created: int, include_usage: bool,
+               metrics: Metrics, turns: Turns, logprobs: bool):
+    """Server-sent events: a role chunk, then (once the model is this request's turn) content chunks
+    (with their tokens' logprobs when asked), a finish chunk, usage if asked, [DONE]. With tools in
+    play the answer is sent whole when it is complete, as content or as tool_calls, since a call is
+    known only at its end. A deadline that passes, waiting or generating, ends the stream with an
+    error event, then [DONE]."""
     from fastapi.concurrency import run_in_threadpool
 
     def event(choices: list, **extra) -> str:
@@ -261,27 +270,48 @@ async def _sse(lm: LocalModel, messages: list[dict], options: dict, request, com
         body = {"error": {"message": str(exc), "type": type_, "param": None, "code": code}}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+    def piece_event(delta: dict, sent_logprobs: int) -> tuple[str, int]:
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        if logprobs:
+            choice["logprobs"] = {"content": result.logprobs[sent_logprobs:]}
+            sent_logprobs = len(result.logprobs)
+        return event([choice]), sent_logprobs
+
     cancel, gone = threading.Event(), asyncio.Event()
     result = Generation()
     # Starlette cancels this generator when the client leaves, but only once the current next() below
     # returns, and that can wait long for a busy model: the watcher sets `cancel` meanwhile.
     watcher = asyncio.create_task(_watch_disconnect(request, cancel, gone))
-    pieces = lm.generate(messages, cancel=cancel, result=result, **options)
+    pieces = lm.generate(p.messages, cancel=cancel, result=result, **p.options)
     done = object()
     ended = False  # the answer, or an error event, went out; otherwise the client left
     turn = False
+    whole = p.tool_mode is not None
+    text: list[str] = []
+    sent_logprobs = 0
     try:
         yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        await turns.take(options["deadline"], gone)
+        await turns.take(p.options["deadline"], gone)
         turn = True
         while True:
             piece = await run_in_threadpool(next, pieces, done)
             if piece is done:
                 break
-            if piece:
-                yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+            if whole:
+                text.append(piece)
+            elif piece:
+                chunk, sent_logprobs = piece_event({"content": piece}, sent_logprobs)
+                yield chunk
+        finish_reason = result.finish_reason or "stop"
+        if whole:
+            message, finish_reason = chat.answer(p, "".join(text), finish_reason)
+            delta = {k: v for k, v in message.items() if k != "role" and v is not None}
+            if "tool_calls" in delta:
+                delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(delta["tool_calls"])]
+            chunk, sent_logprobs = piece_event(delta, sent_logprobs)
+            yield chunk
         ended = True
-        yield event([{"index": 0, "delta": {}, "finish_reason": result.finish_reason or "stop"}])
+        yield event([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
         if include_usage:
             yield event([], usage=usage(result))
     except GenerationTimeout as exc:
@@ -296,7 +326,7 @@ async def _sse(lm: LocalModel, messages: list[dict], options: dict, request, com
     finally:
         cancel.set()
         watcher.cancel()
-        # close() joins the generation thread, which stops at its next token; a ValueError means the
+        # close() ends the request's row in the engine at its next step; a ValueError means the
         # iterator is still inside next() on a worker thread, which sees `cancel` and ends on its own.
         with contextlib.suppress(ValueError):
             pieces.close()
