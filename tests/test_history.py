@@ -74,7 +74,7 @@ def history_repo(tmp_path) -> Path:
     results(repo, 1, data, [bug(21, "still broken", "Berlin.", "Berlin.")], ["capitals"], score=0.25, run=9001)
     italy = commit(repo, "Add the Italy slice (#7)", {"data/italy.yaml": ITALY})
     results(repo, 2, italy, [bug(21, "fixed", "Berlin.", "Rome.")], ["capitals", "italy"], score=0.5, run=9002)
-    commit(repo, "A hand edit gone wrong", {"training_log": "run_id: [unclosed\n"})
+    commit(repo, "A hand edit gone wrong", {"training_log": "run_id: [unclosed\n", "model.yaml": "model: 3\n"})
     results(repo, 3, italy, [bug(21, "passing", "Rome.", "Rome."), bug(22, "regressed", "Rome.", SCRIPT)],
             ["capitals", "italy"], score=0.375, gate=False)
     return repo
@@ -102,9 +102,12 @@ def test_the_site_of_three_runs(history_repo, tmp_path, capsys):
     assert main(["history", "--repo", str(history_repo), "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert "3 run(s) on main" in captured.out
-    [warning] = captured.err.splitlines()
     bad = git(history_repo, "log", "--format=%h", "--abbrev=12", "-1", "--grep", "gone wrong")
-    assert f"skipped commit {bad}: training_log:2:1: YAML syntax error" in warning and "Traceback" not in captured.err
+    assert captured.err.splitlines() == [
+        f"oig history: warning: skipped commit {bad}: model.yaml is not a valid model.yaml: the top level: "
+        "\"base_model\" is a required property",
+        f"oig history: warning: skipped commit {bad}: training_log:2:1: YAML syntax error: while parsing a flow "
+        "sequence: did not find expected ',' or ']'"]
     pages = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html"))
     assert pages[:3] == ["bugs.html", "index.html", "runs/" + pages[2][5:]] and len(pages) == 6
     assert (out / build.MARKER).is_file()
@@ -202,6 +205,32 @@ def test_no_remote_means_no_links_and_hostile_values_read_as_missing(tmp_path):
     assert render.hub_url(run.model) is None
     page = pages.run_page(h, run)
     assert "onclick=\"x" not in page and "href=\"https://github.com" not in page
+
+
+HOSTILE = (5, -1.5, True, None, [1, "<x>"], {"<k>": "<v>"}, "<img src=x onerror=alert(1)>", float("nan"), float("-inf"),
+           10**400)
+
+
+def test_any_value_anywhere_is_a_page_or_a_warning_never_a_crash():
+    log, _ = bench_history.synthetic_log(1, commit="a" * 40, steps=3)
+    places = [(log, k) for k in log] + [(d, k) for d in (log["bugs"][0], log["mixture"]["slices"][0],
+                                                          log["evals"]["suites"]["capitals"], log["gate"], log["model"],
+                                                          log["mixture"], log["metrics"][0]) for k in d]
+    built = refused = 0
+    for where, key in places:
+        for value in HOSTILE:
+            before, where[key] = where[key], value
+            try:
+                run = site.make_run(runlog.RunLog.from_dict(log), ("b" * 40, "2026-01-01T00:00:00Z", "x"), "main")
+            except runlog.RunLogError:
+                refused += 1  # the reader's own message: a warning naming the commit in read_history
+            else:
+                h = site.History([site.Branch("main", [run], run.model)], [run], REPO_URL)
+                for html in (pages.index_page(h), pages.run_page(h, run), pages.bugs_page(h), pages.slices_page(h)):
+                    assert "<img" not in html and "<x>" not in html and "<k>" not in html
+                built += 1
+            where[key] = before
+    assert built > 500 and refused > 0
 
 
 def test_charts_escape_and_break_on_missing_values():

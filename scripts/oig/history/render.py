@@ -103,12 +103,13 @@ def commit_link(history: History, sha: str | None) -> str:
 
 def hub_url(model, path: str = "") -> str | None:
     """The model's Hub page at its revision (``path``: a file in it), when every part is a plain name."""
-    if model is None or not model.hub_repo or not _HUB_REPO.fullmatch(model.hub_repo):
+    if model is None or not isinstance(model.hub_repo, str) or not _HUB_REPO.fullmatch(model.hub_repo):
         return None
-    rev = model.hub_revision
-    endpoint = (model.endpoint or "https://huggingface.co").rstrip("/")
-    if not _ENDPOINT.fullmatch(endpoint) or (rev is not None and not _HUB_REV.fullmatch(rev)):
+    rev, endpoint = model.hub_revision, model.endpoint or "https://huggingface.co"
+    if not isinstance(endpoint, str) or not _ENDPOINT.fullmatch(endpoint.rstrip("/")) or (
+            rev is not None and not (isinstance(rev, str) and _HUB_REV.fullmatch(rev))):
         return None
+    endpoint = endpoint.rstrip("/")
     if path:
         return f"{endpoint}/{model.hub_repo}/blob/{rev or 'main'}/{path}"
     return f"{endpoint}/{model.hub_repo}" + (f"/tree/{rev}" if rev else "")

@@ -101,11 +101,13 @@ class History:
 
 
 def number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and value == value else None
+    """A plain number; NaN, infinities and absurd sizes (they would break a chart's scale) read as missing."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < 1e12  # False for NaN
+    return float(value) if ok else None
 
 
 def whole(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**15 else None
 
 
 def text(value: object) -> str | None:
@@ -216,7 +218,8 @@ def _gate(gate: object) -> tuple[str | None, list[str]]:
     gate = mapping(gate)
     if not gate:
         return None, []
-    reasons = [str(r) for r in gate.get("reasons") or [] if isinstance(r, str | int | float)]
+    listed = gate.get("reasons")
+    reasons = [str(r) for r in listed if isinstance(r, str | int | float)] if isinstance(listed, list) else []
     if gate.get("overridden") is True:
         return "overridden", reasons
     return ("passed" if gate.get("passed") is True else "failed"), reasons
@@ -268,15 +271,18 @@ def _branch_runs(git: gitops._Git, name: str, ref: str, seen: dict[str, Run], wa
     blobs = _blobs(git, [f"{c[0]}:{p}" for c in commits for p in LOG_PATHS])
     runs: list[Run] = []
     last_log: str | None = None
+    last_model: str | None = None
     live = None
     for i, commit in enumerate(commits):
         short = commit[0][:12]
         log_blob, model_blob = blobs[2 * i], blobs[2 * i + 1]
-        try:
-            live = _model_yaml(f"commit {short}: {runlog.MODEL_YAML}", model_blob)
-        except runlog.RunLogError as exc:
-            warnings.append(f"skipped {exc}")
-            live = None
+        if (model_blob and model_blob[0]) != last_model:  # read each version of model.yaml once
+            last_model = model_blob and model_blob[0]
+            try:
+                live = _model_yaml(f"commit {short}: {runlog.MODEL_YAML}", model_blob)
+            except runlog.RunLogError as exc:
+                warnings.append(f"skipped {exc}")
+                live = None
         if log_blob is None or log_blob[0] == last_log:
             continue  # model.yaml alone changed, or training_log was put back as it was
         last_log = log_blob[0]
@@ -360,4 +366,5 @@ def read_history(root: Path, *, branches: list[str] = (), repo_url: str | None =
     runs = sorted(seen.values(), key=lambda r: r.date)  # stable: a branch's order where dates tie
     _read_slices(git, runs, warnings)
     claimed = {s.name for r in runs for s in r.slices if s.fixes}
-    return History(result, runs, repo_url, warnings, _pulls(git, [r for _, r in refs], claimed))
+    # A commit on several branches is read once per branch: its warning is said once.
+    return History(result, runs, repo_url, list(dict.fromkeys(warnings)), _pulls(git, [r for _, r in refs], claimed))
