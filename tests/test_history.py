@@ -57,6 +57,7 @@ def results(repo: Path, i: int, trained_from: str, bugs: list[dict], slices: lis
     for s, name in zip(log["mixture"]["slices"], slices, strict=True):
         s["name"] = name
     log["evals"]["suites"] = {"capitals": {**log["evals"]["suites"]["capitals"], "score": score}}
+    log["evals"]["lm_eval"] = {"tasks": {"arc_easy": {"acc": score / 2, "acc_stderr": 0.01}}, "samples": {"arc_easy": 50}}
     runlog.write_run_files(repo, log, model)
     message = f"Training results of run {run} (hub)" if run else f"Results {i}"
     return commit(repo, message, {})
@@ -127,6 +128,8 @@ def test_the_site_of_three_runs(history_repo, tmp_path, capsys):
 
     run2 = (out / "runs" / (git(history_repo, "rev-parse", "HEAD~2")[:12] + ".html")).read_text()
     assert "run-000000000002" in run2 and "+0.250" in run2  # capitals 0.25 -> 0.5
+    assert "<td>arc_easy</td><td>acc</td><td class=\"num\">0.25</td><td class=\"num\">0.125</td>" \
+           "<td class=\"num\">+0.125</td>" in run2
     assert '<a href="../slices.html#slice-italy">italy</a>' in run2 and "CC-BY-4.0" in run2
     assert "README.md on the Hub" in run2 and "learning_rate" in run2 and "<polyline" in run2
     run3 = (out / "runs" / (git(history_repo, "rev-parse", "HEAD")[:12] + ".html")).read_text()
@@ -213,7 +216,9 @@ HOSTILE = (5, -1.5, True, None, [1, "<x>"], {"<k>": "<v>"}, "<img src=x onerror=
 
 def test_any_value_anywhere_is_a_page_or_a_warning_never_a_crash():
     log, _ = bench_history.synthetic_log(1, commit="a" * 40, steps=3)
-    places = [(log, k) for k in log] + [(d, k) for d in (log["bugs"][0], log["mixture"]["slices"][0],
+    log["evals"]["lm_eval"] = {"tasks": {"arc": {"acc": 0.5}}}
+    places = [(log, k) for k in log] + [(d, k) for d in (log["bugs"][0], log["mixture"]["slices"][0], log["evals"],
+                                                          log["evals"]["lm_eval"], log["evals"]["lm_eval"]["tasks"]["arc"],
                                                           log["evals"]["suites"]["capitals"], log["gate"], log["model"],
                                                           log["mixture"], log["metrics"][0]) for k in d]
     built = refused = 0

@@ -125,6 +125,11 @@ def run_page(history: History, run: Run) -> str:
         evals.append([esc(name), num(s["score"], "{:.3f}"),
                       f"{num(ci[0], '{:.3f}')}–{num(ci[1], '{:.3f}')}" if ci else "–", num(s["cases"]),
                       num(s["passed"]), num(s["failed"]), num(before, "{:.3f}"), num(delta, "{:+.3f}")])
+    benchmarks = []
+    for (task, metric), value in run.lm_eval.items():
+        before = prev.lm_eval.get((task, metric)) if prev else None
+        benchmarks.append([esc(task), esc(metric), num(value, "{:.4g}"), num(before, "{:.4g}"),
+                           num(value - before if before is not None else None, "{:+.4g}")])
     bugs = [[_bug_link(history, b["number"]), esc(b["title"]), f'<span class="{esc(b["verdict"])}">{esc(b["verdict"])}</span>',
              esc(b["input"]), esc(b["expected"]), esc(b["before"]) + (f'<br><span class="muted">({esc(b["before_source"])})</span>'
                                                                      if b["before_source"] else ""),
@@ -138,6 +143,8 @@ def run_page(history: History, run: Run) -> str:
             "<h2>Evals</h2>" + ("" if prev else '<p class="muted">The first run: nothing to compare with.</p>'),
             table(["suite", "score", "95% CI", "cases", "passed", "failed", "previous run", "delta"], evals,
                   numeric={1, 3, 4, 5, 6, 7}),
+            *(["<h3>lm-evaluation-harness</h3>", table(["task", "metric", "value", "previous run", "delta"], benchmarks,
+                                                       numeric={2, 3, 4})] if benchmarks else []),
             "<h2>Bug suite</h2>", table(["bug", "title", "verdict", "input", "expected", "before", "after", "score"],
                                         bugs, text={1, 3, 4, 5, 6}, numeric={7}),
             "<h2>Hyperparameters</h2>", table(["name", "value"], hyper)]

@@ -68,6 +68,7 @@ class Run:
     hyperparameters: dict[str, object]
     curve: list[tuple[float, float | None, float | None]]  # (step, loss, eval_loss)
     suites: dict[str, dict]  # name -> score, cases, passed, failed, ci95
+    lm_eval: dict[tuple[str, str], float]  # (task, metric) -> value, from lm-evaluation-harness
     bugs: list[dict]
     bug_counts: dict[str, int]
     gate: str | None  # passed, failed, overridden
@@ -214,6 +215,12 @@ def _suites(evals: object) -> dict[str, dict]:
     return suites
 
 
+def _lm_eval(evals: object) -> dict[tuple[str, str], float]:
+    tasks = mapping(mapping(mapping(evals).get("lm_eval")).get("tasks"))
+    return {(str(task), str(metric)): v for task, metrics in tasks.items()
+            for metric, raw in mapping(metrics).items() if (v := number(raw)) is not None}
+
+
 def _gate(gate: object) -> tuple[str | None, list[str]]:
     gate = mapping(gate)
     if not gate:
@@ -258,7 +265,8 @@ def make_run(log: runlog.RunLog, commit: tuple[str, str, str], branch: str) -> R
                base_model=str(log.base_model), trained_from=text(log.git_commit), finished_at=text(log.finished_at),
                train_loss=number(log.train_loss), eval_loss=number(log.eval_loss), steps=whole(log.steps),
                total=whole(manifest.get("total")), slices=_slices(manifest), hyperparameters=hyper,
-               curve=_curve(log.metrics), suites=_suites(log.extra.get("evals")), bugs=bugs,
+               curve=_curve(log.metrics), suites=_suites(log.extra.get("evals")),
+               lm_eval=_lm_eval(log.extra.get("evals")), bugs=bugs,
                bug_counts=summarize(bugs), gate=gate, gate_reasons=reasons, model=log.model,
                workflow_run=workflow.group(1) if workflow else None)
 
