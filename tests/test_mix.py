@@ -184,6 +184,21 @@ def test_smaller_share_samples_without_replacement():
     assert len(set(picks)) == 100 and all(0 <= i < 1000 for i in picks)
 
 
+@pytest.mark.parametrize("n,k", [(10, 3), (10, 25), (100, 100), (5000, 7), (100_000, 40), (3000, 2000), (1, 1),
+                                 (50, 0), (7, 6)])
+def test_selection_draws_what_shuffle_and_sample_draw(n, k):
+    # The same picks as the lists of ints it replaces: a mixture made before is made again byte for byte.
+    rng = random.Random(n * 31 + k)
+    passes, rest = divmod(k, n)
+    expected = []
+    for _ in range(passes):
+        order = list(range(n))
+        rng.shuffle(order)
+        expected += order
+    expected += rng.sample(range(n), rest)
+    assert list(selection(n, k, random.Random(n * 31 + k))) == expected
+
+
 def test_slice_seed_is_stable():
     assert slice_seed(42, "a") == slice_seed(42, "a")
     assert slice_seed(42, "a") != slice_seed(42, "b") != slice_seed(43, "b")

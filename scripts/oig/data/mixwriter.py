@@ -19,19 +19,21 @@ is written through ``oig.files.atomic_output``, the manifest last.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import os
 import random
+import re
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from itertools import accumulate, islice, repeat
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from oig.data.allocation import Allocation
-from oig.data.split import Split, slice_seed
+from oig.data.split import Split, sample_indices, slice_seed
 from oig.errors import InvalidInput, OigError, Problem
 from oig.files import WriteError, atomic_output, write_atomic
 
@@ -39,8 +41,8 @@ MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
 MANIFEST_FILE = "manifest.json"
 PREFERENCES_FILE = "preferences.jsonl"
-_LINE_HEAD = b'{"messages":['
-_LINE_TAIL = b"]}"
+_LINE = rb'\{"messages":\[[^\n]*\]\}'  # one line, without its newline
+_SHAPES = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)  # lines joined by newlines
 _WRITE_CHUNK = 1 << 20  # bytes buffered before each write and hash update
 
 
@@ -77,21 +79,19 @@ def _index(data: SliceData) -> _Index:
     display = str(data.path)
     offsets = array("Q", [0])
     digest = hashlib.sha256()
-    pos = 0
-    line = b""
+    rest = b""
     try:
         with open(data.path, "rb") as f:
-            for number, line in enumerate(f, 1):
-                digest.update(line)
-                body = line[:-1] if line.endswith(b"\n") else line
-                # These two checks are what make the string splice in _lines produce valid JSON.
-                if not body.startswith(_LINE_HEAD) or not body.endswith(_LINE_TAIL):
-                    raise InvalidInput([Problem(display, number, 1, "error", f"slice '{data.name}': each line must "
-                                                "be one compact {\"messages\":[...]} object")])
-                pos += len(line)
-                offsets.append(pos)
+            while chunk := f.read(_WRITE_CHUNK):
+                digest.update(chunk)
+                *lines, rest = (rest + chunk).split(b"\n")
+                _check_shapes(data, lines, len(offsets) - 1)
+                offsets.extend(islice(accumulate(map((1).__add__, map(len, lines)), initial=offsets[-1]), 1, None))
     except OSError as exc:
         raise InvalidInput([Problem(display, 0, 0, "error", f"cannot read slice '{data.name}': {exc.strerror}")]) from exc
+    if rest:
+        _check_shapes(data, [rest], len(offsets) - 1)
+        offsets.append(offsets[-1] + len(rest))
     found = len(offsets) - 1
     if found != data.count:
         raise InvalidInput([Problem(display, 0, 0, "error", f"slice '{data.name}' should have {data.count} "
@@ -100,18 +100,27 @@ def _index(data: SliceData) -> _Index:
     if data.sha256 and data.sha256 != sha:
         raise InvalidInput([Problem(display, 0, 0, "error", f"slice '{data.name}' changed after it was "
                                     "materialized (sha256 differs); materialize it again")])
-    return _Index(offsets, sha, bool(found) and not line.endswith(b"\n"))
+    return _Index(offsets, sha, bool(rest))
+
+
+def _check_shapes(data: SliceData, lines: list[bytes], before: int) -> None:
+    """What makes the string splice in _block produce valid JSON: every line is {"messages":[...]}."""
+    if lines and _SHAPES.fullmatch(b"\n".join(lines)) is None:
+        number = before + next(i for i, line in enumerate(lines, 1) if _SHAPES.fullmatch(line) is None)
+        raise InvalidInput([Problem(str(data.path), number, 1, "error", f"slice '{data.name}': each line must "
+                                    "be one compact {\"messages\":[...]} object")])
 
 
 def selection(n: int, k: int, rng: random.Random) -> Iterator[int]:
-    """Indices of k draws from n examples: full shuffled passes, then a sample without replacement."""
+    """Indices of k draws from n examples: full shuffled passes, then a sample without replacement
+    (the draws of ``rng.shuffle`` and ``rng.sample``, made in arrays of 4 or 8 bytes an index)."""
     passes, rest = divmod(k, n) if n else (0, 0)
     for _ in range(passes):
-        order = array("q", range(n))  # 8 bytes an index; a list of ints takes about 40
+        order = array("I" if n < 2**32 else "q", range(n))  # a list of ints would take about 40 bytes each
         rng.shuffle(order)
         yield from order
     if rest:
-        yield from rng.sample(range(n), rest)
+        yield from sample_indices(n, rest, rng)
 
 
 def _head(name: str) -> bytes:
@@ -130,14 +139,42 @@ def _read_line(data: SliceData, index: _Index, i: int, fd: int) -> bytes:
     return line
 
 
-def _lines(data: SliceData, index: _Index, k: int, seed: int, rank: int, fd: int,
-           keep: Sequence[int] | None = None) -> Iterator[tuple[float, int, bytes]]:
-    """The slice's output lines with their interleaving keys (fraction of the file, slice rank).
-    ``keep``: the line indices that may be trained on (None: all)."""
-    head, twice_k = _head(data.name), 2 * k
-    n = len(index.offsets) - 1 if keep is None else len(keep)
-    for j, i in enumerate(selection(n, k, random.Random(slice_seed(seed, data.name)))):
-        yield (2 * j + 1) / twice_k, rank, head + _read_line(data, index, i if keep is None else keep[i], fd)[1:]
+@dataclass
+class _Stream:
+    """One slice's output lines, drawn in order: j is the next of its k."""
+
+    data: SliceData
+    index: _Index
+    fd: int
+    k: int
+    picks: Iterator[int]  # line indices, in output order (into ``keep`` when there is one)
+    keep: Sequence[int] | None
+    j: int = 0
+
+    def key(self, j: int) -> float:
+        """Where the slice's j-th line sits: at (j + 1/2) / k of the file."""
+        return (2 * j + 1) / (2 * self.k)
+
+    def block(self, end: int) -> tuple[Iterator[float], list[bytes]]:
+        """The keys and output lines of this slice's lines j to end (not included)."""
+        count = end - self.j
+        keys = map((2 * self.k).__rtruediv__, range(2 * self.j + 1, 2 * end + 1, 2))  # key(j), as floats
+        self.j = end
+        idx = array("q", islice(self.picks, count))
+        if self.keep is not None:
+            idx = array("q", map(self.keep.__getitem__, idx))
+        offsets = self.index.offsets
+        starts = array("q", map((1).__add__, map(offsets.__getitem__, idx)))  # past the line's "{"
+        sizes = array("q", map(int.__sub__, map(offsets.__getitem__, map((1).__add__, idx)), starts))
+        bodies = list(map(os.pread, repeat(self.fd, count), sizes, starts))
+        if sum(map(len, bodies)) != sum(sizes):
+            short = next(i for i, body, size in zip(idx, bodies, sizes, strict=True) if len(body) != size)
+            raise InvalidInput([Problem(str(self.data.path), short + 1, 1, "error",
+                                        f"slice '{self.data.name}' changed while it was being mixed; run again")])
+        if self.index.missing_newline:
+            last = len(offsets) - 2
+            bodies = [body + b"\n" if i == last else body for i, body in zip(idx, bodies, strict=True)]
+        return keys, list(map(_head(self.data.name).__add__, bodies))
 
 
 def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Allocation, seed: int,
@@ -179,22 +216,31 @@ def _write(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Ind
     digest = hashlib.sha256()
     with atomic_output(out_dir / MIXTURE_FILE, "wb") as f, ExitStack() as stack:
         streams = []
-        for rank, share in enumerate(allocation.slices):
+        for share in allocation.slices:  # by name: on equal keys the slice that sorts first goes first
             if share.count:
                 data = by_name[share.name]
                 fd = os.open(data.path, os.O_RDONLY)
                 stack.callback(os.close, fd)
                 keep = split.slices[share.name].keep if split is not None else None
-                streams.append(_lines(data, indexes[share.name], share.count, seed, rank, fd, keep))
-        buffer: list[bytes] = []
-        size = 0
-        for _, _, line in heapq.merge(*streams):
-            buffer.append(line)
-            size += len(line)
-            if size >= _WRITE_CHUNK:
-                _hashed_write(f, digest, b"".join(buffer))
-                buffer, size = [], 0
-        _hashed_write(f, digest, b"".join(buffer))
+                n = len(indexes[share.name].offsets) - 1 if keep is None else len(keep)
+                picks = selection(n, share.count, random.Random(slice_seed(seed, data.name)))
+                streams.append(_Stream(data, indexes[share.name], fd, share.count, picks, keep))
+        # Blocks of about _WRITE_CHUNK bytes: block b holds every line whose key is below b / blocks.
+        total = sum(st.k for st in streams)
+        size = sum(st.index.offsets[-1] for st in streams)
+        lines = sum(len(st.index.offsets) - 1 for st in streams)
+        per_block = min(max(_WRITE_CHUNK * lines // max(size, 1), 256), 1 << 16)
+        blocks = max(1, -(-total // per_block))
+        for b in range(1, blocks + 1):
+            keys: list[float] = []
+            block: list[bytes] = []
+            for st in streams:
+                end = st.k if b == blocks else bisect_left(range(st.k), b / blocks, lo=st.j, key=st.key)
+                more_keys, more_lines = st.block(end)
+                keys.extend(more_keys)
+                block += more_lines
+            # A stable sort by key: streams are in slice order, so equal keys keep it.
+            _hashed_write(f, digest, b"".join(map(block.__getitem__, sorted(range(len(keys)), key=keys.__getitem__))))
     return {"mixture": MIXTURE_FILE, "sha256": digest.hexdigest()}
 
 

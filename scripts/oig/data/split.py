@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import random
 from array import array
-from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
+from math import ceil, log
+from operator import methodcaller
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +40,7 @@ from oig.errors import InvalidInput, Problem
 MIN_DISTINCT = 10  # distinct examples a slice needs before any of it is held out
 DEFAULT_FRACTION = Fraction(1, 10)
 MAX_DEFAULT = 1000  # examples held out when eval_size is unset; a larger set only slows evaluation
+_READ_BYTES = 1 << 20  # 1 MiB read at a time while hashing lines
 
 
 class SliceLines(Protocol):
@@ -92,14 +95,49 @@ def no_split(slices: Sequence[SliceLines], eval_size: float | None = 0) -> Split
     return Split(eval_size, {s.name: SliceSplit(s.name, s.count, s.count, why="eval_size 0") for s in slices})
 
 
-def _line_keys(data: SliceLines) -> list[bytes]:
-    """A 16-byte digest of each line: equal lines are the same example (the files are compact JSON)."""
+def _line_keys(data: SliceLines):
+    """An 8-byte digest of each line, as one Arrow int64 array: equal lines are the same example (the
+    files are compact JSON). Two different lines share a digest with a chance of about n^2 / 2^65 in
+    all (3e-6 for 10M lines); 8 bytes a line keeps a 40M-line slice to 320 MB."""
+    import pyarrow as pa
+
+    digest = partial(hashlib.blake2b, digest_size=8)
+    parts, rest = [], b""
     try:
         with open(data.path, "rb") as f:
-            return [hashlib.blake2b(line.rstrip(b"\n"), digest_size=16).digest() for line in f]
+            while chunk := f.read(_READ_BYTES):
+                *lines, rest = (rest + chunk).split(b"\n")
+                parts.append(b"".join(map(methodcaller("digest"), map(digest, lines))))
     except OSError as exc:
         raise InvalidInput([Problem(str(data.path), 0, 0, "error",
                                     f"cannot read slice '{data.name}': {exc.strerror}")]) from exc
+    if rest:
+        parts.append(digest(rest).digest())
+    blob = b"".join(parts)
+    return pa.Array.from_buffers(pa.int64(), len(blob) // 8, [None, pa.py_buffer(blob)])
+
+
+def sample_indices(n: int, k: int, rng: random.Random) -> Iterator[int]:
+    """``rng.sample(range(n), k)``, the same draws in the same order, with an 8-byte-a-slot pool
+    instead of a list of n ints (CPython 3.11's algorithm; tests/test_split.py checks they agree)."""
+    if not 0 <= k <= n:
+        raise ValueError("sample larger than population or is negative")
+    randbelow = rng._randbelow  # what Random.sample draws with
+    setsize = 21 + (4 ** ceil(log(k * 3, 4)) if k > 5 else 0)
+    if n <= setsize:
+        pool = array("q", range(n))
+        for i in range(k):
+            j = randbelow(n - i)
+            yield pool[j]
+            pool[j] = pool[n - i - 1]
+    else:
+        selected: set[int] = set()
+        for _ in range(k):
+            j = randbelow(n)
+            while j in selected:
+                j = randbelow(n)
+            selected.add(j)
+            yield j
 
 
 def _target(eval_size: float | None, spare: int, where: str) -> int:
@@ -122,9 +160,16 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
     ``holdout: false``. Raises InvalidInput for an eval_size that is neither a fraction nor a count."""
     if eval_size == 0:
         return no_split(slices)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     keys = {s.name: _line_keys(s) for s in slices}
-    found_in = Counter(k for ks in keys.values() for k in set(ks))
-    distinct = {n: len(set(ks)) for n, ks in keys.items()}
+    distinct_keys = {n: pc.unique(ks) for n, ks in keys.items()}  # in order of first appearance
+    distinct = {n: len(u) for n, u in distinct_keys.items()}
+    # The examples in more than one slice: equal neighbours once every slice's distinct keys are sorted.
+    every = pa.concat_arrays(list(distinct_keys.values())) if distinct_keys else pa.array([], pa.int64())
+    ordered = every.take(pc.array_sort_indices(every))
+    shared = pc.unique(ordered[1:].filter(pc.equal(ordered[1:], ordered[:-1])))
     eligible = sorted(n for n in keys if n not in whole and distinct[n] >= MIN_DISTINCT)
     spare = sum(distinct[n] for n in eligible)
     total = _target(eval_size, spare, where)
@@ -147,17 +192,19 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
             why = "holdout: false" if n in whole else f"fewer than {MIN_DISTINCT} distinct examples"
             out[n] = SliceSplit(n, s.count, distinct[n], why=why)
             continue
-        first: dict[bytes, int] = {}
-        for i, k in enumerate(keys[n]):
-            first.setdefault(k, i)
-        candidates = [k for k in first if found_in[k] == 1]  # in no other slice
+        candidates = distinct_keys[n].filter(pc.invert(pc.is_in(distinct_keys[n], value_set=shared)))  # in no other slice
         want = counts[n]
         if len(candidates) < want:
             warnings.append(f"slice '{n}' holds out {len(candidates)} examples, not {want}: the others also "
                             "appear in another slice")
             want = len(candidates)
-        held = set(random.Random(slice_seed(seed, f"eval\0{n}")).sample(candidates, want))
-        keep = array("q", (i for i, k in enumerate(keys[n]) if k not in held))
-        out[n] = SliceSplit(n, s.count, distinct[n], sorted(first[k] for k in held), keep if held else None,
-                            "held out" if held else "its share of eval_size rounds to 0")
+        rng = random.Random(slice_seed(seed, f"eval\0{n}"))
+        held = candidates.take(pa.array(list(sample_indices(len(candidates), want, rng)), pa.int64()))
+        first = pc.index_in(held, value_set=keys[n])  # each held-out example's first line
+        keep = array("q")
+        if want:
+            mask = pc.invert(pc.is_in(keys[n], value_set=held))
+            keep.frombytes(pc.indices_nonzero(mask).cast(pa.int64()).buffers()[1])
+        out[n] = SliceSplit(n, s.count, distinct[n], sorted(first.to_pylist()), keep if want else None,
+                            "held out" if want else "its share of eval_size rounds to 0")
     return Split(eval_size, out, warnings)
