@@ -2,7 +2,10 @@
 
 It answers what ``HfApi.whoami``, ``create_repo``, ``create_branch``, ``upload_folder`` (preupload, then an NDJSON
 commit) and ``repo_info`` send, stores the committed files per repo and branch so tests can read
-them back, and records every request so tests can assert what the SDK sent. ``fail_commits`` makes
+them back, and records every request so tests can assert what the SDK sent. Dataset repositories
+(``repo_type="dataset"``: ``/api/datasets/...``) are served too, with the reading side oig's data
+loader uses: ``GET /api/datasets/{repo}/revision/{rev}`` and ``GET /datasets/{repo}/resolve/{rev}/{path}``,
+where rev is a branch or any commit sha the fake made (each commit's files are kept). ``fail_commits`` makes
 the first N commit requests fail with ``fail_status`` (a flaky Hub).
 """
 
@@ -23,6 +26,7 @@ from servers import ThreadedFake
 class Branch:
     files: dict[str, bytes] = field(default_factory=dict)
     commits: list[dict] = field(default_factory=list)  # {"oid", "summary", "paths"}
+    snapshots: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit oid -> the files at it
 
     @property
     def head(self) -> str:
@@ -40,6 +44,8 @@ class FakeHub(ThreadedFake):
         self.fail_commits = fail_commits
         self.fail_status = fail_status
         self.repos: dict[str, dict[str, Branch]] = {}
+        self.repo_types: dict[str, str] = {}  # repo id -> "model" or "dataset", as created
+        self.private: set[str] = set()  # repo ids created private
         self.requests: list[dict] = []
         self.lock = threading.Lock()
 
@@ -91,9 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.fake
         with fake.lock:
             fake.requests.append(record)
-        if self.headers.get("Authorization") != f"Bearer {fake.token}":
-            return self._error(401, "Invalid credentials in Authorization header")
         parts = path.strip("/").split("/")
+        if self.headers.get("Authorization") != f"Bearer {fake.token}" and not self._public_read(method, parts):
+            return self._error(401, "Invalid credentials in Authorization header")
         with fake.lock:
             if method == "POST" and path == "/api/repos/create":
                 return self._create_repo(json.loads(raw or b"{}"))
@@ -101,7 +107,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._whoami()
             if method == "POST" and path == "/api/validate-yaml":
                 return self._reply(200, {"errors": [], "warnings": []})
-            if len(parts) >= 4 and parts[:2] == ["api", "models"]:
+            if method == "GET" and len(parts) >= 6 and parts[0] == "datasets" and parts[3] == "resolve":
+                return self._resolve(f"{parts[1]}/{parts[2]}", parts[4], "/".join(parts[5:]))
+            if len(parts) >= 4 and parts[:2] == ["api", "datasets"] and fake.repo_types.get(
+                    f"{parts[2]}/{parts[3]}") != "dataset":
+                return self._error(404, f"Dataset Not Found for url: {path}", "RepoNotFound")
+            if len(parts) >= 4 and parts[:2] in (["api", "models"], ["api", "datasets"]):
                 repo_id = f"{parts[2]}/{parts[3]}"
                 rest = parts[4:]
                 if repo_id not in fake.repos:
@@ -115,6 +126,13 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._preupload(json.loads(raw))
                 if method == "POST" and len(rest) == 2 and rest[0] == "commit":
                     return self._commit(repo_id, branches, rest[1], raw)
+                if method == "GET" and len(rest) == 2 and rest[0] == "revision" and parts[1] == "datasets":
+                    files = self._at(repo_id, rest[1])
+                    if files is None:
+                        return self._error(404, "Invalid rev id", "RevisionNotFound")
+                    sha = branches[rest[1]].head if rest[1] in branches else rest[1]
+                    return self._reply(200, {"id": repo_id, "sha": sha, "private": False,
+                                             "siblings": [{"rfilename": p} for p in sorted(files)]})
                 if method == "GET" and (not rest or (len(rest) == 2 and rest[0] == "revision")):
                     branch = branches.get(rest[1] if rest else "main")
                     if branch is None:
@@ -122,6 +140,34 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._reply(200, {"id": repo_id, "modelId": repo_id, "sha": branch.head, "private": False,
                                              "siblings": [{"rfilename": p} for p in sorted(branch.files)]})
         self._error(404, f"no route for {method} {path} in the fake Hub")
+
+    def _public_read(self, method: str, parts: list[str]) -> bool:
+        """Reading a public dataset repo needs no token, as on the Hub (model repos here always do)."""
+        if method != "GET" or len(parts) < 4:
+            return False
+        repo_id = f"{parts[2]}/{parts[3]}" if parts[:2] == ["api", "datasets"] else (
+            f"{parts[1]}/{parts[2]}" if parts[0] == "datasets" else None)
+        with self.fake.lock:
+            return (repo_id is not None and self.fake.repo_types.get(repo_id) == "dataset"
+                    and repo_id not in self.fake.private)
+
+    def _at(self, repo_id: str, rev: str) -> dict[str, bytes] | None:
+        """A dataset repo's files at a branch or a commit sha; None when neither."""
+        branches = self.fake.repos.get(repo_id, {})
+        if rev in branches:
+            return branches[rev].files
+        return next((b.snapshots[rev] for b in branches.values() if rev in b.snapshots), None)
+
+    def _resolve(self, repo_id: str, rev: str, name: str) -> None:
+        files = self._at(repo_id, rev) if self.fake.repo_types.get(repo_id) == "dataset" else None
+        if files is None or name not in files:
+            return self._error(404, f"Entry Not Found: {name} at {rev}", "EntryNotFound")
+        data = files[name]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _whoami(self) -> None:
         fake = self.fake
@@ -137,6 +183,9 @@ class _Handler(BaseHTTPRequestHandler):
         if repo_id in self.fake.repos:
             return self._reply(409, {"error": "You already created this model repo", "url": f"{self.fake.url}/{repo_id}"})
         self.fake.repos[repo_id] = {"main": Branch()}
+        self.fake.repo_types[repo_id] = "dataset" if payload.get("type") == "dataset" else "model"
+        if payload.get("private"):
+            self.fake.private.add(repo_id)
         self._reply(200, {"url": f"{self.fake.url}/{repo_id}", "name": repo_id})
 
     def _create_branch(self, branches: dict[str, Branch], name: str) -> None:
@@ -171,6 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
                 branch.files.pop(value["path"], None)
         oid = _oid(repo_id, rev, len(branch.commits), *sorted(paths))
         branch.commits.append({"oid": oid, "summary": header.get("summary"), "paths": paths})
+        branch.snapshots[oid] = dict(branch.files)
         self._reply(200, {"commitUrl": f"{fake.url}/{repo_id}/commit/{oid}", "commitOid": oid,
                           "pullRequestUrl": None})
 

@@ -49,6 +49,17 @@ def register(sub) -> None:
     p.add_argument("--emit-slice", type=Path, default=None, metavar="data/NAME.yaml",
                    help="also write the best answers to single-turn prompts as a slice file (inline IOPairs "
                         "with the config's license and the data's provenance)")
+    p.add_argument("--push-to-hub", default=None, metavar="ORG/NAME",
+                   help="also upload the exports as a Hugging Face dataset repository: parquet configs sft, prefs, "
+                        "battles and records, and a dataset card with the models, judges, prompts, license and "
+                        "config hash (token: HF_TOKEN; endpoint: HF_ENDPOINT when set); the commit sha is printed "
+                        "and kept in run.json")
+    p.add_argument("--private", action="store_true",
+                   help="with --push-to-hub: create the dataset repository private (an existing one is left as is)")
+    p.add_argument("--slice-mode", choices=["auto", "inline", "link"], default="auto",
+                   help="what --emit-slice writes: inline IOPairs, or a HuggingFace: entry linking the pushed "
+                        "dataset at its commit (link, needs --push-to-hub); auto (the default) links when the "
+                        "dataset is pushed and has over 5,000 SFT rows or 8 MiB of sft.jsonl, else inline")
     p.set_defaults(run=run)
 
 
@@ -58,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     summary = generate(cfg, args.out, allow_local=args.allow_local_sources, limit=args.limit, seed=args.seed,
-                       dry_run=args.dry_run, budget_usd=args.budget_usd, emit_slice=args.emit_slice)
+                       dry_run=args.dry_run, budget_usd=args.budget_usd, emit_slice=args.emit_slice,
+                       push_to_hub=args.push_to_hub, hub_private=True if args.private else None,
+                       slice_mode=args.slice_mode)
     if summary.dry_run:
         print(summary.plan_text)
         return 0
@@ -70,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
         # Records were written (each with its error), but a run with no answer at all is a setup problem.
         print(f"oig generate: error: every model call failed; the first: {summary.first_error}", file=sys.stderr)
         return 1
-    if summary.slice_pairs is not None:
+    if summary.hub_revision is not None:
+        print(f"pushed {summary.hub_link} at revision {summary.hub_revision}")
+    if summary.slice_linked:
+        print(f"wrote {args.emit_slice} (links {summary.slice_pairs} SFT rows at {summary.hub_link}@"
+              f"{summary.hub_revision[:12]}); check it with `oig validate`")
+    elif summary.slice_pairs is not None:
         skipped = f"; {summary.slice_skipped} multi-turn or system prompts left out" if summary.slice_skipped else ""
         print(f"wrote {args.emit_slice} ({summary.slice_pairs} IOPairs{skipped}); check it with `oig validate`")
     return 0

@@ -6,7 +6,8 @@
 - ``battles.jsonl``: ``model_a``, ``model_b``, ``winner`` (model_a | model_b | tie) with the prompt,
   for training routers or reward models: the pairwise judges' verdicts when there are pairwise
   judges, otherwise every pair of scored answers compared by score (judge ``aggregate``).
-- ``--emit-slice``: the SFT export as a slice file of inline IOPairs (single-turn prompts only).
+- ``--emit-slice``: the SFT export as a slice file of inline IOPairs (single-turn prompts only), or,
+  for a large dataset pushed with ``--push-to-hub``, a ``HuggingFace:`` entry pinned to the commit.
 
 Every row of sft, prefs and battles carries its record's ``verdicts_complete`` and
 ``missing_verdicts`` (judge, response_id, model), so incomplete judging can be filtered out.
@@ -160,26 +161,43 @@ def slice_text(sft: Iterable[dict], *, name: str, description: str, license: str
     if not pairs:
         raise OigError("no single-turn answers to put in a slice (IOPairs holds one user message and one answer)")
     doc = {"description": description, "license": license, "source": source, "IOPairs": pairs}
+    return _dump(doc, name, "answers chosen by judges among several models"), len(pairs), skipped
+
+
+def link_slice_text(*, name: str, link: str, revision: str, rows: int, description: str, license: str,
+                    source: str) -> str:
+    """A slice linking the pushed dataset's ``sft`` config at its commit, instead of inline pairs."""
+    doc = {"description": description, "license": license, "source": source,
+           "HuggingFace": [{"link": link, "revision": revision, "config": "sft", "split": "train"}]}
+    return _dump(doc, name, f"{rows} answers chosen by judges among several models, on the Hub")
+
+
+def _dump(doc: dict, name: str, what: str) -> str:
     body = yaml.dump(doc, Dumper=_SliceDumper, sort_keys=False, allow_unicode=True, width=100_000)
-    header = (f"{SCHEMA_LINE}\n# {name}: answers chosen by judges among several models (oig generate); "
-              "check it with `oig validate`.\n")
-    text = header + body
+    text = f"{SCHEMA_LINE}\n# {name}: {what} (oig generate); check it with `oig validate`.\n" + body
     # What oig's reader sees must be exactly what was meant: refuse to write anything else.
     if yamlsafe.load(text) != doc:
         raise OigError("the slice file would not read back as written; this is a bug in oig generate")
-    return text, len(pairs), skipped
+    return text
 
 
-def emit_slice(path: Path, sft: Iterable[dict], *, description: str, license: str | None,
-               source: str) -> tuple[int, int]:
-    """Write the SFT export as the slice ``path``, checked by ``oig validate``'s rules first."""
+def emit_slice(path: Path, sft: Iterable[dict], *, description: str, license: str | None, source: str,
+               link: tuple[str, str, int] | None = None, allow_local: bool = False) -> tuple[int, int]:
+    """Write the SFT export as the slice ``path``, checked by ``oig validate``'s rules first: inline
+    IOPairs, or with ``link`` (dataset link, commit sha, rows) a ``HuggingFace:`` entry pinned to it."""
     from oig.data.validate import ValidateOptions, check_slice
 
     if not license:
         raise OigError("--emit-slice needs the data's license: add `license: <SPDX id>` to the config "
                        "(check the models' terms and the instructions' license)")
-    text, count, skipped = slice_text(sft, name=path.stem, description=description, license=license, source=source)
-    _, problems = check_slice(text.encode("utf-8"), path, str(path), ValidateOptions())
+    if link is None:
+        text, count, skipped = slice_text(sft, name=path.stem, description=description, license=license,
+                                          source=source)
+    else:
+        text = link_slice_text(name=path.stem, link=link[0], revision=link[1], rows=link[2], description=description,
+                               license=license, source=source)
+        count, skipped = link[2], 0
+    _, problems = check_slice(text.encode("utf-8"), path, str(path), ValidateOptions(allow_local=allow_local))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise InvalidInput([Problem(str(path), p.line, p.col, p.severity, p.message) for p in errors])

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oig.data.fetch import SourceOptions
-from oig.errors import OigError
+from oig.errors import OigError, secret
 from oig.files import write_atomic
-from oig.generate import export, judges
+from oig.generate import export, hub, judges
 from oig.generate.calls import CHARS_PER_TOKEN, Ctx
 from oig.generate.clients import ProviderClient
 from oig.generate.config import GenerateConfig
@@ -34,6 +34,12 @@ from oig.generate.instructions import Instruction, iter_instructions, plan_instr
 from oig.generate.record import process
 from oig.generate.store import CallStore
 from oig.generate.stream import Sink
+
+SLICE_MODES = ("auto", "inline", "link")
+# A slice "large" enough to link the pushed dataset instead of holding its pairs inline (auto mode):
+# inline YAML is read whole, and slice files are capped at 64 MiB.
+LINK_ROWS = 5_000  # SFT rows
+LINK_BYTES = 8 * 1024**2  # of sft.jsonl
 
 
 @dataclass
@@ -53,6 +59,9 @@ class Summary:
     slice_pairs: int | None = None
     slice_skipped: int = 0
     resumed: int = 0  # records an interrupted run had written, kept as they were
+    hub_link: str | None = None  # --push-to-hub: the dataset's link and the commit it was pushed as
+    hub_revision: str | None = None
+    slice_linked: bool = False  # the slice links the Hub dataset instead of holding pairs
     dry_run: bool = False
     plan_text: str = ""
 
@@ -131,14 +140,29 @@ async def _run_all(ctx: Ctx, instructions: Iterator[Instruction], progress: Prog
 
 def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, limit: int | None = None,
              seed: int | None = None, dry_run: bool = False, budget_usd: float | None = None,
-             emit_slice: Path | None = None, store_path: Path | None = None, progress_stream=None) -> Summary:
-    """Run the pipeline; write DIR/records.jsonl, sft.jsonl, prefs.jsonl, battles.jsonl and run.json."""
+             emit_slice: Path | None = None, store_path: Path | None = None, progress_stream=None,
+             push_to_hub: str | None = None, hub_private: bool | None = None, slice_mode: str = "auto") -> Summary:
+    """Run the pipeline; write DIR/records.jsonl, sft.jsonl, prefs.jsonl, battles.jsonl and run.json.
+
+    ``push_to_hub`` (ORG/NAME): also upload them as a Hub dataset (``oig.generate.hub``). ``slice_mode``
+    for ``emit_slice``: inline (IOPairs), link (a ``HuggingFace:`` entry at the pushed commit), or auto
+    (link when the dataset is pushed and large: over LINK_ROWS SFT rows or LINK_BYTES of sft.jsonl)."""
     out_dir = Path(out_dir)
     seed = cfg.seed if seed is None else seed
     limit = cfg.limit if limit is None else limit
     store_path = store_path or out_dir / "calls.sqlite"
 
     # --- checks before anything is fetched or called ------------------------------------------------
+    if slice_mode not in SLICE_MODES:
+        raise OigError(f"slice mode {slice_mode!r}: expected one of {', '.join(SLICE_MODES)}")
+    if slice_mode == "link" and not push_to_hub:
+        raise OigError("--slice-mode link links the dataset pushed to the Hub: add --push-to-hub ORG/NAME")
+    if slice_mode != "auto" and emit_slice is None:
+        raise OigError(f"--slice-mode {slice_mode} applies to the slice file: add --emit-slice data/NAME.yaml")
+    if push_to_hub:
+        hub.check_repo_id(push_to_hub)
+        if not dry_run:
+            secret("HF_TOKEN", OigError, "--push-to-hub needs a write token")  # now, not after the calls
     if budget_usd is not None:
         unpriced = sorted({m.model for m in _chat_models(cfg)} - set(cfg.prices))
         if unpriced:
@@ -182,6 +206,9 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
             summary.budget_reached = ctx.budget_reached
             if dry_run:
                 summary.plan_text = _plan_text(ctx, plan.count, budget_usd)
+                if push_to_hub:
+                    summary.plan_text += (f"\nThen: push the exports to the Hub dataset {push_to_hub} (parquet and a "
+                                          "dataset card; HF_TOKEN is checked when the run starts)")
 
         asyncio.run(main())
         if sink is not None:
@@ -199,13 +226,25 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
         setattr(summary, key, value)
     summary.first_error, summary.resumed = sink.first_error, sink.resumed
     source = provenance(cfg, plan.sources)
+    description = cfg.description or _default_description(cfg)
+    if push_to_hub:
+        summary.hub_link, summary.hub_revision = hub.publish(
+            cfg, out_dir, push_to_hub, sources=plan.sources, lines=summary.files, description=description,
+            private=hub_private)
     if emit_slice is not None:
+        large = (summary.files["sft.jsonl"] > LINK_ROWS or (out_dir / "sft.jsonl").stat().st_size > LINK_BYTES)
+        link = None
+        if slice_mode == "link" or (slice_mode == "auto" and push_to_hub and large):
+            link = (summary.hub_link, summary.hub_revision, summary.files["sft.jsonl"])
+        summary.slice_linked = link is not None
         summary.slice_pairs, summary.slice_skipped = export.emit_slice(
-            emit_slice, export.read_jsonl(out_dir / "sft.jsonl"), description=cfg.description or
-            _default_description(cfg), license=cfg.license, source=source)
+            emit_slice, export.read_jsonl(out_dir / "sft.jsonl"), description=description, license=cfg.license,
+            source=source, link=link, allow_local=allow_local)
     run_info = {"config": str(cfg.path), "config_sha256": cfg.sha256, "instructions": plan.count,
                 "limit": limit, "seed": seed, "budget_usd": budget_usd, "budget_reached": summary.budget_reached,
-                "resumed_records": summary.resumed, "files": summary.files, "provenance": source, **summary.stats}
+                "resumed_records": summary.resumed, "files": summary.files, "provenance": source,
+                "hub": {"dataset": summary.hub_link, "revision": summary.hub_revision} if push_to_hub else None,
+                **summary.stats}
     write_atomic(out_dir / "run.json", json.dumps(run_info, indent=1, ensure_ascii=False) + "\n")
     progress.close(summary_line(summary))
     return summary
