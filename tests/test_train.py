@@ -187,13 +187,13 @@ def test_the_trainer_receives_the_mixture_shares(tmp_path, monkeypatch, offline)
     monkeypatch.chdir(repo)
     handed: list[list[dict]] = []
 
-    def to_dataset(records, *args):
+    def tokenise(records, *args, **kwargs):
         handed.append(records)
         if len(handed) == 2:
             raise Stop
         return object(), 0
 
-    monkeypatch.setattr("oig.train.sft.to_dataset", to_dataset)
+    monkeypatch.setattr("oig.train.sft.tokenise", tokenise)
     with pytest.raises(Stop):
         train_mixture_run(repo)
     trained, evaluated = handed
@@ -618,9 +618,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, monkeypatch, ca
     killed_at = int(checkpoint.removeprefix("checkpoint-"))
     assert 20 <= killed_at < 300
 
+    # The killed run tokenised its train and held-out splits once, into the run folder; the rerun loads them.
+    assert len(list(next(repo.glob("runs/*/tokenised")).iterdir())) == 2
+    encoded: list[int] = []
+    monkeypatch.setattr("oig.train.tokenise.encode_many", lambda records, *a, **k: encoded.append(len(records)))
     monkeypatch.chdir(repo)
     assert main(["train", "--base-model", "tiny"]) == 0
     assert "resumed from runs/" in capsys.readouterr().err
+    assert encoded == []
     log = runlog.read_training_log(repo / "training_log")
     assert log["resumed_from"] == f"runs/{log['run_id']}/checkpoints/checkpoint-{killed_at}"
     assert log["steps"] == 300

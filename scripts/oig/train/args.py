@@ -103,6 +103,7 @@ def trainer_config(config_class, config, output_dir: Path, *, on_gpu: bool, tiny
     config class refuses is ``error`` naming ``where``.
     """
     check_refused(config.training, error, where)
+    check_packages(config.training, on_gpu, error, where)
     fields = {f.name for f in dataclasses.fields(config_class)}
     kw = {k: v for k, v in config.training.items()
           if k not in APPLIED_ELSEWHERE and (k in fields or not shared_only)}
@@ -151,6 +152,30 @@ def check_refused(training: dict, error: type[OigError] = TrainError, where: str
     if refused:
         reasons = "; ".join(f"{k}: {REFUSED_FIELDS.get(k, 'oig sets it itself (the run folder)')}" for k in refused)
         raise error(f"{where} sets fields oig does not take: {reasons}")
+
+
+# What a tracker in `report_to` needs installed (the maintainers install it on the runner).
+TRACKER_PACKAGES = {"trackio": "trackio", "wandb": "wandb", "tensorboard": "tensorboard"}
+
+
+def check_packages(training: dict, on_gpu: bool, error: type[OigError] = TrainError,
+                   where: str = "training.yaml") -> None:
+    """The packages training.yaml's trackers and kernels need are there, before anything loads: a
+    tracker that cannot log, or kernels that cannot run, are errors, not warnings mid-run."""
+    import importlib.util
+
+    report_to = training.get("report_to") or []
+    for tracker in [report_to] if isinstance(report_to, str) else report_to:
+        package = TRACKER_PACKAGES.get(tracker)
+        if package and importlib.util.find_spec(package) is None:
+            raise error(f"{where}: report_to {tracker} needs the {package} package on this machine: pip install "
+                        f"{package} (and its credentials in the environment), or remove it from report_to")
+    if training.get("use_liger_kernel"):
+        if not on_gpu:
+            raise error(f"{where}: use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); set it to false")
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise error(f"{where}: use_liger_kernel needs the gpu extra: pip install -c requirements/lock.txt "
+                        "-e '.[gpu]'")
 
 
 def apply_momentum(kw: dict, momentum: float) -> None:

@@ -136,14 +136,29 @@ def training(checkpoint_dir: Path, threads: int | None, out_of_memory: str):
 # --- the model folder ---------------------------------------------------------------------------------------
 
 
-def save_model(trainer, tokenizer, model_dir: Path, config) -> None:
+def save_model(trainer, tokenizer, model_dir: Path, config, sharded: bool = False) -> None:
     """The final model: LoRA adapters are merged into the weights (loadable with ``from_pretrained``);
     QLoRA's, whose 4-bit base cannot be merged exactly, are saved as adapters (``adapter_config.json``
-    naming the base model, no ``config.json``), which ``oig.publish`` publishes as adapters."""
-    model = merge_adapters(trainer.model, config)
-    if trainer.accelerator.is_main_process:
-        _replace_folder(model_dir, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
-    trainer.accelerator.wait_for_everyone()
+    naming the base model, no ``config.json``), which ``oig.publish`` publishes as adapters.
+
+    ``sharded`` (FSDP, ZeRO-3: each process holds a part of the weights): every process takes part in
+    ``trainer.save_model``, which gathers the whole model (FSDP's FULL_STATE_DICT, ZeRO-3's 16-bit
+    weights) and writes it from the main process into the folder that then replaces ``model_dir``."""
+    accelerator = trainer.accelerator
+    if sharded:
+        gathered = model_dir.with_name(f"{model_dir.name}.gathered")
+        if accelerator.is_main_process:
+            shutil.rmtree(gathered, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        trainer.save_model(str(gathered))  # every process: the parts are gathered, the main process writes
+        if accelerator.is_main_process:
+            tokenizer.save_pretrained(gathered)
+            _replace_folder(model_dir, lambda tmp: os.replace(gathered, tmp))
+    else:
+        model = merge_adapters(trainer.model, config)
+        if accelerator.is_main_process:
+            _replace_folder(model_dir, lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)))
+    accelerator.wait_for_everyone()
 
 
 def _replace_folder(target: Path, write) -> None:

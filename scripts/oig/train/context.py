@@ -73,6 +73,11 @@ class RunContext:
         return self.run_dir / "model"
 
     @property
+    def sharded(self) -> bool:
+        """Whether the weights are split across the GPUs (``distributed: fsdp`` or ``zero3``)."""
+        return self.config.oig.get("distributed") in ("fsdp", "zero3")
+
+    @property
     def is_main(self) -> bool:
         """Whether this process locks the run folder, builds shared files first and writes the logs."""
         return self.state is None or self.state.is_main_process

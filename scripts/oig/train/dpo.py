@@ -55,13 +55,19 @@ def as_conversations(pairs: list[dict]) -> list[dict]:
             for p in pairs for side in ("chosen", "rejected")]
 
 
-def train_dpo(ctx: RunContext, model, tokenizer, pairs: list[dict]):
+def settings(ctx: RunContext):
+    """DPO's DPOConfig and the tiny model's overrides, built before the model loads (as SFT's)."""
+    return dpo_config(ctx.config, ctx.run_dir / "dpo-checkpoints", on_gpu=ctx.on_gpu, tiny_model=ctx.tiny,
+                      bf16=use_bf16(ctx.config, ctx.on_gpu))
+
+
+def train_dpo(ctx: RunContext, model, tokenizer, pairs: list[dict], built: tuple | None = None):
     """TRL's DPOTrainer on the pairs, from ``model`` (the SFT model, or the base model for DPO alone),
-    resuming when a checkpoint of this run is there; returns (trainer, training_log's dpo section)."""
+    resuming when a checkpoint of this run is there; returns (trainer, training_log's dpo section).
+    ``built``: what ``settings`` returned (built here when not given)."""
     model = merge_adapters(model, ctx.config)  # the SFT adapters become the weights DPO starts from
-    checkpoint_dir = ctx.run_dir / "dpo-checkpoints"
-    args, overrides = dpo_config(ctx.config, checkpoint_dir, on_gpu=ctx.on_gpu, tiny_model=ctx.tiny,
-                                 bf16=use_bf16(ctx.config, ctx.on_gpu))
+    args, overrides = built or settings(ctx)
+    checkpoint_dir = Path(args.output_dir)
     resume = resume_point(checkpoint_dir, ctx.run_id, ctx.state)
     trainer = make_trainer(model, tokenizer, pairs, args, ctx.config)
     with training(checkpoint_dir, ctx.threads, OUT_OF_MEMORY):

@@ -83,14 +83,54 @@ def encode(messages: list[dict], tokenizer, template: str, assistant_only: bool 
     markers (found out when not given). ``tools``: the record's function definitions, rendered by the
     template (``apply_chat_template(..., tools=...)``) with the assistants' ``tool_calls``.
     """
-    clean = [{"role": m["role"], "content": m["content"], **{k: m[k] for k in TOOL_KEYS if k in m}}
-             for m in messages]
-    weights = [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
+    clean = _clean(messages)
+    weights = _weights(messages)
     spans: list[tuple[int, int]] = []
     if marked or (marked is None and has_markers(template)):
         ids, spans = _assistant_spans(clean, tokenizer, template, tools)
     if len(spans) != len(weights):
         ids, spans = _prefix_spans(clean, tokenizer, template, tools)
+    return ids, _labels(ids, spans, weights, assistant_only)
+
+
+def encode_many(conversations: list[dict], tokenizer, template: str, assistant_only: bool = True,
+                marked: bool | None = None) -> list[tuple[list[int], list[int]]]:
+    """``encode`` for many records (``{"messages", "tools"?}``) at once, the same result: with a template
+    that marks assistant turns, the records without tools are rendered and tokenised in one
+    ``apply_chat_template`` call (one batched tokenizer call instead of one per record); the others,
+    and any whose turns the marks do not find, go through ``encode`` one by one."""
+    marked = has_markers(template) if marked is None else marked
+    out: list[tuple[list[int], list[int]] | None] = [None] * len(conversations)
+    from jinja2 import TemplateError
+
+    batch = [i for i, r in enumerate(conversations) if marked and not r.get("tools")]
+    try:
+        rendered = tokenizer.apply_chat_template([_clean(conversations[i]["messages"]) for i in batch],
+                                                 chat_template=template, tokenize=True, return_dict=True,
+                                                 return_assistant_tokens_mask=True) if batch else None
+    except TemplateError:  # one record the template refuses: each on its own below, so the error names it
+        rendered = None
+    if rendered is not None:
+        for i, ids, mask in zip(batch, rendered["input_ids"], rendered["assistant_masks"], strict=True):
+            spans, weights = _spans(list(mask)), _weights(conversations[i]["messages"])
+            if len(spans) == len(weights):
+                out[i] = (list(ids), _labels(list(ids), spans, weights, assistant_only))
+    for i, record in enumerate(conversations):
+        if out[i] is None:
+            out[i] = encode(record["messages"], tokenizer, template, assistant_only, marked, record.get("tools"))
+    return out  # type: ignore[return-value]
+
+
+def _clean(messages: list[dict]) -> list[dict]:
+    """The messages as the template sees them: weights and other record keys left out."""
+    return [{"role": m["role"], "content": m["content"], **{k: m[k] for k in TOOL_KEYS if k in m}} for m in messages]
+
+
+def _weights(messages: list[dict]) -> list:
+    return [m.get("weight", 1) for m in messages if m["role"] == "assistant"]
+
+
+def _labels(ids: list[int], spans: list[tuple[int, int]], weights: list, assistant_only: bool) -> list[int]:
     if assistant_only:
         labels = [-100] * len(ids)
         for (start, end), weight in zip(spans, weights, strict=True):
@@ -101,7 +141,7 @@ def encode(messages: list[dict], tokenizer, template: str, assistant_only: bool 
         for (start, end), weight in zip(spans, weights, strict=True):
             if not weight:
                 labels[start:end] = [-100] * (end - start)
-    return ids, labels
+    return labels
 
 
 def _ids(out) -> list[int]:
@@ -114,7 +154,11 @@ def _assistant_spans(messages: list[dict], tokenizer, template: str,
     """Token spans of the assistant turns from the template's ``{% generation %}`` mask."""
     out = tokenizer.apply_chat_template(messages, chat_template=template, tools=tools, tokenize=True,
                                         return_dict=True, return_assistant_tokens_mask=True)
-    ids, mask = _ids(out), list(out.get("assistant_masks") or [])
+    return _ids(out), _spans(list(out.get("assistant_masks") or []))
+
+
+def _spans(mask: list[int]) -> list[tuple[int, int]]:
+    """The (start, end) runs of 1 in an assistant tokens mask."""
     spans, start = [], None
     for i, bit in enumerate([*mask, 0]):
         if bit and start is None:
@@ -122,7 +166,7 @@ def _assistant_spans(messages: list[dict], tokenizer, template: str,
         elif not bit and start is not None:
             spans.append((start, i))
             start = None
-    return ids, spans
+    return spans
 
 
 def _prefix_spans(messages: list[dict], tokenizer, template: str,

@@ -28,7 +28,10 @@ checkpoints (with ``--output DIR``, the same DIR resumes). ``momentum`` goes to 
 an optimizer without momentum, such as Adafactor, it is an error.
 
 Under ``accelerate launch`` every process trains; only the main one locks the run folder, builds
-shared files first, publishes and writes the logs. torch, transformers and TRL are imported inside
+shared files first (the mixture, the tokenised dataset: ``tokenise``), publishes and writes the logs.
+training.yaml's ``distributed`` (ddp, fsdp, zero2, zero3) picks the launch (``launch``: ``oig train
+--print-launch`` prints it), and a run launched otherwise stops at once. The trainers' settings are built
+before the model loads, which ZeRO-3 needs to create the model already split across the GPUs. torch, transformers and TRL are imported inside
 functions only. Model code never runs (``base``: ``trust_remote_code=False`` everywhere, a model
 that needs its own code refused before it loads, a local folder only with ``--allow-local-base-model``).
 
@@ -47,16 +50,16 @@ from pathlib import Path
 
 from oig import runlog
 from oig.eval.stage import for_log
-from oig.train import dpo
+from oig.train import dpo, sft
 from oig.train.base import check_base_model, check_special_tokens, load_base
 from oig.train.checkpoints import run_folder, save_model
 from oig.train.context import RunContext, TrainOptions
 from oig.train.errors import TrainError
 from oig.train.evaluate import evaluate_run, release_gate
 from oig.train.finish import bug_suite, finish, load_bugs
+from oig.train.launch import check_launched
 from oig.train.mixture import build_mixture, held_out_log, read_eval, read_mixture
 from oig.train.record import display, finished, git_branch, git_commit, hardware, iso, make_run_id
-from oig.train.sft import train_sft
 
 PUBLISH_MODES = ("none", "local", "hub")
 RUNS_DIR = "runs"
@@ -71,6 +74,7 @@ def train(opts: TrainOptions) -> dict:
         with run_folder(ctx.run_dir):
             return _train_on_together(ctx)
     ctx.state = _distributed_state()  # one process, or one per GPU under `accelerate launch`
+    check_launched(config, ctx.state.num_processes)  # as training.yaml's `distributed` asks (oig.train.launch)
 
     # --- the run folder, locked: a second run there would resume from this one's checkpoints ----------
     with run_folder(ctx.run_dir, lock=ctx.is_main):
@@ -84,6 +88,9 @@ def train(opts: TrainOptions) -> dict:
         import torch
 
         ctx.on_gpu = torch.cuda.is_available()
+        # The trainers' settings come first: under ZeRO-3 they make the model load already split.
+        sft_settings = sft.settings(ctx, has_eval=bool(eval_records)) if records else None
+        dpo_settings = dpo.settings(ctx) if pairs else None
         conversations = records + eval_records + dpo.as_conversations(pairs)
         with ctx.state.main_process_first():
             model, tokenizer, template = load_base(ctx.base_model, ctx.run_dir / "base", conversations, config,
@@ -92,21 +99,23 @@ def train(opts: TrainOptions) -> dict:
         check_special_tokens(conversations, tokenizer)
 
         # --- SFT: loss on assistant turns with weight 1 (none when DPO trains alone) -------------------
-        sft = train_sft(ctx, model, tokenizer, template, records, eval_records) if records else None
-        trainer = sft.trainer if sft else None
+        sft_run = sft.train_sft(ctx, model, tokenizer, template, records, eval_records, sft_settings) if records \
+            else None
+        trainer = sft_run.trainer if sft_run else None
 
         # --- DPO on the preference pairs, starting from the SFT model (method: dpo) --------------------
         if pairs:
-            trainer, ctx.log["dpo"] = dpo.train_dpo(ctx, trainer.model if sft else model, tokenizer, pairs)
+            trainer, ctx.log["dpo"] = dpo.train_dpo(ctx, trainer.model if sft_run else model, tokenizer, pairs,
+                                                    dpo_settings)
 
         # --- saving ------------------------------------------------------------------------------------
-        save_model(trainer, tokenizer, ctx.model_dir, config)
+        save_model(trainer, tokenizer, ctx.model_dir, config, sharded=ctx.sharded)
         if not trainer.is_world_process_zero():  # the main process publishes and writes the logs
             return ctx.log
 
         # --- the record: data, hyperparameters, losses, hardware ---------------------------------------
-        fields = sft.log_fields(ctx) if sft else dpo.log_fields_alone(trainer, config)
-        if sft:
+        fields = sft_run.log_fields(ctx) if sft_run else dpo.log_fields_alone(trainer, config)
+        if sft_run:
             fields["data"]["held_out"] = held_out_log(ctx.log["mixture"], ctx.shown(ctx.mixture_dir / "manifest.json"))
         if pairs:
             fields["data"]["preference_pairs"] = len(pairs)

@@ -1,6 +1,6 @@
-"""The SFT stage of ``oig train``: the train split tokenised with loss on assistant turns only (never on
-one with ``weight: 0``), TRL's ``SFTTrainer`` with checkpoints every ``save_steps`` in
-``<run>/checkpoints``, resumed from the last complete one (an interrupted run, rerun, carries on), then
+"""The SFT stage of ``oig train``: the train split tokenised once (``tokenise``: cached in the run
+folder, shared by every process) with loss on assistant turns only (never on one with ``weight: 0``),
+TRL's ``SFTTrainer`` with checkpoints every ``save_steps`` in ``<run>/checkpoints``, resumed from the last complete one (an interrupted run, rerun, carries on), then
 the loss on the held-out examples (``eval.jsonl``, chosen by ``oig mix``).
 
 ``train_loss`` in training_log is the mean loss over the whole run, every logged step counted
@@ -17,8 +17,8 @@ from oig.train.args import lora_config, sft_config, uses_adapters
 from oig.train.checkpoints import resume_point, training
 from oig.train.context import RunContext
 from oig.train.errors import TrainError
-from oig.train.masking import to_dataset
 from oig.train.record import hyperparameters, metrics_history, rounded, run_mean_loss
+from oig.train.tokenise import CACHE_DIR, tokenise
 
 OUT_OF_MEMORY = ("out of GPU memory: lower per_device_train_batch_size (raising gradient_accumulation_steps to keep "
                  "the batch) or max_length, or set lora / load_in_4bit; rerunning resumes from the last checkpoint")
@@ -56,24 +56,35 @@ class SFTRun:
         }
 
 
+def settings(ctx: RunContext, has_eval: bool):
+    """SFT's SFTConfig and the tiny model's overrides. Built before the model loads: under ZeRO-3 the
+    training arguments are what makes transformers create the model already split across the GPUs."""
+    return sft_config(ctx.config, ctx.run_dir / "checkpoints", on_gpu=ctx.on_gpu, has_eval=has_eval,
+                      tiny_model=ctx.tiny)
+
+
 def train_sft(ctx: RunContext, model, tokenizer, template: str, train_records: list[dict],
-              eval_records: list[dict]) -> SFTRun:
-    """Tokenise, train (resuming when a checkpoint of this run is there) and evaluate."""
+              eval_records: list[dict], built: tuple | None = None) -> SFTRun:
+    """Tokenise (once, cached in the run folder), train (resuming when a checkpoint of this run is there)
+    and evaluate. ``built``: what ``settings`` returned (built here when not given)."""
     import datasets
 
     datasets.disable_progress_bars()  # a bar per tiny map call drowns the training progress
     assistant_only = ctx.config.training.get("assistant_only_loss", True)
-    train_ds, dropped = to_dataset(train_records, tokenizer, template, assistant_only)
-    eval_ds, _ = to_dataset(eval_records, tokenizer, template, assistant_only) if eval_records else (None, 0)
+    cache = {"cache_dir": ctx.run_dir / CACHE_DIR, "num_proc": ctx.config.training.get("dataset_num_proc"),
+             "state": ctx.state}
+    train_ds, dropped = tokenise(train_records, tokenizer, template, assistant_only, **cache)
+    eval_ds, _ = tokenise(eval_records, tokenizer, template, assistant_only, **cache) if eval_records else (None, 0)
     if train_ds is None:
         raise TrainError("no conversation in the mixture has an assistant turn to learn (all weight 0?)")
 
-    checkpoint_dir = ctx.run_dir / "checkpoints"
-    args, overrides = sft_config(ctx.config, checkpoint_dir, on_gpu=ctx.on_gpu, has_eval=eval_ds is not None,
-                                 tiny_model=ctx.tiny)
+    args, overrides = built or settings(ctx, has_eval=eval_ds is not None)
+    if eval_ds is None and args.eval_strategy != "no":  # every held-out example had nothing to learn
+        args, overrides = settings(ctx, has_eval=False)
+    checkpoint_dir = Path(args.output_dir)
     resume = resume_point(checkpoint_dir, ctx.run_id, ctx.state)
     if args.packing:
-        check_packing(model, args)  # packed conversations must not see each other
+        check_packing(model, args, sharded=ctx.sharded)  # packed conversations must not see each other
     trainer = make_trainer(model, tokenizer, args, train_ds, eval_ds, ctx.config)
     with training(checkpoint_dir, ctx.threads, OUT_OF_MEMORY):
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -88,7 +99,7 @@ PACKING_FIX = ("set `packing: false`, or on a GPU `model_init_kwargs: {attn_impl
                "(it separates packed conversations by their positions)")
 
 
-def check_packing(model, args) -> None:
+def check_packing(model, args, sharded: bool = False) -> None:
     """Refuse ``packing`` unless the model keeps packed conversations apart, measured on the model itself.
 
     TRL's packing (``packing_strategy: bfd``, padding-free) puts several conversations in one row and
@@ -97,7 +108,9 @@ def check_packing(model, args) -> None:
     model's code (transformers 5.23 builds a per-conversation mask from the positions for eager, sdpa
     and flex attention; flash attention uses them directly; a model with its own masking may not). So
     two short sequences are run packed and alone, and their logits must agree. ``wrapped`` packing cuts
-    conversations at fixed lengths and lets them attend across: refused.
+    conversations at fixed lengths and lets them attend across: refused. With the weights sharded
+    (``distributed: fsdp`` or ``zero3``) the model cannot run outside the trainer; validation then
+    requires flash attention, which keeps packed conversations apart by their positions.
     """
     import torch
 
@@ -105,6 +118,8 @@ def check_packing(model, args) -> None:
         raise TrainError(f"packing_strategy {args.packing_strategy!r} lets packed conversations attend to each other "
                          "and cuts them apart; use the default `bfd` (each conversation whole, kept apart), or "
                          "`packing: false`")
+    if sharded:  # the weights are split across the GPUs: training.yaml's validation required flash attention
+        return
     first, second = torch.arange(3, 11), torch.arange(11, 17)  # token ids every vocabulary has
     device = next(model.parameters()).device
     ids = torch.cat([first, second]).unsqueeze(0).to(device)
