@@ -643,6 +643,9 @@ def test_help_states_the_settings_defaults():
     documented = {a.dest: re.search(r"\(default (\d+)\)", a.help) for a in parser._actions if a.dest in command.LIMIT_FLAGS}
     assert set(documented) == set(command.LIMIT_FLAGS)
     for name, found in documented.items():
+        if getattr(ServeSettings(), name) is None:  # --max-model-len: the model's own
+            assert "(default: the model's own)" in parser._option_string_actions[command.LIMIT_FLAGS[name]].help
+            continue
         assert found and float(found.group(1)) == getattr(ServeSettings(), name), name
     assert command.API_KEY_ENV == API_KEY_ENV
 
@@ -702,14 +705,27 @@ def test_engine_vllm_hands_serving_to_vllm(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("OIG_SERVE_API_KEY", raising=False)
     assert main(["serve", "--model", "org/model", "--revision", "abc", "--engine", "vllm", "--port", "9001"]) == 0
     argv = ["--model", "org/model", "--served-model-name", "org/model", "--host", "127.0.0.1", "--port", "9001",
-            "--revision", "abc"]
+            "--generation-config", "auto", "--revision", "abc"]
     assert json.loads(record.read_text()) == [argv, None]
     # The key reaches vLLM in its environment, never on its command line (ps would show it there).
     monkeypatch.setenv("OIG_SERVE_API_KEY", "k-123")
     assert main(["serve", "--model", "org/model", "--revision", "abc", "--engine", "vllm", "--port", "9001",
-                 "--max-concurrency", "4"]) == 0
-    assert json.loads(record.read_text()) == [argv, "k-123"]
-    assert "--max-concurrency apply to --engine transformers only" in capsys.readouterr().err
+                 "--served-model-name", "oig/chat", "--max-concurrency", "4", "--max-model-len", "2048",
+                 "--default-max-tokens", "300", "--lora-modules", "fix=adapters/fix", "--max-lora-rank", "16",
+                 "--max-queue", "9", "--request-timeout", "30", "--no-ui"]) == 0
+    carried = ["--model", "org/model", "--served-model-name", "oig/chat", "org/model", "--host", "127.0.0.1",
+               "--port", "9001", "--generation-config", "auto", "--revision", "abc", "--max-num-seqs", "4",
+               "--max-model-len", "2048", "--override-generation-config", '{"max_new_tokens": 300}',
+               "--enable-lora", "--lora-modules", "fix=adapters/fix", "--max-lora-rank", "16"]
+    assert json.loads(record.read_text()) == [carried, "k-123"]
+    note = capsys.readouterr().err
+    assert "vLLM has no equivalent of --max-queue, --request-timeout, --no-ui" in note
+    assert "k-123" not in note
+
+
+def test_lora_modules_need_the_vllm_engine(tmp_path, capsys):
+    assert main(["serve", "--model", str(tmp_path), "--lora-modules", "a=b"]) == 2
+    assert "--lora-modules and --max-lora-rank need --engine vllm" in capsys.readouterr().err
 
 
 def test_serve_without_model_reads_model_yaml(tmp_path, capsys):

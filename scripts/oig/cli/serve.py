@@ -17,7 +17,8 @@ LIMIT_FLAGS = {"max_tokens_cap": "--max-tokens-cap", "max_request_bytes": "--max
                "max_messages": "--max-messages", "max_input_chars": "--max-input-chars",
                "max_concurrency": "--max-concurrency", "max_queue": "--max-queue",
                "max_connections": "--max-connections",
-               "body_timeout": "--body-timeout", "request_timeout": "--request-timeout"}
+               "body_timeout": "--body-timeout", "request_timeout": "--request-timeout",
+               "default_max_tokens": "--default-max-tokens", "max_model_len": "--max-model-len"}
 
 
 def nonnegative_int(text: str) -> int:
@@ -59,14 +60,29 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
     p.add_argument("--engine", choices=["transformers", "vllm"], default="transformers",
                    help="transformers (default, CPU or GPU) or vllm (GPU machines with vLLM installed)")
-    prod = p.add_argument_group("production", "Access and limits (the transformers engine; --engine vllm gets "
-                                "the API key only). Refusals use OpenAI's error shape.")
+    prod = p.add_argument_group("production", "Access and limits. --engine vllm carries the API key, "
+                                "--served-model-name, --max-concurrency, --max-model-len, --default-max-tokens "
+                                "and --lora-modules, and names the others it cannot. Refusals use OpenAI's "
+                                "error shape.")
     prod.add_argument("--api-key-env", metavar="NAME",
                       help="the environment variable holding the key clients must send as 'Authorization: "
                       f"Bearer KEY' on every route but /health; 401 otherwise (default: {API_KEY_ENV} if it is "
                       "set, else no key). There is no flag for the key itself: ps would show it")
     prod.add_argument("--public-metrics", action="store_true",
                       help="serve /metrics without the API key (for a scraper on a private network)")
+    prod.add_argument("--no-ui", dest="ui", action="store_false",
+                      help="do not serve the chat page at GET / (it is served by default; its API calls need "
+                      "the API key like any client's)")
+    prod.add_argument("--default-max-tokens", type=positive_int, metavar="N",
+                      help="max_tokens of a request that names none (default 512)")
+    prod.add_argument("--max-model-len", type=positive_int, metavar="N",
+                      help="the context, in tokens, prompt and answer together (default: the model's own); "
+                      "a longer prompt gets 400")
+    prod.add_argument("--lora-modules", nargs="+", metavar="NAME=PATH",
+                      help="with --engine vllm: LoRA adapters served beside the base model, each under its "
+                      "NAME (vLLM's --enable-lora --lora-modules)")
+    prod.add_argument("--max-lora-rank", type=positive_int, metavar="N",
+                      help="with --lora-modules: the largest adapter rank (vLLM's --max-lora-rank)")
     prod.add_argument("--max-tokens-cap", type=positive_int, metavar="N",
                       help="a request asking for more max_tokens gets 400 (default 4096)")
     prod.add_argument("--max-request-bytes", type=positive_int, metavar="N",
@@ -107,14 +123,20 @@ def run(args: argparse.Namespace) -> int:
         model, revision, stable = model_from_yaml(args.model_yaml)
         name = name or stable
     if args.engine == "vllm":
-        from oig.serve.server import serve_vllm
+        from oig.serve.vllm import serve_vllm, vllm_command
 
-        ignored = [flag for name, flag in LIMIT_FLAGS.items() if getattr(args, name) is not None]
-        ignored += ["--public-metrics"] if args.public_metrics else []
-        if ignored:
-            print(f"oig serve: note: vLLM applies its own limits; {', '.join(ignored)} apply to --engine "
-                  "transformers only", file=sys.stderr)
-        return serve_vllm(model, revision=revision, host=args.host, port=args.port, api_key=api_key, name=name)
+        given = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
+        given.update(public_metrics=args.public_metrics, ui=args.ui)
+        command, uncarried = vllm_command(model, revision=revision, host=args.host, port=args.port, name=name,
+                                          given=given, lora_modules=args.lora_modules,
+                                          max_lora_rank=args.max_lora_rank)
+        if uncarried:
+            print(f"oig serve: note: vLLM has no equivalent of {', '.join(uncarried)}; with --engine vllm "
+                  "they do not apply", file=sys.stderr)
+        return serve_vllm(command, api_key)
+    if args.lora_modules or args.max_lora_rank:
+        raise UsageError("--lora-modules and --max-lora-rank need --engine vllm; the transformers engine serves "
+                         "one model (merge the adapter, or serve its folder)")
     from oig.serve.server import serve
 
     if api_key is None and args.host not in LOOPBACK:
@@ -148,7 +170,7 @@ def settings_from_args(args: argparse.Namespace, api_key: str | None):
     for name in ("body_timeout", "request_timeout"):
         if given.get(name) == 0:
             given[name] = None
-    return ServeSettings(api_key=api_key, public_metrics=args.public_metrics, **given)
+    return ServeSettings(api_key=api_key, public_metrics=args.public_metrics, ui=args.ui, **given)
 
 
 def model_from_yaml(path: Path) -> tuple[str, str | None, str]:

@@ -27,6 +27,7 @@ from oig.serve.metrics import Metrics
 
 API_KEY_ENV = "OIG_SERVE_API_KEY"
 RETRY_BUSY_S = 1  # Retry-After of a 429: one short answer frees a place in the queue
+PAGE_ROUTES = ("/", "/chat.js", "/chat.css")
 RETRY_LOADING_S = 5  # Retry-After of a 503 while the model loads
 
 
@@ -46,6 +47,8 @@ class ServeSettings:
     request_timeout: float | None = 600.0  # seconds from arrival to the last token; past it: 504
     api_key: str | None = field(default=None, repr=False)  # a secret: kept out of repr() and logs
     public_metrics: bool = False  # /metrics without the key (a scraper on a private network)
+    ui: bool = True  # the chat page at GET /
+    max_model_len: int | None = None  # the context, prompt and answer together; None: the model's own
 
 
 def _bearer_matches(header: bytes | None, key: str) -> bool:
@@ -96,7 +99,9 @@ class Gate:
         async def refuse(response) -> None:
             await response(scope, receive, send)
 
-        public = path == "/health" or (path == "/metrics" and settings.public_metrics)
+        # The chat page is static (no model output, no secrets); its API calls carry the key.
+        page = settings.ui and path in PAGE_ROUTES and scope["method"] == "GET"
+        public = path == "/health" or page or (path == "/metrics" and settings.public_metrics)
         if settings.api_key and not public and not _bearer_matches(headers.get(b"authorization"), settings.api_key):
             await refuse(error(401, "a valid API key is needed: send 'Authorization: Bearer KEY'",
                                code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))

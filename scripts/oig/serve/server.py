@@ -4,25 +4,23 @@ Routes: ``POST /v1/chat/completions`` (plain, and SSE streaming in ``chat.comple
 ending with ``data: [DONE]``), ``GET /v1/models``, ``GET /health`` (readiness), ``GET /metrics``
 (Prometheus text). Refusals get OpenAI's error shape ``{"error": {"message", "type", "param", "code"}}``.
 
-Layout, so that later additions have one obvious place each:
+Layout, one obvious place each:
 
-- ``oig.serve.inference.LocalModel``: the model and tokenizer, loaded once; ``generate`` yields text pieces
-  and is the only code that touches torch. It stops at the next token when its ``cancel`` event is set
-  or its ``deadline`` passes. ``oig query`` and the bug suite use it too.
-- ``oig.serve.api``: the wire format: routes, request models, the error shape, the checks of a parsed
-  request (this server's limits, no special-token text).
-- ``oig.serve.limits``: ``ServeSettings`` (one command-line flag each), the ``Gate`` middleware that
-  decides before any route runs (401, 503, 413, 408, then 429), and uvicorn's protocol with a deadline
-  for a request's headers plus the connection cap (``server_config``).
-- ``oig.serve.metrics``: what ``/metrics`` reports.
-- here, ``create_app``: error handlers and routes. The model loads on a thread when the server starts,
-  so ``/health`` can say "loading" meanwhile; and ``serve``, which listens at once.
+- ``inference.LocalModel``: the model and tokenizer, loaded once; ``generate`` yields text pieces.
+  ``oig query`` and the bug suite use it too. ``engine``: the one thread that owns the model and
+  answers waiting requests together in one batched ``generate``, each row with its own settings.
+- ``api``: the wire format (request models, the error shape, this server's limits); ``chat``: from a
+  request to what the model is asked (tools, constraints) and from its text back to a message;
+  ``structured``: response_format and forced tool calls as grammars (lm-format-enforcer).
+- ``limits``: ``ServeSettings`` (one flag each), the ``Gate`` middleware (401, 503, 413, 408, 429),
+  the FIFO of turns, uvicorn's protocol with a header deadline and the connection cap; ``metrics``.
+- here, ``create_app``: error handlers and routes; the model loads on a thread so that ``/health``
+  can say "loading" meanwhile; ``serve`` listens at once.
 
-Admitted chat completions take the model in arrival order (``limits.Turns``, a FIFO: no polling),
-``max_concurrency`` at a time (LocalModel generates one at a time); up to ``max_queue`` more wait,
-each until its deadline, and the gate refuses the rest with 429. A client that disconnects, waiting
-or generating, from a stream or from a plain request, leaves the queue or stops its generation (a
-watcher task polls the connection).
+Admitted chat completions take turns in arrival order (``limits.Turns``, a FIFO), ``max_concurrency``
+at a time (the engine's largest batch); up to ``max_queue`` more wait, each until its deadline, and
+the gate refuses the rest with 429. A client that disconnects, waiting or generating, leaves the
+queue or ends its row of the batch (a watcher task polls the connection).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request model from the route's real
@@ -39,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from oig.serve import chat
+from oig.serve import chat, page
 from oig.serve.api import CHAT_ROUTE, ChatCompletionRequest, error, over_limits, sampling_options, usage
 from oig.serve.chat import forged_turn
 from oig.serve.inference import (
@@ -59,14 +57,23 @@ DISCONNECT_POLL_S = 0.1  # how often a watcher asks whether the client is still 
 class _ModelSlot:
     """The served model, or why there is none yet: it loads on a thread so that /health answers meanwhile."""
 
-    def __init__(self, name: str | None, model: LocalModel | None = None, max_batch: int = 16):
+    def __init__(self, name: str | None, settings: ServeSettings, model: LocalModel | None = None):
         self.name = model.name if model is not None else name
-        self.max_batch = max_batch
-        self.model = model
-        if model is not None:
-            model.engine.max_batch = max_batch
+        self.settings = settings
+        self.model = self.configure(model) if model is not None else None
         self.error: str | None = None
         self._started = False
+
+    def configure(self, model: LocalModel) -> LocalModel:
+        """Apply the settings that belong to the model: the engine's batch, the context length."""
+        model.engine.max_batch = self.settings.max_concurrency
+        wanted = self.settings.max_model_len
+        if wanted is not None:
+            if model.context_length and wanted > model.context_length:
+                raise ServeError(f"--max-model-len {wanted} is longer than the model's context of "
+                                 f"{model.context_length} tokens")
+            model.context_length = wanted
+        return model
 
     @property
     def status(self) -> str:
@@ -85,9 +92,11 @@ class _ModelSlot:
             except Exception as exc:  # a bug or an odd model folder: /health and the caller still hear of it
                 self.error = f"cannot load model {self.name}: {type(exc).__name__}: {exc}"
             else:
-                self.name = model.name
-                model.engine.max_batch = self.max_batch
-                self.model = model
+                try:
+                    self.model = self.configure(model)
+                    self.name = model.name
+                except ServeError as exc:
+                    self.error = str(exc)
             if on_loaded is not None:
                 on_loaded(self.error)
 
@@ -124,12 +133,12 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
     metrics = Metrics()
     turns = Turns(settings.max_concurrency)
     if isinstance(model, LocalModel):
-        slot, load = _ModelSlot(name, model, settings.max_concurrency), None
+        slot, load = _ModelSlot(name, settings, model), None
     elif callable(model):
-        slot, load = _ModelSlot(name, max_batch=settings.max_concurrency), model
+        slot, load = _ModelSlot(name, settings), model
     else:
         ref = str(model)
-        slot = _ModelSlot(name or ref, max_batch=settings.max_concurrency)
+        slot = _ModelSlot(name or ref, settings)
 
         def load() -> LocalModel:
             return LocalModel.load(ref, revision=revision, name=name)
@@ -170,6 +179,9 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         return error(exc.status_code, str(exc.detail), kind)
 
     # --- routes --------------------------------------------------------------------------------------
+    if settings.ui:
+        page.add_routes(app)
+
     @app.get("/health")
     async def health():
         if slot.model is not None:
@@ -396,26 +408,3 @@ def serve(model: str, *, revision: str | None = None, host: str = "127.0.0.1", p
         sock.close()
     if failure:
         raise ServeError(failure[0])
-
-
-def serve_vllm(model: str, *, revision: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None, name: str | None = None) -> int:
-    """Hand serving to vLLM's OpenAI-compatible server (GPU machines with vLLM installed), as ``name``
-    and ``model`` (vLLM lists the first name). The API key goes to it in VLLM_API_KEY, never on its
-    command line."""
-    import importlib.util
-    import os
-    import subprocess
-
-    if importlib.util.find_spec("vllm") is None:
-        raise ServeError("--engine vllm needs vLLM, which is not installed here (it runs on GPU machines: "
-                         "pip install vllm); leave out --engine to serve with transformers")
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-               "--served-model-name", *dict.fromkeys([name or model, model]), "--host", host, "--port", str(port)]
-    if revision:
-        command += ["--revision", revision]
-    env = {**os.environ, "VLLM_API_KEY": api_key} if api_key else None
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        return 130

@@ -1,0 +1,169 @@
+"""Benchmark `oig serve`: aggregate generated tokens/s at concurrency 1, 4 and 16, against the same model
+calling ``generate`` on a batch of 16 in process (the ceiling a batching server can approach).
+
+    python benchmarks/bench_serve.py                       # 64-token answers, 3 runs each, median
+    python benchmarks/bench_serve.py --tokens 32 --repeat 1 --concurrency 1 16
+
+The model is the embedded tiny one, untrained (a random Llama of about 150k parameters, so that it
+talks until max_tokens). The server is the real command, ``oig serve MODEL --port P``, in a child
+process; each client is a thread that sends its requests one after another over a kept-alive
+connection (as every SDK does), for --requests requests each. An answer is kept from ending early
+with ``logit_bias`` on the end token, so every answer is --tokens tokens; the ceiling uses
+``min_new_tokens`` for the same reason. Tokens/s is generated tokens over wall time, the median of
+--repeat runs; the ratio is against the in-process batch-16 figure measured in the same run (target
+at concurrency 16: at least 0.8).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "scripts")]
+
+PROMPT = "Tell me about the weather today, in a few words please."
+
+
+def build_model(folder: Path) -> Path:
+    from oig.train.tiny import build_tiny
+
+    build_tiny(["hello world", "two\nlines", PROMPT], folder, seed=1)
+    return folder
+
+
+def ceiling(folder: Path, tokens: int, batch: int, repeat: int) -> float:
+    """Tokens/s of ``generate`` on a batch of ``batch`` copies of the prompt, in this process."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
+                                        return_dict=True)["input_ids"]
+    input_ids = torch.tensor([ids] * batch)
+    rates = []
+    for _ in range(repeat + 1):  # the first is a warm-up
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                                 max_new_tokens=tokens, min_new_tokens=tokens,
+                                 pad_token_id=tokenizer.pad_token_id)
+        rates.append((out.shape[1] - input_ids.shape[1]) * batch / (time.perf_counter() - started))
+    return statistics.median(rates[1:])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    import httpx
+
+    oig = Path(sys.executable).with_name("oig")
+    command = [str(oig) if oig.exists() else sys.executable, *([] if oig.exists() else ["-m", "oig"]),
+               "serve", "--model", str(folder), "--port", str(port), "--served-model-name", "bench"]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise SystemExit("oig serve exited before it was ready")
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("oig serve was not ready within 120 s")
+
+
+def load(url: str, clients: int, requests: int, tokens: int, eos: int) -> float:
+    """Tokens/s that ``clients`` threads get, each sending ``requests`` requests one after another."""
+    import httpx
+
+    body = {"model": "bench", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0,
+            "max_tokens": tokens, "logit_bias": {str(eos): -100}}
+    counts: list[int] = []
+    failures: list[str] = []
+    barrier = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        with httpx.Client(timeout=300) as http:
+            barrier.wait()
+            for _ in range(requests):
+                r = http.post(f"{url}/v1/chat/completions", json=body)
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                    return
+                counts.append(r.json()["usage"]["completion_tokens"])
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"a request failed: {failures[0]}")
+    return sum(counts) / elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per answer (default 64)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=4, help="requests per client per run (default 4)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = build_model(Path(tmp) / "model")
+        eos = AutoTokenizer.from_pretrained(folder).eos_token_id
+        port = free_port()
+        server = start_server(folder, port)
+        url = f"http://127.0.0.1:{port}"
+        ceilings, singles = [], []
+        served: dict[int, list[float]] = {c: [] for c in args.concurrency}
+        ratios: dict[int, list[float]] = {c: [] for c in args.concurrency}
+        try:
+            load(url, 1, 1, args.tokens, eos)  # warm-up
+            # Each run measures the ceiling (the idle server takes no CPU meanwhile) and then every
+            # concurrency, so a ratio compares figures taken under the same load on this shared machine.
+            for _ in range(args.repeat):
+                best = ceiling(folder, args.tokens, 16, 1)
+                ceilings.append(best)
+                singles.append(ceiling(folder, args.tokens, 1, 1))
+                for clients in args.concurrency:
+                    rate = load(url, clients, args.requests, args.tokens, eos)
+                    served[clients].append(rate)
+                    ratios[clients].append(rate / best)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    median = statistics.median
+    print(f"in process, generate on a batch of 16: {median(ceilings):,.0f} tokens/s "
+          f"(batch of 1: {median(singles):,.0f} tokens/s); medians of {args.repeat} run(s)")
+    for clients in args.concurrency:
+        print(f"oig serve, {clients:>2} client(s): {median(served[clients]):,.0f} tokens/s = "
+              f"{median(ratios[clients]):.2f} of the batch-16 ceiling (ratios per run: "
+              f"{', '.join(f'{r:.2f}' for r in ratios[clients])})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
