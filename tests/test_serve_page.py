@@ -56,7 +56,7 @@ def ask(page, text: str):
     return page.locator(".turn.assistant, .turn.error").last
 
 
-def test_a_question_gets_the_models_streamed_answer(browser, model_dir):
+def test_a_question_gets_the_models_streamed_answer(browser, model_dir):  # noqa: F811
     from oig.serve.inference import LocalModel
     from oig.serve.server import create_app
 
@@ -76,7 +76,7 @@ def test_a_question_gets_the_models_streamed_answer(browser, model_dir):
         page.close()
 
 
-def test_model_output_is_shown_as_text_and_arrives_piece_by_piece(browser, model_dir, monkeypatch):
+def test_model_output_is_shown_as_text_and_arrives_piece_by_piece(browser, model_dir, monkeypatch):  # noqa: F811
     from oig.serve.inference import LocalModel
     from oig.serve.server import create_app
 
@@ -105,7 +105,7 @@ def test_model_output_is_shown_as_text_and_arrives_piece_by_piece(browser, model
         page.close()
 
 
-def test_the_api_key_applies_to_the_pages_calls_and_no_ui_turns_it_off(browser, model_dir):
+def test_the_api_key_applies_to_the_pages_calls_and_no_ui_turns_it_off(browser, model_dir):  # noqa: F811
     from oig.serve.inference import LocalModel
     from oig.serve.server import ServeSettings, create_app
 
