@@ -222,3 +222,77 @@ def test_the_workflow_runs_the_printed_command():
     script = step["run"]
     assert "oig train --print-launch" in script and '"${launch[@]}" "${args[@]}"' in script
     assert "--multi_gpu" not in script  # the mode is training.yaml's, through the shipped files
+
+
+# --- in a run: the launch checked, the trackers' and kernels' packages, the sharded save ---------------------
+
+
+def test_a_run_launched_otherwise_stops_before_its_run_folder(tmp_path, monkeypatch, capsys):
+    from test_train import make_repo
+
+    repo = make_repo(tmp_path / "repo", "Training:\n  distributed: fsdp\n")
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["train", "--base-model", "tiny", "--publish", "none"]) == 1
+    assert "training.yaml asks for fsdp, but this run was launched as one plain process" in capsys.readouterr().err
+    assert not (repo / "runs").exists()
+
+
+def test_trackers_and_kernels_need_their_packages(monkeypatch):
+    from oig.train import args
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
+        "wandb", "liger_kernel") else real(name, *a))
+    args.check_packages({"report_to": "none"}, on_gpu=False)
+    with pytest.raises(TrainError, match="report_to wandb needs the wandb package on this machine: pip install wandb"):
+        args.check_packages({"report_to": ["wandb"]}, on_gpu=True)
+    with pytest.raises(TrainError, match="use_liger_kernel needs a CUDA GPU"):
+        args.check_packages({"use_liger_kernel": True}, on_gpu=False)
+    with pytest.raises(TrainError, match=r"use_liger_kernel needs the gpu extra: pip install -c requirements/lock.txt"):
+        args.check_packages({"use_liger_kernel": True}, on_gpu=True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    args.check_packages({"report_to": ["trackio", "tensorboard", "wandb"], "use_liger_kernel": True}, on_gpu=True)
+
+
+class FakeAccelerator:
+    def __init__(self, main: bool):
+        self.is_main_process = main
+        self.barriers = 0
+
+    def wait_for_everyone(self):
+        self.barriers += 1
+
+
+class FakeTrainer:
+    """Each process of a sharded run calls save_model; the main process writes the gathered weights."""
+
+    def __init__(self, main: bool):
+        self.accelerator = FakeAccelerator(main)
+        self.saved_to: list[str] = []
+
+    def save_model(self, folder: str):
+        self.saved_to.append(folder)
+        if self.accelerator.is_main_process:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "model.safetensors").write_text("gathered")
+
+
+class FakeTokenizer:
+    def save_pretrained(self, folder):
+        (Path(folder) / "tokenizer.json").write_text("{}")
+
+
+def test_a_sharded_model_is_saved_by_every_process_and_swapped_in_whole(tmp_path):
+    from oig.train.checkpoints import save_model
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "old.safetensors").write_text("previous")
+    other, first = FakeTrainer(main=False), FakeTrainer(main=True)
+    save_model(other, FakeTokenizer(), model_dir, config(), sharded=True)  # it writes nothing itself
+    save_model(first, FakeTokenizer(), model_dir, config(), sharded=True)
+    assert other.saved_to == first.saved_to == [str(tmp_path / "model.gathered")]  # the same folder for all
+    assert sorted(p.name for p in model_dir.iterdir()) == ["model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing half-written beside it
+    assert other.accelerator.barriers == first.accelerator.barriers == 2

@@ -114,10 +114,11 @@ def last_checkpoint(checkpoint_dir: Path, run_id: str | None = None) -> Path | N
 
 
 def resume_point(checkpoint_dir: Path, run_id: str, state) -> Path | None:
-    """The checkpoint a trainer resumes from, for every process: the main one first clears another
-    run's checkpoints and marks the folder; the others then find what it left."""
-    with state.main_process_first():
-        return last_checkpoint(checkpoint_dir, run_id if state.is_main_process else None)
+    """The checkpoint a trainer resumes from, for every process: the first of each machine (whose run
+    folder it is) first clears another run's checkpoints and marks the folder; the others then find
+    what it left."""
+    with state.local_main_process_first():
+        return last_checkpoint(checkpoint_dir, run_id if state.is_local_main_process else None)
 
 
 @contextmanager

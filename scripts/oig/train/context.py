@@ -79,8 +79,14 @@ class RunContext:
 
     @property
     def is_main(self) -> bool:
-        """Whether this process locks the run folder, builds shared files first and writes the logs."""
+        """Whether this process publishes and writes the logs (the first of all, on the main machine)."""
         return self.state is None or self.state.is_main_process
+
+    @property
+    def is_local_main(self) -> bool:
+        """Whether this process locks the run folder and builds its shared files first: the first on each
+        machine (on several machines each has its own run folder)."""
+        return self.state is None or self.state.is_local_main_process
 
     def shown(self, path: Path | None) -> str | None:
         """``path`` as training_log writes it: relative to the repository root when inside it."""

@@ -77,7 +77,7 @@ def train(opts: TrainOptions) -> dict:
     check_launched(config, ctx.state.num_processes)  # as training.yaml's `distributed` asks (oig.train.launch)
 
     # --- the run folder, locked: a second run there would resume from this one's checkpoints ----------
-    with run_folder(ctx.run_dir, lock=ctx.is_main):
+    with run_folder(ctx.run_dir, lock=ctx.is_local_main):
         # --- the mixture and the preference pairs ----------------------------------------------------
         _build_mixture(ctx)
         # The held-out split is oig mix's: mixture.jsonl is trained on, eval.jsonl evaluated.
@@ -92,7 +92,7 @@ def train(opts: TrainOptions) -> dict:
         sft_settings = sft.settings(ctx, has_eval=bool(eval_records)) if records else None
         dpo_settings = dpo.settings(ctx) if pairs else None
         conversations = records + eval_records + dpo.as_conversations(pairs)
-        with ctx.state.main_process_first():
+        with ctx.state.local_main_process_first():  # one download (or tiny build) per machine
             model, tokenizer, template = load_base(ctx.base_model, ctx.run_dir / "base", conversations, config,
                                                    ctx.on_gpu)
         # Text in a slice that spells a special token would become a real one: a contributor forging turns.
@@ -192,10 +192,10 @@ def check_hub_access(repo_id: str, git_branch_name: str | None) -> None:
 
 
 def _build_mixture(ctx: RunContext) -> None:
-    """``oig mix`` into the run folder unless --mixture names one, by the main process; the others wait,
-    then read what it wrote."""
-    with ctx.state.main_process_first() if ctx.state is not None else contextlib.nullcontext():
-        if not ctx.opts.mixture and ctx.is_main:
+    """``oig mix`` into the run folder unless --mixture names one, by the first process of each machine;
+    the others wait, then read what it wrote."""
+    with ctx.state.local_main_process_first() if ctx.state is not None else contextlib.nullcontext():
+        if not ctx.opts.mixture and ctx.is_local_main:
             build_mixture(ctx.opts, ctx.mixture_dir)
 
 
