@@ -121,6 +121,7 @@ def test_deepspeed_stages_and_their_offload(mode, offload, optimizer, params):
     assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == ("true" if mode == "zero3" else "false")
     assert "ACCELERATE_GRADIENT_ACCUMULATION_STEPS" not in env  # auto: training.yaml's, through the trainer
     launch.check_launched(cfg, 4, env)
+    assert launch.describe(env, 4) == mode + (f", offload {offload}" if offload != "none" else "")
     other = "zero2" if mode == "zero3" else "zero3"
     with pytest.raises(TrainError, match=f"asks for {other}.*launched as {mode}"):
         launch.check_launched(config(distributed=other, distributed_offload=offload), 4, env)

@@ -497,6 +497,7 @@ def test_tiny_model_end_to_end(tmp_path, monkeypatch, capsys, offline):
     assert any("eval_loss" in m for m in log["metrics"]) and log["eval_loss"] > 0
     assert log["steps"] == 750 and log["tokens"] > 0 and log["tokens_per_second"] > 0
     assert log["hardware"]["accelerator"] == "cpu" and log["hardware"]["cpu_count"] >= 1
+    assert log["hardware"]["distributed"] == "none"  # one plain process
     if not os.environ.get("OMP_NUM_THREADS"):
         assert log["hardware"]["cpu_threads"] == 1
     assert log["duration_s"] > 0 and log["finished_at"] >= log["started_at"]

@@ -118,6 +118,12 @@ def launched_mode(environ=None, processes: int = 1) -> tuple[str | None, str]:
     return ("ddp" if processes > 1 else None), "none"
 
 
+def describe(environ=None, processes: int = 1) -> str:
+    """This run's launch in words, for training_log: ``none``, ``ddp``, ``zero3, offload all``..."""
+    mode, offload = launched_mode(environ, processes)
+    return (mode or "none") + (f", offload {offload}" if offload != "none" else "")
+
+
 def check_launched(config, processes: int, environ=None) -> None:
     """Refuse a run launched otherwise than training.yaml's ``distributed`` says (a DeepSpeed file for an
     FSDP config, plain processes for ZeRO-3, the offload left out): it would train, but not as asked."""

@@ -57,7 +57,7 @@ from oig.train.context import RunContext, TrainOptions
 from oig.train.errors import TrainError
 from oig.train.evaluate import evaluate_run, release_gate
 from oig.train.finish import bug_suite, finish, load_bugs
-from oig.train.launch import check_launched
+from oig.train.launch import check_launched, describe
 from oig.train.mixture import build_mixture, held_out_log, read_eval, read_mixture
 from oig.train.record import display, finished, git_branch, git_commit, hardware, iso, make_run_id
 
@@ -120,7 +120,8 @@ def train(opts: TrainOptions) -> dict:
         if pairs:
             fields["data"]["preference_pairs"] = len(pairs)
         ctx.log.update({**finished(ctx.started), **fields,
-                        "hardware": hardware(ctx.state.num_processes, ctx.threads)})
+                        "hardware": {**hardware(ctx.state.num_processes, ctx.threads),
+                                     "distributed": describe(processes=ctx.state.num_processes)}})
         ctx.log["model"] = {"local_path": ctx.shown(ctx.model_dir)}
 
         # --- evaluation: the new model and the previous one (model.yaml before this run) on the suites --
