@@ -297,3 +297,12 @@ def test_a_sharded_model_is_saved_by_every_process_and_swapped_in_whole(tmp_path
     assert sorted(p.name for p in model_dir.iterdir()) == ["model.safetensors", "tokenizer.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing half-written beside it
     assert other.accelerator.barriers == first.accelerator.barriers == 2
+
+
+def test_the_readme_shows_the_command_oig_prints():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("$ oig train --print-launch --gpus 8", 1)[1].split("```", 1)[0]
+    shown = block.split("\n", 1)[1].replace("(printed one per line)", "").split()
+    cmd = launch.launch_command(config(distributed="zero3", distributed_offload="all"), gpus=8, root=ROOT)
+    assert shown == cmd
+    assert "# training.yaml: distributed: zero3, distributed_offload: all" in block
