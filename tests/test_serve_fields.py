@@ -15,19 +15,25 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
 ASK = {"model": "tiny-test", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0, "max_tokens": 20}
 
-# OpenAI's chat-completions request (API reference, 2026), then vLLM's extra sampling fields.
-OPENAI_FIELDS = ["messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias",
-                 "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities", "n",
-                 "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key", "reasoning_effort",
-                 "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
-                 "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
-                 "verbosity", "web_search_options"]
+# OpenAI's chat-completions request, as the official SDK (a dev dependency, locked) sends it: the
+# parameters of client.chat.completions.create, less the SDK's own transport options.
+def _openai_fields() -> list[str]:
+    import inspect
+
+    from openai.resources.chat.completions import Completions
+
+    own = {"self", "extra_headers", "extra_query", "extra_body", "timeout"}
+    return [name for name in inspect.signature(Completions.create).parameters if name not in own]
+
+
+OPENAI_FIELDS = _openai_fields()
 VLLM_FIELDS = ["top_k", "repetition_penalty", "min_p", "chat_template_kwargs"]
 
 TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
 # A value asking for an effect this server does not give: each must be a 400 naming the field.
 REFUSED = {
     "audio": {"voice": "alloy", "format": "wav"},
+    "moderation": {"policy": {"input": {"mode": "block"}}},
     "function_call": "auto",
     "functions": [TOOL["function"]],
     "modalities": ["text", "audio"],
@@ -43,7 +49,8 @@ CHOICE = {"type": "object", "properties": {"capital": {"type": "string", "enum":
                                            "sure": {"type": "boolean"}},
           "required": ["capital", "sure"], "additionalProperties": False}
 # Named in the README's "Request fields" as accepted and ignored: they label the caller, not the answer.
-IGNORED = {"user": "alice", "metadata": {"team": "eval"}, "safety_identifier": "u-123", "prompt_cache_key": "k1"}
+IGNORED = {"user": "alice", "metadata": {"team": "eval"}, "safety_identifier": "u-123", "prompt_cache_key": "k1",
+           "prompt_cache_options": {"ttl": "1h"}, "prompt_cache_retention": "24h"}
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ class TextPart(BaseModel):
 
 
 class CalledFunction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # extra: the SDK's own message objects, sent back as they came, carry `parsed_arguments` (a copy).
+    model_config = ConfigDict(extra="ignore")
     name: str
     arguments: str  # JSON, as OpenAI sends it
 
@@ -56,7 +57,7 @@ class CalledFunction(BaseModel):
 
 
 class ToolCall(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
     id: str
     type: Literal["function"] = "function"
     function: CalledFunction
@@ -182,6 +183,7 @@ NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "function_call": ((None, "none"), "function_call (OpenAI's deprecated form of tool_choice) is not supported: "
                       "send tool_choice"),
     "audio": ((None,), "audio output is not supported: this server generates text only"),
+    "moderation": ((None,), "moderation is not supported: no moderation model runs here"),
     "modalities": ((None, ["text"]), "modalities other than text are not supported"),
     "prediction": ((None,), "predicted outputs are not supported"),
     "reasoning_effort": ((None,), "reasoning_effort is not supported: the model's chat template sets no "
@@ -192,7 +194,9 @@ NOT_SUPPORTED: dict[str, tuple[tuple, str]] = {
     "service_tier": ((None, "auto", "default"), "service tiers are not supported: one tier is served"),
 }
 # Accepted and ignored: they name or group the caller and change no answer (README: "Request fields").
-IGNORED = ("user", "metadata", "safety_identifier", "prompt_cache_key")
+# The prompt-cache hints ask to keep a prefix cached; this server keeps none, and answers the same.
+IGNORED = ("user", "metadata", "safety_identifier", "prompt_cache_key", "prompt_cache_options",
+           "prompt_cache_retention")
 
 
 class ChatCompletionRequest(BaseModel):
@@ -213,6 +217,8 @@ class ChatCompletionRequest(BaseModel):
     metadata: dict[str, str] | None = None
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
     tools: list[Tool] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
@@ -230,6 +236,7 @@ class ChatCompletionRequest(BaseModel):
     functions: Any = None
     function_call: Any = None
     audio: Any = None
+    moderation: Any = None
     modalities: Any = None
     prediction: Any = None
     reasoning_effort: Any = None

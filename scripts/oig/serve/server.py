@@ -323,7 +323,10 @@ async def _sse(lm: LocalModel, p: chat.Plan, request, completion_id: str, create
             chunk, sent_logprobs = piece_event(delta, sent_logprobs)
             yield chunk
         ended = True
-        yield event([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
+        last = {"index": 0, "delta": {}, "finish_reason": finish_reason}
+        if logprobs:  # the end token's entry: it has no text, so no piece carried it
+            last["logprobs"] = {"content": result.logprobs[sent_logprobs:]}
+        yield event([last])
         if include_usage:
             yield event([], usage=usage(result))
     except GenerationTimeout as exc:
