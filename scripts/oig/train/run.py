@@ -27,11 +27,12 @@ checkpoints (with ``--output DIR``, the same DIR resumes). ``momentum`` goes to 
 (``args``): SGD's and RMSprop's momentum, or beta1 of Adam-style optimizers (Lion and LAMB too); for
 an optimizer without momentum, such as Adafactor, it is an error.
 
-Under ``accelerate launch`` every process trains; only the main one locks the run folder, builds
-shared files first (the mixture, the tokenised dataset: ``tokenise``), publishes and writes the logs.
-training.yaml's ``distributed`` (ddp, fsdp, zero2, zero3) picks the launch (``launch``: ``oig train
---print-launch`` prints it), and a run launched otherwise stops at once. The trainers' settings are built
-before the model loads, which ZeRO-3 needs to create the model already split across the GPUs. torch, transformers and TRL are imported inside
+Under ``accelerate launch`` every process trains; the first one of each machine locks its run folder
+and builds the shared files first (the mixture, the base model, the tokenised dataset: ``tokenise``),
+and the main one publishes and writes the logs. training.yaml's ``distributed`` (ddp, fsdp, zero2,
+zero3) picks the launch (``launch``: ``oig train --print-launch`` prints it), and a run launched
+otherwise stops at once. The trainers' settings are built before the model loads, which ZeRO-3 needs to
+create the model already split across the GPUs. torch, transformers and TRL are imported inside
 functions only. Model code never runs (``base``: ``trust_remote_code=False`` everywhere, a model
 that needs its own code refused before it loads, a local folder only with ``--allow-local-base-model``).
 
