@@ -117,6 +117,21 @@ def _line_keys(data: SliceLines):
     return pa.Array.from_buffers(pa.int64(), len(blob) // 8, [None, pa.py_buffer(blob)])
 
 
+def _first_lines(keys):
+    """The first line of each distinct key, ascending (so in order of first appearance), by a stable
+    sort rather than a hash table: 8 bytes a line for the order and 8 for the sorted keys."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if len(keys) == 0:
+        return pa.array([], pa.uint64())
+    order = pc.array_sort_indices(keys)  # stable: equal keys keep their lines ascending
+    ordered = keys.take(order)
+    starts = pa.concat_arrays([pa.array([True]), pc.not_equal(ordered[1:], ordered[:-1])])  # a new key
+    firsts = order.filter(starts)
+    return firsts.take(pc.array_sort_indices(firsts))
+
+
 def sample_indices(n: int, k: int, rng: random.Random) -> Iterator[int]:
     """``rng.sample(range(n), k)``, the same draws in the same order, with an 8-byte-a-slot pool
     instead of a list of n ints (CPython 3.11's algorithm; tests/test_split.py checks they agree)."""
@@ -164,8 +179,9 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
     import pyarrow.compute as pc
 
     keys = {s.name: _line_keys(s) for s in slices}
-    distinct_keys = {n: pc.unique(ks) for n, ks in keys.items()}  # in order of first appearance
-    distinct = {n: len(u) for n, u in distinct_keys.items()}
+    firsts = {n: _first_lines(ks) for n, ks in keys.items()}  # each distinct example's first line
+    distinct_keys = {n: keys[n].take(f) for n, f in firsts.items()}  # in order of first appearance
+    distinct = {n: len(f) for n, f in firsts.items()}
     # The examples in more than one slice: equal neighbours once every slice's distinct keys are sorted.
     every = pa.concat_arrays(list(distinct_keys.values())) if distinct_keys else pa.array([], pa.int64())
     ordered = every.take(pc.array_sort_indices(every))
@@ -192,15 +208,16 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
             why = "holdout: false" if n in whole else f"fewer than {MIN_DISTINCT} distinct examples"
             out[n] = SliceSplit(n, s.count, distinct[n], why=why)
             continue
-        candidates = distinct_keys[n].filter(pc.invert(pc.is_in(distinct_keys[n], value_set=shared)))  # in no other slice
+        alone = pc.invert(pc.is_in(distinct_keys[n], value_set=shared))  # in no other slice
+        candidates, candidate_lines = distinct_keys[n].filter(alone), firsts[n].filter(alone)
         want = counts[n]
         if len(candidates) < want:
             warnings.append(f"slice '{n}' holds out {len(candidates)} examples, not {want}: the others also "
                             "appear in another slice")
             want = len(candidates)
         rng = random.Random(slice_seed(seed, f"eval\0{n}"))
-        held = candidates.take(pa.array(list(sample_indices(len(candidates), want, rng)), pa.int64()))
-        first = pc.index_in(held, value_set=keys[n])  # each held-out example's first line
+        picked = pa.array(list(sample_indices(len(candidates), want, rng)), pa.int64())
+        held, first = candidates.take(picked), candidate_lines.take(picked)
         keep = array("q")
         if want:
             mask = pc.invert(pc.is_in(keys[n], value_set=held))
