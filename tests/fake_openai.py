@@ -15,6 +15,13 @@ Routes: ``POST /v1/chat/completions`` (OpenAI's answer shape, with usage), ``GET
 - ``fail_after=N``: after N answers the server dies (listener closed, connections dropped);
 - ``status``: model -> HTTP status to answer every call to that model with (e.g. 400).
 
+The batch API too (``POST /v1/files`` multipart with ``purpose=batch``, ``POST /v1/batches``,
+``GET /v1/batches/{id}``, ``GET /v1/files/{id}/content``): a batch advances one of ``batch_states``
+per status request (default validating, in_progress, completed); when it completes, its output
+file holds each line's answer (``response.body`` as a chat completion), and lines for a model in
+``status`` go to its error file. ``srv.batches``: id -> {"lines", "states", "status"}; each line
+answered is in ``srv.requests`` with method ``BATCH`` (so ``chat_requests`` counts it).
+
 Run alone (the benchmark does, to keep the server off the client's CPU core)::
 
     python tests/fake_openai.py --latency 0.2     # prints the port, serves until stdin closes
@@ -91,12 +98,16 @@ class FakeOpenAI:
                  answer: Callable[[dict], str] | str | dict[str, str] = smart, rate_limit_first: int = 0,
                  retry_after: str | None = "1", malformed_judge: bool = False, position_bias: bool = False,
                  fail_after: int | None = None, status: dict[str, int] | None = None, port: int = 0,
-                 served_models: list[str] | None = None):
+                 served_models: list[str] | None = None,
+                 batch_states: tuple[str, ...] = ("validating", "in_progress", "completed")):
         self.latency, self.answer = latency, answer
         self.rate_limit_first, self.retry_after = rate_limit_first, retry_after
         self.malformed_judge, self.position_bias = malformed_judge, position_bias
         self.fail_after, self.status = fail_after, dict(status or {})
         self.served_models = served_models
+        self.batch_states = tuple(batch_states)
+        self.batches: dict[str, dict] = {}
+        self.files: dict[str, bytes] = {}
         self.requests: list[Seen] = []
         self.answered = 0
         self.in_flight = 0
@@ -184,7 +195,7 @@ class FakeOpenAI:
                 size = int(headers.get("content-length", "0"))
                 raw = await reader.readexactly(size) if size else b""
                 status, payload, extra = await self._route(method, target.split("?", 1)[0], headers, raw)
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 extra_lines = "".join(f"{k}: {v}\r\n" for k, v in extra.items())
                 writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\nContent-Type: application/json"
                              f"\r\nContent-Length: {len(data)}\r\n{extra_lines}\r\n".encode() + data)
@@ -209,6 +220,8 @@ class FakeOpenAI:
             return 200, {"status": "ok"}, {}
         if path == "/v1/models":
             return 200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served_models or []]}, {}
+        if path.startswith(("/v1/files", "/v1/batches")):
+            return self._batch_route(method, path, headers, raw)
         if path != "/v1/chat/completions" or method != "POST":
             return 404, {"error": {"message": f"no route {method} {path}"}}, {}
         if seen.body is None or not isinstance(seen.body.get("messages"), list):
@@ -261,6 +274,87 @@ class FakeOpenAI:
         if isinstance(self.answer, dict):
             return self.answer.get(body.get("model", ""), smart(body))
         return self.answer
+
+
+    # --- the batch API ----------------------------------------------------------------------------------
+    def _batch_route(self, method: str, path: str, headers: dict, raw: bytes) -> tuple[int, object, dict]:
+        parts = path.strip("/").split("/")
+        with self._lock:
+            if method == "POST" and path == "/v1/files":
+                fields = _multipart(headers.get("content-type", ""), raw)
+                if fields.get("purpose") != b"batch" or "file" not in fields:
+                    return 400, {"error": {"message": "expected multipart purpose=batch and a file"}}, {}
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = fields["file"]
+                return 200, {"id": file_id, "object": "file", "purpose": "batch", "bytes": len(fields["file"])}, {}
+            if method == "POST" and path == "/v1/batches":
+                body = json.loads(raw or b"{}")
+                if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
+                    return 400, {"error": {"message": "endpoint /v1/chat/completions, completion_window 24h"}}, {}
+                data = self.files.get(body.get("input_file_id"))
+                if data is None:
+                    return 404, {"error": {"message": "no such input file"}}, {}
+                batch_id = f"batch_{len(self.batches) + 1}"
+                self.batches[batch_id] = {"lines": [json.loads(x) for x in data.splitlines() if x.strip()],
+                                          "states": list(self.batch_states), "status": "validating"}
+                return 200, self._batch(batch_id), {}
+            if method == "GET" and len(parts) == 3 and parts[1] == "batches" and parts[2] in self.batches:
+                batch = self.batches[parts[2]]
+                batch["status"] = batch["states"].pop(0) if len(batch["states"]) > 1 else batch["states"][0]
+                if batch["status"] == "completed" and "output_file_id" not in batch:
+                    self._finish(parts[2], batch)
+                return 200, self._batch(parts[2]), {}
+            if method == "GET" and len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
+                if parts[2] not in self.files:
+                    return 404, {"error": {"message": "no such file"}}, {}
+                return 200, self.files[parts[2]], {}
+        return 404, {"error": {"message": f"no route {method} {path}"}}, {}
+
+    def _batch(self, batch_id: str) -> dict:
+        b = self.batches[batch_id]
+        return {"id": batch_id, "object": "batch", "endpoint": "/v1/chat/completions", "status": b["status"],
+                "output_file_id": b.get("output_file_id"), "error_file_id": b.get("error_file_id"),
+                "completion_window": "24h"}
+
+    def _finish(self, batch_id: str, batch: dict) -> None:
+        out, errors = [], []
+        for line in batch["lines"]:
+            body = line["body"]
+            model = body.get("model", "")
+            seen = Seen("BATCH", "/v1/chat/completions", {}, body, time.monotonic())  # a line, not an HTTP call
+            self.requests.append(seen)
+            if model in self.status:
+                errors.append({"id": f"req_{len(errors)}", "custom_id": line["custom_id"],
+                               "response": {"status_code": self.status[model], "body": {
+                                   "error": {"message": f"the model {model} cannot answer this"}}}})
+                continue
+            text = self._text(seen)
+            tokens = {"prompt_tokens": 5, "completion_tokens": len(text) // 4 + 1}
+            tokens["total_tokens"] = tokens["prompt_tokens"] + tokens["completion_tokens"]
+            out.append({"id": f"req_{len(out)}", "custom_id": line["custom_id"], "response": {
+                "status_code": 200, "body": {"id": f"chatcmpl-b{len(out)}", "object": "chat.completion",
+                                             "model": model, "usage": tokens, "choices": [{
+                                                 "index": 0, "finish_reason": "stop",
+                                                 "message": {"role": "assistant", "content": text}}]}}})
+        for name, rows in (("output_file_id", out), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{len(self.files) + 1}"
+                self.files[file_id] = b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+                batch[name] = file_id
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, bytes]:
+    """name -> value of a multipart/form-data body (enough for httpx's uploads)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m:
+        return {}
+    fields = {}
+    for part in raw.split(b"--" + m.group(1).encode())[1:]:
+        head, _, value = part.partition(b"\r\n\r\n")
+        name = re.search(rb'name="([^"]+)"', head)
+        if name:
+            fields[name.group(1).decode()] = value[:-2] if value.endswith(b"\r\n") else value
+    return fields
 
 
 def start_child(latency: float) -> tuple:

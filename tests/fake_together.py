@@ -2,7 +2,9 @@
 
 Routes: chat completions (plain and SSE), whoami, custom models and remote uploads, dedicated
 endpoints and deployments (v2, project-scoped), file upload (the redirect-and-PUT dance of
-``files.upload``), hosted fine-tuning (limits, price estimate, create, retrieve, events).
+``files.upload``), hosted fine-tuning (limits, price estimate, create, retrieve, events), and batch
+inference (``batches.create`` / ``retrieve`` over an uploaded ``batch-api`` file, ``files.content`` of
+the output: one line per request, ``custom_id`` and ``response.body``, the answer ``answer``).
 Asynchronous jobs advance one state per poll, so tests can check the waiting loops; every request is
 recorded (method, path, query, headers, JSON body) so tests can assert what the SDK sent.
 """
@@ -26,7 +28,8 @@ class FakeTogether(ThreadedFake):
                      "REMOTE_UPLOAD_STATUS_RUNNING", "REMOTE_UPLOAD_STATUS_SUCCEEDED"),
                  deploy_states: tuple[str, ...] = ("DEPLOYMENT_STATE_PROVISIONING", "DEPLOYMENT_STATE_READY"),
                  fine_tune_states: tuple[str, ...] = ("queued", "running", "completed"),
-                 whoami_project: bool = True):
+                 whoami_project: bool = True,
+                 batch_states: tuple[str, ...] = ("VALIDATING", "IN_PROGRESS", "COMPLETED")):
         self.api_key = api_key
         self.answer = answer
         self.project_id = project_id
@@ -42,6 +45,8 @@ class FakeTogether(ThreadedFake):
         self.uploads: dict[str, dict] = {}
         self.files: dict[str, bytes] = {}
         self.jobs: dict[str, dict] = {}
+        self.batch_states = list(batch_states)
+        self.batches: dict[str, dict] = {}  # id -> {"input_file_id", "states", "status", "output_file_id"}
         self.lock = threading.Lock()
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
@@ -155,7 +160,38 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and len(parts) == 4 and parts[:2] == ["v1", "fine-tunes"] and parts[3] == "events":
             return self._json(200, {"data": [{"object": "fine-tune-event", "message": "job started"},
                                              {"object": "fine-tune-event", "message": "out of memory at step 3"}]})
+        if method == "POST" and path == "/v1/batches":
+            if body.get("input_file_id") not in fake.files:
+                return self._error(404, f"no file {body.get('input_file_id')}")
+            batch_id = f"batch-{len(fake.batches) + 1}"
+            fake.batches[batch_id] = {"input_file_id": body["input_file_id"], "states": list(fake.batch_states),
+                                      "status": "VALIDATING", "request": body}
+            return self._json(200, {"job": self._batch(batch_id), "warning": None})
+        if method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "batches"] and parts[2] in fake.batches:
+            batch = fake.batches[parts[2]]
+            batch["status"] = batch["states"].pop(0) if len(batch["states"]) > 1 else batch["states"][0]
+            if batch["status"] == "COMPLETED" and "output_file_id" not in batch:
+                lines = [json.loads(x) for x in fake.files[batch["input_file_id"]].splitlines() if x.strip()]
+                out = [{"custom_id": x["custom_id"], "response": {"status_code": 200, "body": {
+                    "id": f"c{i}", "object": "chat.completion", "model": x["body"].get("model"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": fake.answer},
+                                 "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}}}
+                       for i, x in enumerate(lines)]
+                batch["output_file_id"] = f"file-out-{parts[2]}"
+                fake.files[batch["output_file_id"]] = b"".join(json.dumps(r).encode() + b"\n" for r in out)
+            return self._json(200, self._batch(parts[2]))
+        if method == "GET" and len(parts) == 4 and parts[:2] == ["v1", "files"] and parts[3] == "content":
+            if parts[2] not in fake.files:
+                return self._error(404, f"no file {parts[2]}")
+            return self._send(200, fake.files[parts[2]], "application/octet-stream")
         return None
+
+    def _batch(self, batch_id: str) -> dict:
+        b = self.together.batches[batch_id]
+        return {"id": batch_id, "status": b["status"], "input_file_id": b["input_file_id"],
+                "endpoint": b["request"].get("endpoint"), "output_file_id": b.get("output_file_id"),
+                "error_file_id": None, "created_at": NOW, "user_id": "u1"}
 
     def _job(self, job_id: str, status: str) -> dict:
         job = self.together.jobs[job_id]

@@ -2,9 +2,11 @@
 
 Modules, in pipeline order: ``schema`` and ``config`` (the YAML config), ``instructions`` (the prompts),
 ``store`` (every finished call, in SQLite), ``clients`` (calls to Together and OpenAI-compatible
-servers: concurrency, rate limits, retries), ``calls`` (every call through the store, the budget, the
-counts), ``judges`` (prompts, verdicts, scores), ``record`` (one instruction's answers and verdicts),
-``run`` (the pipeline), ``export`` (SFT, preferences, battles, a slice file). Heavy libraries
+servers: concurrency, rate limits, retries), ``batch`` (the same calls through a provider's batch API),
+``calls`` (every call through the store, the budget, the counts), ``judges`` (prompts, verdicts,
+scores), ``record`` (one instruction's answers and verdicts), ``run`` (the pipeline), ``stream``
+(records and exports appended as they finish, resumable), ``export`` (SFT, preferences, battles, a
+slice file), ``hub`` (the dataset on the Hugging Face Hub). Heavy libraries
 (together, transformers) are imported inside functions only.
 """
 

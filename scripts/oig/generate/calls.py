@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from oig.errors import OigError
 from oig.generate import judges
+from oig.generate.batch import BatchClient
 from oig.generate.clients import CallResult, ProviderClient
 from oig.generate.config import GenerateConfig, JudgeSpec
 from oig.generate.store import CallStore, call_key
@@ -26,7 +27,7 @@ PLANNED_CHAR = "x"  # a planned answer is this, repeated to max_tokens' length
 class Ctx:
     cfg: GenerateConfig
     store: CallStore
-    clients: dict[str, ProviderClient]
+    clients: dict[str, ProviderClient | BatchClient]
     reward_models: dict[str, judges.RewardModel]
     dry_run: bool = False
     budget_usd: float | None = None
@@ -101,8 +102,11 @@ async def call(ctx: Ctx, role: str, label: str, provider: str, model: str, messa
     reserve = ctx.cost(model, {"prompt_tokens": sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN + 8,
                                "completion_tokens": settings.get("max_tokens", 512)}) or 0.0
     ctx.reserved_usd += reserve
+    client = ctx.clients[provider]
+    # A batch client sends the call as a line of a batch, identified by its store key.
+    extra = {"key": key, "kind": content["kind"]} if isinstance(client, BatchClient) else {}
     try:
-        result = await ctx.clients[provider].complete(model, messages, settings, response_format)
+        result = await client.complete(model, messages, settings, response_format, **extra)
     finally:
         ctx.reserved_usd -= reserve
     value = result.to_dict()

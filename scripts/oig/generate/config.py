@@ -33,6 +33,7 @@ from oig.generate.schema import (
 NOT_CHAT_KEYS = frozenset({"GITHUB_TOKEN", "GH_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "ACTIONS_RUNTIME_TOKEN",
                            "ACTIONS_ID_TOKEN_REQUEST_TOKEN"})
 # Generation settings passed through to the chat completions API, the same for both provider kinds.
+BATCH_KEYS = ("batch_size", "poll_s", "flush_s")  # settings of a provider in `mode: batch` only
 SETTING_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty", "frequency_penalty")
 
 # --- the shaped config -----------------------------------------------------------------------------
@@ -60,6 +61,10 @@ class Provider:
     max_attempts: int = 5
     timeout_s: float = 120.0
     backoff_s: float = 1.0
+    mode: str = "online"  # online | batch
+    batch_size: int = 1000
+    poll_s: float = 30.0
+    flush_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -161,10 +166,17 @@ def parse_config(data: bytes, path: Path) -> GenerateConfig:
                                                                     else None),
                                 concurrency=p.get("concurrency", 8), requests_per_minute=p.get("requests_per_minute"),
                                 max_attempts=p.get("max_attempts", 5), timeout_s=float(p.get("timeout_s", 120)),
-                                backoff_s=float(p.get("backoff_s", 1.0)))
+                                backoff_s=float(p.get("backoff_s", 1.0)), mode=p.get("mode", "online"),
+                                batch_size=p.get("batch_size", 1000), poll_s=float(p.get("poll_s", 30)),
+                                flush_s=float(p.get("flush_s", 2)))
                  for name, p in (doc.get("providers") or {}).items()}
     if "providers" not in doc:
         providers[DEFAULT_PROVIDER] = Provider(DEFAULT_PROVIDER, "together", api_key_env=TOGETHER_KEY_ENV)
+    for name, raw in (doc.get("providers") or {}).items():
+        for key in BATCH_KEYS:
+            if key in raw and raw.get("mode", "online") != "batch":
+                add(("providers", name, key), f"provider '{name}': `{key}` applies to `mode: batch`; remove it "
+                                              "or add `mode: batch`", key=True)
     for name, p in providers.items():
         if p.api_key_env in NOT_CHAT_KEYS:
             add(("providers", name, "api_key_env"), f"provider '{name}': {p.api_key_env} is not a chat API key and "

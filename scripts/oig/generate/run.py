@@ -27,6 +27,7 @@ from oig.data.fetch import SourceOptions
 from oig.errors import OigError, secret
 from oig.files import write_atomic
 from oig.generate import export, hub, judges
+from oig.generate.batch import BatchClient
 from oig.generate.calls import CHARS_PER_TOKEN, Ctx
 from oig.generate.clients import ProviderClient
 from oig.generate.config import GenerateConfig
@@ -103,7 +104,9 @@ class Progress:
 async def _run_all(ctx: Ctx, instructions: Iterator[Instruction], progress: Progress, sink: Sink | None,
                    done: int = 0) -> None:
     """One task per instruction, a bounded window of them; finished records go to ``sink`` in order."""
-    total_concurrency = sum(c.provider.concurrency for c in ctx.clients.values()) or 8
+    # A batch provider's calls wait in batches, batch_size of them at a time, in place of concurrency.
+    total_concurrency = sum(c.provider.batch_size if c.provider.mode == "batch" else c.provider.concurrency
+                            for c in ctx.clients.values()) or 8
     # Records in flight or waiting for an earlier one: enough to keep every provider busy past a slow
     # record, and the only records in memory (a slot is freed when its record is written).
     window = asyncio.Semaphore(max(8, 4 * total_concurrency))
@@ -189,11 +192,12 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
         resumed = sink.open() if sink is not None else 0
 
         async def main() -> None:
-            clients: dict[str, ProviderClient] = {}
+            clients: dict[str, ProviderClient | BatchClient] = {}
             if not dry_run:
                 try:
                     for name in sorted({m.provider for m in _chat_models(cfg)}):
-                        clients[name] = ProviderClient(cfg.providers[name])
+                        p = cfg.providers[name]
+                        clients[name] = BatchClient(p, store) if p.mode == "batch" else ProviderClient(p)
                 except BaseException:
                     for client in clients.values():
                         await client.aclose()
@@ -203,6 +207,10 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
             summary.stats = {"calls": ctx.calls, "stored": ctx.cached, "spent_usd": round(ctx.spent_usd, 6),
                              "by_model": list(ctx.stats.values()), "store_writes": store.writes,
                              "store_ms_per_write": round(1000 * store.write_s / store.writes, 4) if store.writes else None}
+            batches = {n: {"submitted": c.submitted, "resumed": c.resumed} for n, c in clients.items()
+                       if isinstance(c, BatchClient)}
+            if batches:  # batch ids and their status are in the store's `batches` table
+                summary.stats["batches"] = batches
             summary.budget_reached = ctx.budget_reached
             if dry_run:
                 summary.plan_text = _plan_text(ctx, plan.count, budget_usd)

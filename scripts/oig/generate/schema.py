@@ -142,6 +142,24 @@ GENERATE_SCHEMA: dict = {
                                   "description": "Base of the exponential backoff between tries, in seconds "
                                                  "(default 1): try n waits a random time up to backoff_s * 2^n, "
                                                  "at most 60 s, unless the server sends Retry-After."},
+                    "mode": {"enum": ["online", "batch"],
+                             "description": "online (the default): one HTTP call per answer. batch: the calls "
+                                            "go to the provider's batch API (OpenAI's /v1/batches, Together's "
+                                            "batches through the together SDK; about half the price, answers "
+                                            "within 24 h): the run submits them in batches, records each batch "
+                                            "id in the call store, polls, and after an interruption polls the "
+                                            "same batches again instead of resubmitting."},
+                    "batch_size": {"type": "integer", "minimum": 1, "maximum": 50000,
+                                   "description": "mode batch: most calls in one batch (default 1000; OpenAI "
+                                                  "takes up to 50,000). Also bounds the records in flight, "
+                                                  "4 x batch_size, in place of concurrency."},
+                    "poll_s": {"type": "number", "exclusiveMinimum": 0,
+                               "description": "mode batch: seconds between two status checks of a batch "
+                                              "(default 30)."},
+                    "flush_s": {"type": "number", "exclusiveMinimum": 0,
+                                "description": "mode batch: a batch is submitted when it holds batch_size "
+                                               "calls, or when no new call has come for this many seconds "
+                                               "(default 2)."},
                 },
             },
         },

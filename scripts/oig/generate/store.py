@@ -39,6 +39,11 @@ class CallStore:
         self.db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, kind TEXT NOT NULL, "
                         "model TEXT NOT NULL, value TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)")
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # Batch mode: every submitted batch, and which calls it holds (a call in a live batch is not resubmitted).
+        self.db.execute("CREATE TABLE IF NOT EXISTS batches (id TEXT PRIMARY KEY, provider TEXT NOT NULL, "
+                        "status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS batch_calls (key TEXT NOT NULL, batch_id TEXT NOT NULL, "
+                        "kind TEXT NOT NULL, model TEXT NOT NULL, PRIMARY KEY (key, batch_id))")
         row = self.db.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()
         if row is None:
             self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
@@ -83,6 +88,36 @@ class CallStore:
             (key, kind, model, json.dumps(value, ensure_ascii=False, separators=(",", ":")), now, now))
         self.write_s += time.perf_counter() - start
         self.writes += 1
+
+    # --- batches -------------------------------------------------------------------------------------
+    def put_batch(self, batch_id: str, provider: str, status: str, calls: list[tuple[str, str, str]]) -> None:
+        """A submitted batch and its calls, (key, kind, model) each, in one transaction."""
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?)", (batch_id, provider, status, now, now))
+            self.db.executemany("INSERT OR IGNORE INTO batch_calls VALUES (?, ?, ?, ?)",
+                                [(key, batch_id, kind, model) for key, kind, model in calls])
+
+    def set_batch_status(self, batch_id: str, status: str) -> None:
+        self.db.execute("UPDATE batches SET status = ?, updated = ? WHERE id = ?", (status, time.time(), batch_id))
+
+    def live_batch(self, key: str, provider: str, dead: frozenset[str]) -> str | None:
+        """The newest batch of ``provider`` holding the call ``key`` whose status is not in ``dead``."""
+        marks = ",".join("?" * len(dead))
+        row = self.db.execute(
+            f"SELECT b.id FROM batch_calls c JOIN batches b ON b.id = c.batch_id WHERE c.key = ? AND b.provider = ? "
+            f"AND b.status NOT IN ({marks}) ORDER BY b.created DESC LIMIT 1", (key, provider, *sorted(dead))).fetchone()
+        return row[0] if row else None
+
+    def batch_calls(self, batch_id: str) -> dict[str, tuple[str, str]]:
+        """key -> (kind, model) of every call in the batch."""
+        return {k: (kind, model) for k, kind, model in
+                self.db.execute("SELECT key, kind, model FROM batch_calls WHERE batch_id = ?", (batch_id,))}
+
+    def batches(self) -> list[tuple[str, str, str]]:
+        """(id, provider, status) of every batch, oldest first."""
+        return list(self.db.execute("SELECT id, provider, status FROM batches ORDER BY created"))
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM calls").fetchone()[0]
