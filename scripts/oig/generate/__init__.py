@@ -2,7 +2,7 @@
 
 Modules, in pipeline order: ``schema`` and ``config`` (the YAML config), ``instructions`` (the prompts),
 ``store`` (every finished call, in SQLite), ``clients`` (calls to Together and OpenAI-compatible
-servers: concurrency, rate limits, retries), ``batch`` (the same calls through a provider's batch API),
+servers: concurrency, rate limits, retries), ``batch`` (the same calls through a provider's batch API), ``local`` (vLLM's offline engine),
 ``calls`` (every call through the store, the budget, the counts), ``judges`` (prompts, verdicts,
 scores), ``record`` (one instruction's answers and verdicts), ``run`` (the pipeline), ``stream``
 (records and exports appended as they finish, resumable), ``export`` (SFT, preferences, battles, a

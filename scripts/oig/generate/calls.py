@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from oig.errors import OigError
 from oig.generate import judges
 from oig.generate.batch import BatchClient
-from oig.generate.clients import CallResult, ProviderClient
+from oig.generate.clients import CallResult
 from oig.generate.config import GenerateConfig, JudgeSpec
 from oig.generate.store import CallStore, call_key
 
@@ -27,7 +27,7 @@ PLANNED_CHAR = "x"  # a planned answer is this, repeated to max_tokens' length
 class Ctx:
     cfg: GenerateConfig
     store: CallStore
-    clients: dict[str, ProviderClient | BatchClient]
+    clients: dict  # provider name -> ProviderClient, BatchClient or VLLMClient
     reward_models: dict[str, judges.RewardModel]
     dry_run: bool = False
     budget_usd: float | None = None

@@ -34,6 +34,10 @@ NOT_CHAT_KEYS = frozenset({"GITHUB_TOKEN", "GH_TOKEN", "HF_TOKEN", "HUGGING_FACE
                            "ACTIONS_ID_TOKEN_REQUEST_TOKEN"})
 # Generation settings passed through to the chat completions API, the same for both provider kinds.
 BATCH_KEYS = ("batch_size", "poll_s", "flush_s")  # settings of a provider in `mode: batch` only
+VLLM_KEYS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len")  # vllm.LLM's, for kind vllm
+# What a kind vllm provider has no use for: it makes no HTTP call.
+HTTP_KEYS = ("base_url", "api_key_env", "concurrency", "requests_per_minute", "max_attempts", "timeout_s", "backoff_s",
+             "mode", "poll_s")
 SETTING_KEYS = ("temperature", "top_p", "max_tokens", "seed", "stop", "presence_penalty", "frequency_penalty")
 
 # --- the shaped config -----------------------------------------------------------------------------
@@ -65,6 +69,7 @@ class Provider:
     batch_size: int = 1000
     poll_s: float = 30.0
     flush_s: float = 2.0
+    engine: dict = field(default_factory=dict)  # kind vllm: VLLM_KEYS that were set, for vllm.LLM(...)
 
 
 @dataclass(frozen=True)
@@ -167,14 +172,23 @@ def parse_config(data: bytes, path: Path) -> GenerateConfig:
                                 concurrency=p.get("concurrency", 8), requests_per_minute=p.get("requests_per_minute"),
                                 max_attempts=p.get("max_attempts", 5), timeout_s=float(p.get("timeout_s", 120)),
                                 backoff_s=float(p.get("backoff_s", 1.0)), mode=p.get("mode", "online"),
-                                batch_size=p.get("batch_size", 1000), poll_s=float(p.get("poll_s", 30)),
-                                flush_s=float(p.get("flush_s", 2)))
+                                batch_size=p.get("batch_size", 256 if p["kind"] == "vllm" else 1000),
+                                poll_s=float(p.get("poll_s", 30)),
+                                flush_s=float(p.get("flush_s", 0.05 if p["kind"] == "vllm" else 2)),
+                                engine={k: p[k] for k in VLLM_KEYS if k in p})
                  for name, p in (doc.get("providers") or {}).items()}
     if "providers" not in doc:
         providers[DEFAULT_PROVIDER] = Provider(DEFAULT_PROVIDER, "together", api_key_env=TOGETHER_KEY_ENV)
     for name, raw in (doc.get("providers") or {}).items():
-        for key in BATCH_KEYS:
-            if key in raw and raw.get("mode", "online") != "batch":
+        for key in raw:
+            if raw["kind"] == "vllm" and key in HTTP_KEYS:
+                add(("providers", name, key), f"provider '{name}': `{key}` does not apply to kind vllm (the engine "
+                                              "runs in this process, no server); remove it", key=True)
+            elif raw["kind"] != "vllm" and key in VLLM_KEYS:
+                add(("providers", name, key), f"provider '{name}': `{key}` applies to kind vllm only; remove it",
+                    key=True)
+            elif key in BATCH_KEYS and raw.get("mode", "online") != "batch" and not (
+                    raw["kind"] == "vllm" and key != "poll_s"):
                 add(("providers", name, key), f"provider '{name}': `{key}` applies to `mode: batch`; remove it "
                                               "or add `mode: batch`", key=True)
     for name, p in providers.items():
@@ -185,6 +199,8 @@ def parse_config(data: bytes, path: Path) -> GenerateConfig:
         if p.kind == "openai" and not p.base_url:
             add(("providers", name), f"provider '{name}' is an OpenAI-compatible server: give its `base_url` "
                                      "(e.g. http://127.0.0.1:8000, without /v1)", key=True)
+        if p.kind == "vllm":
+            continue
         if p.base_url and p.base_url.rstrip("/").endswith("/v1"):
             add(("providers", name, "base_url"), f"provider '{name}': write base_url without /v1 (calls go to "
                                                  "{base_url}/v1/chat/completions)")

@@ -32,6 +32,7 @@ from oig.generate.calls import CHARS_PER_TOKEN, Ctx
 from oig.generate.clients import ProviderClient
 from oig.generate.config import GenerateConfig
 from oig.generate.instructions import Instruction, iter_instructions, plan_instructions
+from oig.generate.local import VLLMClient
 from oig.generate.record import process
 from oig.generate.store import CallStore
 from oig.generate.stream import Sink
@@ -105,8 +106,8 @@ async def _run_all(ctx: Ctx, instructions: Iterator[Instruction], progress: Prog
                    done: int = 0) -> None:
     """One task per instruction, a bounded window of them; finished records go to ``sink`` in order."""
     # A batch provider's calls wait in batches, batch_size of them at a time, in place of concurrency.
-    total_concurrency = sum(c.provider.batch_size if c.provider.mode == "batch" else c.provider.concurrency
-                            for c in ctx.clients.values()) or 8
+    total_concurrency = sum(c.provider.batch_size if c.provider.mode == "batch" or c.provider.kind == "vllm"
+                            else c.provider.concurrency for c in ctx.clients.values()) or 8
     # Records in flight or waiting for an earlier one: enough to keep every provider busy past a slow
     # record, and the only records in memory (a slot is freed when its record is written).
     window = asyncio.Semaphore(max(8, 4 * total_concurrency))
@@ -192,12 +193,13 @@ def generate(cfg: GenerateConfig, out_dir: Path, *, allow_local: bool = False, l
         resumed = sink.open() if sink is not None else 0
 
         async def main() -> None:
-            clients: dict[str, ProviderClient | BatchClient] = {}
+            clients: dict[str, ProviderClient | BatchClient | VLLMClient] = {}
             if not dry_run:
                 try:
                     for name in sorted({m.provider for m in _chat_models(cfg)}):
                         p = cfg.providers[name]
-                        clients[name] = BatchClient(p, store) if p.mode == "batch" else ProviderClient(p)
+                        clients[name] = (VLLMClient(p) if p.kind == "vllm" else BatchClient(p, store)
+                                         if p.mode == "batch" else ProviderClient(p))
                 except BaseException:
                     for client in clients.values():
                         await client.aclose()

@@ -119,9 +119,12 @@ GENERATE_SCHEMA: dict = {
                 "additionalProperties": False,
                 "required": ["kind"],
                 "properties": {
-                    "kind": {"enum": ["together", "openai"],
+                    "kind": {"enum": ["together", "openai", "vllm"],
                              "description": "together: the together SDK (Together's API). openai: any "
-                                            "OpenAI-compatible server (`oig serve`, vLLM) at base_url."},
+                                            "OpenAI-compatible server (`oig serve`, vLLM) at base_url. vllm: "
+                                            "vLLM's offline engine in this process (`LLM.chat`; vLLM installed "
+                                            "on a GPU machine, see the README), one engine per model id, "
+                                            "calls gathered into batches of batch_size."},
                     "base_url": {**_text, "description": "The server's address WITHOUT /v1, e.g. "
                                  "http://127.0.0.1:8000; calls go to {base_url}/v1/chat/completions. Required for "
                                  "kind openai; for together the default is Together's API."},
@@ -151,15 +154,25 @@ GENERATE_SCHEMA: dict = {
                                             "same batches again instead of resubmitting."},
                     "batch_size": {"type": "integer", "minimum": 1, "maximum": 50000,
                                    "description": "mode batch: most calls in one batch (default 1000; OpenAI "
-                                                  "takes up to 50,000). Also bounds the records in flight, "
-                                                  "4 x batch_size, in place of concurrency."},
+                                                  "takes up to 50,000). kind vllm: most conversations in one "
+                                                  "`LLM.chat` call (default 256). Also bounds the records in "
+                                                  "flight, 4 x batch_size, in place of concurrency."},
                     "poll_s": {"type": "number", "exclusiveMinimum": 0,
                                "description": "mode batch: seconds between two status checks of a batch "
                                               "(default 30)."},
                     "flush_s": {"type": "number", "exclusiveMinimum": 0,
-                                "description": "mode batch: a batch is submitted when it holds batch_size "
-                                               "calls, or when no new call has come for this many seconds "
-                                               "(default 2)."},
+                                "description": "mode batch and kind vllm: a batch is submitted when it holds "
+                                               "batch_size calls, or when no new call has come for this many "
+                                               "seconds (default 2 for mode batch, 0.05 for vllm)."},
+                    "tensor_parallel_size": {"type": "integer", "minimum": 1,
+                                             "description": "kind vllm: GPUs one engine spans (default 1)."},
+                    "gpu_memory_utilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                                               "description": "kind vllm: the share of each GPU's memory one "
+                                                              "engine takes (vLLM's default 0.9; lower it for "
+                                                              "several models on one GPU)."},
+                    "max_model_len": {"type": "integer", "minimum": 1,
+                                      "description": "kind vllm: the longest prompt plus answer, in tokens "
+                                                     "(default: the model's)."},
                 },
             },
         },
