@@ -218,10 +218,13 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
         rng = random.Random(slice_seed(seed, f"eval\0{n}"))
         picked = pa.array(list(sample_indices(len(candidates), want, rng)), pa.int64())
         held, first = candidates.take(picked), candidate_lines.take(picked)
-        keep = array("q")
+        small = s.count < 2**32
+        keep = array("I" if small else "q")  # 4 bytes a line below 4G lines
         if want:
             mask = pc.invert(pc.is_in(keys[n], value_set=held))
-            keep.frombytes(pc.indices_nonzero(mask).cast(pa.int64()).buffers()[1])
+            keep.frombytes(pc.indices_nonzero(mask).cast(pa.uint32() if small else pa.int64()).buffers()[1])
         out[n] = SliceSplit(n, s.count, distinct[n], sorted(first.to_pylist()), keep if want else None,
                             "held out" if want else "its share of eval_size rounds to 0")
+    del keys, firsts, distinct_keys, every, ordered
+    pa.default_memory_pool().release_unused()  # the sorts' memory, back before the mixture is written
     return Split(eval_size, out, warnings)
