@@ -3,6 +3,8 @@
     python benchmarks/bench_mix.py                       # 100k, 300k, 1M examples from 10 slices
     python benchmarks/bench_mix.py --sizes 20000 --repeat 1
     python benchmarks/bench_mix.py --stage writer        # the writer alone, on prebuilt JSONL
+    python benchmarks/bench_mix.py --large               # 10M examples, against `datasets`, 2 runs each
+    python benchmarks/bench_mix.py --sizes 1000000 --peer --inputs /tmp/oig-bench-inputs
 
 Each size gets a temp repository: 10 slices as local OpenAI JSONL files (OpenAIJsonl links, so
 `--allow-local-sources`), a training.yaml whose Mixture repeats one slice about 3 times and samples
@@ -11,6 +13,13 @@ command, ``python -m oig mix``, end to end in a child process (validation, mater
 allocation, writing); ``--stage writer`` runs only ``oig.data.mixwriter.write_mixture`` on the same files.
 Each run is measured in its own child: wall time, and peak RSS from getrusage(RUSAGE_CHILDREN).
 Prints the median of --repeat runs per size and the time per example relative to the smallest size.
+
+``--peer`` also runs the same job with the `datasets` library (``peer_job``), alternating with oig
+run by run so machine noise hits both: load every slice's JSONL into Arrow (a cold cache each run),
+hold out 100 examples of each, repeat or sample each slice to oig's count for it, add the slice name,
+concatenate, shuffle and write JSON lines. It prints both medians, the ratio oig / datasets and both
+peaks, against the targets of ``--large`` (10M examples): at most 0.5x the datasets time, under
+1 GB and under 3 minutes. ``--inputs DIR`` keeps the generated slices there for the next invocation.
 """
 
 from __future__ import annotations
@@ -33,10 +42,22 @@ SLICES = 10
 MIXTURE = {"s0": 0.3, "s1": 0.05}
 
 
+TARGET_RATIO = 0.5  # oig / datasets, at --large
+TARGET_PEAK_MB = 1024
+TARGET_WALL_S = 180.0
+LARGE = 10_000_000
+PEER_EVAL = 100  # examples the peer holds out of each slice (oig holds out 1,000 in all by default)
+
+
 def make_repo(root: Path, size: int) -> Path:
-    """A repository with `size` examples split over SLICES slices; returns its folder."""
+    """A repository with `size` examples split over SLICES slices; returns its folder. A folder that
+    already holds a complete one of that size (``--inputs``) is reused as it is."""
     data = root / "data"
     raw = root / "raw"
+    done = root / "complete"
+    if done.is_file() and done.read_text() == str(size):
+        return root
+    shutil.rmtree(root, ignore_errors=True)
     data.mkdir(parents=True)
     raw.mkdir()
     for s in range(SLICES):
@@ -53,10 +74,43 @@ def make_repo(root: Path, size: int) -> Path:
                                            f"  - link: {json.dumps(str(path))}\n", encoding="utf-8")
     lines = "".join(f"  {k}: {v}\n" for k, v in MIXTURE.items())
     (root / "training.yaml").write_text(f"Training:\n  seed: 1\nMixture:\n{lines}", encoding="utf-8")
+    done.write_text(str(size))
     return root
 
 
+def peer_job(repo: Path, out: Path, cache: Path) -> dict:
+    """The same job with `datasets` (run in a child by ``--peer``): slices in, mixture.jsonl out."""
+    from datasets import concatenate_datasets, disable_progress_bars, load_dataset
+
+    from oig.data.allocation import allocate
+
+    disable_progress_bars()
+    splits = {}
+    for path in sorted((repo / "raw").glob("*.jsonl")):
+        ds = load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache))
+        # The slice name before any shuffle: a column added after one makes datasets rewrite every row.
+        ds = ds.add_column("slice", [path.stem] * len(ds))
+        splits[path.stem] = ds.train_test_split(test_size=PEER_EVAL, seed=1)
+    counts = allocate({n: len(d["train"]) for n, d in splits.items()}, MIXTURE, None).counts
+    parts, held = [], []
+    for name, d in splits.items():
+        train, k = d["train"], counts[name]
+        passes, rest = divmod(k, len(train))
+        picks = [train.shuffle(seed=1 + p) for p in range(passes)]
+        if rest:
+            picks.append(train.shuffle(seed=1 + passes).select(range(rest)))
+        parts.append(concatenate_datasets(picks))
+        held.append(d["test"])
+    out.mkdir(parents=True, exist_ok=True)
+    mixture = concatenate_datasets(parts).shuffle(seed=1)
+    mixture.to_json(str(out / "mixture.jsonl"), lines=True, force_ascii=False)
+    concatenate_datasets(held).to_json(str(out / "eval.jsonl"), lines=True, force_ascii=False)
+    return {"total": len(mixture)}
+
+
 def child_command(stage: str, repo: Path, out: Path) -> list[str]:
+    if stage == "datasets":
+        return [sys.executable, __file__, "--peer-job", str(repo), str(out), str(repo / "cache" / "datasets")]
     if stage == "cli":
         return [sys.executable, "-m", "oig", "mix", "--data", str(repo / "data"), "--config",
                 str(repo / "training.yaml"), "--out", str(out), "--allow-local-sources", "--format", "json"]
@@ -92,7 +146,7 @@ def run_once(stage: str, repo: Path) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
     paths = [str(ROOT / "scripts"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "OIG_CACHE_DIR": str(cache),
-           "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+           "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(cache / "hf")}
     done = subprocess.run([sys.executable, __file__, "--measure", *child_command(stage, repo, out)],
                           capture_output=True, text=True, env=env)
     if done.returncode:
@@ -104,20 +158,62 @@ def run_once(stage: str, repo: Path) -> dict:
     return result
 
 
-def bench(sizes: list[int], repeat: int, stage: str) -> list[dict]:
+def _summary(size: int, runs: list[dict]) -> dict:
+    wall = statistics.median(r["wall_s"] for r in runs)
+    return {"size": size, "wall_s": wall, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "us_per_example": wall / size * 1e6, "runs": [round(r["wall_s"], 3) for r in runs]}
+
+
+def bench(sizes: list[int], repeat: int, stage: str, inputs: Path | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="oig-bench-mix-") as tmp:
         for size in sizes:
-            repo = make_repo(Path(tmp) / f"n{size}", size)
-            runs = [run_once(stage, repo) for _ in range(repeat)]
-            wall = statistics.median(r["wall_s"] for r in runs)
-            rows.append({"size": size, "wall_s": wall, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                         "us_per_example": wall / size * 1e6, "runs": [round(r["wall_s"], 3) for r in runs]})
-            shutil.rmtree(repo)
+            repo = make_repo((inputs or Path(tmp)) / f"n{size}", size)
+            rows.append(_summary(size, [run_once(stage, repo) for _ in range(repeat)]))
+            if inputs is None:
+                shutil.rmtree(repo)
     base = rows[0]["us_per_example"]
     for r in rows:
         r["ratio"] = r["us_per_example"] / base
     return rows
+
+
+def compare(sizes: list[int], repeat: int, inputs: Path | None = None) -> list[dict]:
+    """oig (the whole command) against the datasets peer, alternating run by run, per size."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="oig-bench-mix-") as tmp:
+        for size in sizes:
+            repo = make_repo((inputs or Path(tmp)) / f"n{size}", size)
+            runs: dict[str, list[dict]] = {"cli": [], "datasets": []}
+            for _ in range(repeat):
+                for stage in runs:
+                    runs[stage].append(run_once(stage, repo))
+            oig, peer = _summary(size, runs["cli"]), _summary(size, runs["datasets"])
+            rows.append({"size": size, "oig": oig, "datasets": peer, "ratio": oig["wall_s"] / peer["wall_s"]})
+            shutil.rmtree(repo / "out", ignore_errors=True)
+            shutil.rmtree(repo / "cache", ignore_errors=True)
+            if inputs is None:
+                shutil.rmtree(repo)
+    return rows
+
+
+def report_compare(rows: list[dict], repeat: int) -> str:
+    lines = [f"oig mix against the datasets peer ({SLICES} slices, cold caches, median of {repeat} run(s) each, "
+             "alternating)",
+             f"{'examples':>10}  {'oig s':>8}  {'datasets s':>10}  {'ratio':>5}  {'oig MB':>7}  {'datasets MB':>11}"
+             "  runs (oig | datasets)"]
+    for r in rows:
+        o, d = r["oig"], r["datasets"]
+        lines.append(f"{r['size']:>10,}  {o['wall_s']:>8.1f}  {d['wall_s']:>10.1f}  {r['ratio']:>5.2f}  "
+                     f"{o['peak_rss_mb']:>7.0f}  {d['peak_rss_mb']:>11.0f}  {o['runs']} | {d['runs']}")
+    for r in rows:
+        if r["size"] >= LARGE:
+            o = r["oig"]
+            checks = [("ratio", r["ratio"] <= TARGET_RATIO, f"{r['ratio']:.2f} <= {TARGET_RATIO}"),
+                      ("oig peak", o["peak_rss_mb"] < TARGET_PEAK_MB, f"{o['peak_rss_mb']:.0f} MB < {TARGET_PEAK_MB} MB"),
+                      ("oig time", o["wall_s"] < TARGET_WALL_S, f"{o['wall_s']:.1f} s < {TARGET_WALL_S:.0f} s")]
+            lines += [f"target at {r['size']:,}: {name} {text}: {'met' if ok else 'MISSED'}" for name, ok, text in checks]
+    return "\n".join(lines) + "\n"
 
 
 def report(rows: list[dict], stage: str, repeat: int) -> str:
@@ -134,16 +230,32 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--measure"]:
         print(json.dumps(measure(argv[1:])))
         return 0
+    if argv[:1] == ["--peer-job"]:
+        print(json.dumps(peer_job(*map(Path, argv[1:4]))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[100_000, 300_000, 1_000_000],
                         help="comma-separated example counts (default: 100000,300000,1000000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per size; the median is reported")
     parser.add_argument("--stage", choices=["cli", "writer"], default="cli",
                         help="cli: the whole `oig mix` command; writer: oig.data.mixwriter.write_mixture only")
+    parser.add_argument("--peer", action="store_true", help="also run the same job with `datasets`, alternating")
+    parser.add_argument("--large", action="store_true",
+                        help=f"{LARGE:,} examples against `datasets`, 2 runs each (--sizes {LARGE} --peer --repeat 2)")
+    parser.add_argument("--inputs", type=Path, help="keep the generated slices in this folder and reuse them")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = parser.parse_args(argv)
-    rows = bench(args.sizes, args.repeat, args.stage)
-    sys.stdout.write(report(rows, args.stage, args.repeat))
+    if args.large:
+        args.sizes, args.peer = [LARGE], True
+        args.repeat = 2 if "--repeat" not in argv else args.repeat
+    if args.peer:
+        if args.stage != "cli":
+            parser.error("--peer compares the whole command: leave out --stage")
+        rows = compare(args.sizes, args.repeat, args.inputs)
+        sys.stdout.write(report_compare(rows, args.repeat))
+    else:
+        rows = bench(args.sizes, args.repeat, args.stage, args.inputs)
+        sys.stdout.write(report(rows, args.stage, args.repeat))
     if args.json:
         print(json.dumps(rows))
     return 0

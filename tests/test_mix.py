@@ -423,6 +423,20 @@ def test_benchmark_smoke_writer():
     assert "20,000" in bench.report([row], "writer", 1)
 
 
+def test_benchmark_smoke_against_datasets(tmp_path):
+    pytest.importorskip("datasets", reason="the peer needs the train extra's `datasets`")
+    bench = load_bench()
+    [row] = bench.compare([2_000], repeat=1, inputs=tmp_path)  # both jobs, cold caches, in children
+    assert row["size"] == 2_000 and row["oig"]["runs"] and row["datasets"]["runs"]
+    assert row["ratio"] == row["oig"]["wall_s"] / row["datasets"]["wall_s"] > 0
+    assert 0 < row["oig"]["peak_rss_mb"] < 1000 and 0 < row["datasets"]["peak_rss_mb"] < 4000
+    assert "2,000" in bench.report_compare([row], 1)
+    assert (tmp_path / "n2000" / "complete").read_text() == "2000"  # kept for the next run, and reused
+    made = (tmp_path / "n2000" / "raw" / "s0.jsonl").stat().st_mtime_ns
+    assert bench.make_repo(tmp_path / "n2000", 2_000) == tmp_path / "n2000"
+    assert (tmp_path / "n2000" / "raw" / "s0.jsonl").stat().st_mtime_ns == made
+
+
 def test_the_total_is_bounded_by_the_data_available():
     assert allocate({"a": 10, "b": 20}, None, 300).counts == {"a": 100, "b": 200}  # 10x: still fine
     with pytest.raises(InvalidInput) as exc:
