@@ -215,6 +215,8 @@ def test_print_launch_refuses_what_cannot_start(tmp_path, capsys, monkeypatch):
     # Launch flags mean nothing to a training run: refused, not ignored.
     assert main(["train", "--config", str(zero3), "--num-machines", "2"]) == 2
     assert "--num-machines only go with --print-launch" in capsys.readouterr().err
+    assert main(["train", "--config", str(zero3), "--print-launch", "--publish", "hub", "--output", "x"]) == 2
+    assert "--publish, --output go with the training command after the printed launch" in capsys.readouterr().err
 
 
 def test_the_workflow_runs_the_printed_command():

@@ -71,6 +71,13 @@ def register(sub) -> None:
 
 LAUNCH_FLAGS = {"gpus": None, "num_machines": 1, "machine_rank": 0, "main_process_ip": None,
                 "main_process_port": 29500}
+# What only the training command uses (it follows the printed launch): refused with --print-launch.
+RUN_FLAGS = {"publish": "local", "together": False, "output": None, "mixture": None, "bugs": None,
+             "bugs_repo": None, "override_gate": False, "results": None, "allow_local_sources": False}
+
+
+def _stray(args: argparse.Namespace, flags: dict) -> list[str]:
+    return [f"--{k.replace('_', '-')}" for k, default in flags.items() if getattr(args, k) != default]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,12 +92,16 @@ def run(args: argparse.Namespace) -> int:
     if args.print_launch:
         from oig.train.launch import launch_for
 
+        if _stray(args, RUN_FLAGS):
+            print(f"oig train: {', '.join(_stray(args, RUN_FLAGS))} go with the training command after the printed "
+                  "launch, not with --print-launch", file=sys.stderr)
+            return 2
+
         print("\n".join(launch_for(opts, gpus=args.gpus, machines=args.num_machines, machine_rank=args.machine_rank,
                                    main_ip=args.main_process_ip, main_port=args.main_process_port)))
         return 0
-    stray = [f"--{k.replace('_', '-')}" for k, default in LAUNCH_FLAGS.items() if getattr(args, k) != default]
-    if stray:
-        print(f"oig train: {', '.join(stray)} only go with --print-launch", file=sys.stderr)
+    if _stray(args, LAUNCH_FLAGS):
+        print(f"oig train: {', '.join(_stray(args, LAUNCH_FLAGS))} only go with --print-launch", file=sys.stderr)
         return 2
     log = train(opts)
     if log.get("finished_at") is None:  # a secondary process under accelerate: the main one reports
