@@ -10,7 +10,7 @@ import pytest
 
 from oig.data import canonical, formats
 from oig.data.fetch import SourceOptions
-from oig.data.slices import JsonlEntry, Slice
+from oig.data.slices import HFEntry, JsonlEntry, Slice
 from oig.data.sources import dumps, materialize
 from oig.errors import InvalidInput
 
@@ -160,13 +160,15 @@ def test_a_long_run_splits_across_reads_and_a_limit_cuts_it(tmp_path, monkeypatc
                 pass
 
 
-def _slice(tmp_path, link, limit=None) -> Slice:
+def _slice(tmp_path, link, limit=None, hub=False) -> Slice:
+    if hub:
+        return Slice(name="demo", path=tmp_path / "data" / "demo.yaml", huggingface=[HFEntry(link=link, limit=limit)])
     return Slice(name="demo", path=tmp_path / "data" / "demo.yaml", openai_jsonl=[JsonlEntry(link=link, limit=limit)])
 
 
-def _materialize(tmp_path, name, *, cache, limit=None):
+def _materialize(tmp_path, name, *, cache, limit=None, hub=False):
     opts = SourceOptions(base_dir=tmp_path, allow_local=True, cache_dir=tmp_path / cache)
-    return materialize(_slice(tmp_path, name, limit), opts)
+    return materialize(_slice(tmp_path, name, limit, hub), opts)
 
 
 @pytest.mark.parametrize("limit", [None, 1, 4, 2999])
@@ -192,3 +194,21 @@ def test_a_tampered_line_in_a_canonical_file_is_still_checked(tmp_path, tampered
     [problem] = info.value.problems
     assert "OpenAIJsonl[0] chat.jsonl: line 322: " in problem.message
     assert not list((tmp_path / "cache").glob("slices/*.jsonl"))  # nothing half-checked is cached
+
+
+@pytest.mark.parametrize("limit", [None, 700])
+def test_a_hub_dataset_of_json_lines_is_copied_through_too(tmp_path, monkeypatch, limit):
+    lines = [_compact(r) for r in CANONICAL] * 100 + NOT_CANONICAL[:2] * 20
+    lines += [json.dumps({"question": "q ü", "answer": "a"}, ensure_ascii=False).encode()] * 20  # another layout
+    random.Random(8).shuffle(lines)
+    (tmp_path / "chats").mkdir()
+    (tmp_path / "chats" / "train.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    copied = []
+    real = canonical.iter_jsonl
+    monkeypatch.setattr(canonical, "iter_jsonl", lambda path: (copied.append(path), real(path))[1])
+    fast = _materialize(tmp_path, "chats", cache="fast", limit=limit, hub=True)
+    assert copied  # the canonical reader read the dataset's file
+    monkeypatch.setattr(canonical, "iter_jsonl", formats.iter_jsonl)
+    full = _materialize(tmp_path, "chats", cache="full", limit=limit, hub=True)
+    assert fast.path.read_bytes() == full.path.read_bytes()
+    assert (fast.count, fast.sha256) == (full.count, full.sha256) == (limit or len(lines), fast.sha256)

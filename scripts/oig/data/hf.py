@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from oig.data import download, fetch, formats, links
+from oig.data import canonical, download, fetch, formats, links
 from oig.data.hffiles import pick_files, readme_configs
 from oig.errors import FetchError
 
@@ -96,15 +96,20 @@ def resolve(entry: HFEntry, opts: SourceOptions) -> Resolved:
     return Resolved(ds, sha, tuple(files), fmt)
 
 
-def iter_rows(resolved: Resolved, opts: SourceOptions) -> Iterator[tuple[str, object]]:
-    """(where, row) for every row of the chosen files, in order; files are fetched as reached."""
+def iter_rows(resolved: Resolved, opts: SourceOptions, copy_canonical: bool = False) -> Iterator[tuple[str, object]]:
+    """(where, row) for every row of the chosen files, in order; files are fetched as reached.
+
+    ``copy_canonical``: JSON lines files give runs of lines already in canonical record form as
+    ``canonical.Lines`` (for a caller that converts rows with no ``columns`` mapping)."""
     for name in resolved.files:
         if resolved.dataset.folder is not None:
             path = resolved.dataset.folder / name
         else:
             path = fetch.fetch_to_cache(file_url(resolved, name), opts, immutable=True)
         try:
-            for where, row in formats.iter_rows(path, resolved.fmt):
+            rows = canonical.iter_jsonl(path) if copy_canonical and resolved.fmt == "jsonl" else \
+                formats.iter_rows(path, resolved.fmt)
+            for where, row in rows:
                 yield f"{name} {where}", row
         except (ValueError, OSError) as exc:
             raise FetchError(f"{resolved.dataset.link}: {name}: {exc}") from None

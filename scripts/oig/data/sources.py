@@ -80,8 +80,9 @@ def materialize(slice: Slice, opts: SourceOptions) -> Materialized:
         for i, (e, res) in enumerate(zip(slice.huggingface, resolved_hf, strict=True)):
             with _about("HuggingFace", i, e.link):
                 res = res or hf.resolve(e, opts)
-                _convert(hf.iter_rows(res, opts), _row_converter(e.columns), e.limit, f"HuggingFace[{i}] {e.link}",
-                         writer, problems, display, pins[i], e.max_bad_rows)
+                # Canonical lines convert to themselves only when no `columns` mapping renames anything.
+                _convert(hf.iter_rows(res, opts, copy_canonical=not e.columns), _row_converter(e.columns), e.limit,
+                         f"HuggingFace[{i}] {e.link}", writer, problems, display, pins[i], e.max_bad_rows)
         offset = len(slice.huggingface)
         for i, e in enumerate(slice.openai_jsonl):
             with _about("OpenAIJsonl", i, e.link):
