@@ -141,3 +141,22 @@ def test_a_batch_that_cannot_be_submitted_is_every_call_s_error(tmp_path):
     errors = {r["responses"][0]["error"] for r in records(tmp_path / "out")}
     assert len(errors) == 1 and errors.pop().startswith("the batch was not submitted: POST /v1/files:")
     assert summary.response_errors == 4 and batches_in_store(tmp_path / "out") == []
+
+
+def test_hostile_batch_answers_are_errors_not_urls(tmp_path):
+    from servers import LocalServer
+
+    with LocalServer({"POST /v1/files": {"id": "../../admin"}}) as srv:
+        cfg = batch_config(tmp_path, srv.url, judges="", models=ONE_MODEL)
+        run(cfg, tmp_path / "out")
+        assert srv.paths() == ["/v1/files"]  # nothing built from the hostile id was requested
+    errors = {r["responses"][0]["error"] for r in records(tmp_path / "out")}
+    assert errors == {"the batch was not submitted: the uploaded file has no usable `id` in the answer "
+                      "('../../admin')"}
+    with LocalServer({"POST /v1/files": {"id": "file-1"}, "POST /v1/batches": {"id": "b1", "status": "validating"},
+                      "GET /v1/batches/b1": {"status": "completed", "output_file_id": "f2"},
+                      "GET /v1/files/f2/content": b'not json\n{"custom_id": 5}\n'}) as srv:
+        cfg = batch_config(tmp_path, srv.url, judges="", models=ONE_MODEL)
+        run(cfg, tmp_path / "out2")
+    errors = {r["responses"][0]["error"] for r in records(tmp_path / "out2")}
+    assert errors == {"batch b1 completed without an answer for this call"}

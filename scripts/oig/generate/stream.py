@@ -121,7 +121,7 @@ class Sink:
             self.first_error = next((f"{x['model']}: {x['error']}" for x in record["responses"] if x["error"]), None)
         self.checkpoint()
 
-    def checkpoint(self, force: bool = False, extra: dict | None = None) -> None:
+    def checkpoint(self, force: bool = False) -> None:
         """progress.json: the files' sizes at a record boundary, the counts, the progress."""
         now = time.monotonic()
         if not force and now - self._last < CHECKPOINT_S:
@@ -133,7 +133,7 @@ class Sink:
         write_atomic(self.out_dir / PROGRESS, json.dumps(
             {"version": PROGRESS_VERSION, "plan": self.plan_key, "total": self.total, "offsets": offsets,
              "counts": self.counts, "lines": self.lines, "first_error": self.first_error,
-             "updated": time.time(), **(extra or {})}, ensure_ascii=False) + "\n")
+             "updated": time.time()}, ensure_ascii=False) + "\n")
 
     # --- the end --------------------------------------------------------------------------------------
     def close(self) -> None:
