@@ -221,15 +221,24 @@ def test_a_client_that_leaves_the_queue_frees_its_place(random_model, slowed):
     done: list = []
     with ServerThread(app) as s:
         url = f"{s.url}/v1/chat/completions"
-        first = _post_in_thread(url, {**HELLO, "max_tokens": 100}, done, "first")  # about 2 s
+        # About 4 s (20 ms a token): longer than both waiting clients take to come, wait and leave.
+        first = _post_in_thread(url, {**HELLO, "max_tokens": 200}, done, "first")
         assert wait_for(lambda: app.state.turns.busy == 1)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(url, json={**HELLO, "max_tokens": 2}, timeout=0.3)
         assert wait_for(lambda: not app.state.turns.waiting, 3.0)  # it left the queue with its client
+        with httpx.stream("POST", url, json={**HELLO, "max_tokens": 2, "stream": True}, timeout=10) as r:
+            # The role chunk; then it waits for the model, and the client leaves. The line iterator is
+            # kept: dropped, httpx would close the connection at once (its generator's cleanup), and
+            # the request would leave before it could be seen waiting.
+            lines = r.iter_lines()
+            next(lines)
+            assert wait_for(lambda: len(app.state.turns.waiting) == 1)
+        assert wait_for(lambda: not app.state.turns.waiting, 3.0)
         assert app.state.turns.busy == 1 and not done  # the first is still generating
         first.join(30)
         assert done[0][1] == 200 and wait_for(lambda: app.state.turns.busy == 0)
-        assert wait_for(lambda: app.state.metrics.cancelled == 1)
+        assert wait_for(lambda: app.state.metrics.cancelled == 2)
         assert httpx.post(url, json={**HELLO, "max_tokens": 2}, timeout=10).status_code == 200
 
 
