@@ -116,7 +116,7 @@ def test_weights_that_cannot_load_fail_at_the_first_question():
     assert calls == [1]
 
 
-def test_servers_get_up_to_concurrency_questions_at_once_and_weights_one():
+def test_servers_and_weights_here_get_up_to_concurrency_questions_at_once():
     text = "cases:\n" + "".join(f"  - {{id: c{i}, input: q{i}, reference: q{i}}}\n" for i in range(32))
     lock, state = threading.Lock(), {"now": 0, "max": 0}
 
@@ -134,8 +134,9 @@ def test_servers_get_up_to_concurrency_questions_at_once_and_weights_one():
     assert out["suites"]["many"]["passed"] == 32 and state["max"] == 8
     assert time.perf_counter() - start < 32 * 0.02 / 2
     state["max"] = 0
+    # Weights here too: their engine batches the questions that wait (oig.serve.engine).
     run_eval([suite(text, "many")], Model("local", slow, False), concurrency=8)
-    assert state["max"] == 1
+    assert state["max"] == 8
 
 
 def test_hooks_for_benchmarks_and_the_judged_comparison():

@@ -35,7 +35,7 @@ class EvalError(OigError):
 class Model:
     label: str  # what the results call it: model.yaml's path, the folder, the Hub id or "NAME at URL"
     ask: Asker
-    parallel: bool  # a server takes many questions at once; weights here answer one at a time
+    parallel: bool  # a server (True), or weights loaded here (False: asked once first, so a load failure stops at once)
     where: Endpoint | Weights | None = field(default=None, repr=False)
 
 

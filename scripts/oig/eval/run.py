@@ -22,7 +22,6 @@ is only unreadable).
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,17 +69,12 @@ def run_eval(suites: Sequence[Suite], model: Model, *, previous: Model | None = 
             outcomes[_key(first)] = outcome
             work.remove(first)
 
-    # --- every other case, up to `concurrency` at once (weights here answer one at a time) -----------
-    locks = {id(m): threading.Lock() for m in models if not m.parallel}
+    # --- every other case, up to `concurrency` at once (weights here are batched by their engine) -----
     bar = _bar(len(work) + len(outcomes), len(outcomes), progress)
 
     def task(item: tuple[Model, Suite, Case]) -> tuple[tuple, Outcome]:
         m, s, c = item
-        lock = locks.get(id(m))
-        if lock is None:
-            return _key(item), _one(m, s, c, judges.get(s.name))
-        with lock:
-            return _key(item), _one(m, s, c, judges.get(s.name))
+        return _key(item), _one(m, s, c, judges.get(s.name))
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="oig-eval") as pool:
         for key, outcome in pool.map(task, work):
