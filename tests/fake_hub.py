@@ -184,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(409, {"error": "You already created this model repo", "url": f"{self.fake.url}/{repo_id}"})
         self.fake.repos[repo_id] = {"main": Branch()}
         self.fake.repo_types[repo_id] = "dataset" if payload.get("type") == "dataset" else "model"
-        if payload.get("private"):
+        if payload.get("private") or payload.get("visibility") == "private":  # huggingface_hub 2.4: visibility
             self.fake.private.add(repo_id)
         self._reply(200, {"url": f"{self.fake.url}/{repo_id}", "name": repo_id})
 

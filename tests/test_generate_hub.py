@@ -144,3 +144,13 @@ def test_a_flaky_hub_is_retried_and_a_refusal_is_one_clear_error(tmp_path, monke
             hub.push(folder, "org/d", private=None, commit_message="m")
         assert TOKEN not in str(err.value)
         assert fake.paths("POST") == ["/api/repos/create"]  # a refusal is not retried
+
+
+def test_private_creates_a_private_dataset_repo(tmp_path, fake_hub):
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, srv.base_url, judges="")
+        assert main(["generate", "--config", str(cfg), "--out", str(tmp_path / "out"), "--allow-local-sources",
+                     "--push-to-hub", "org/secret", "--private"]) == 0
+    assert fake_hub.private == {"org/secret"} and fake_hub.repo_types["org/secret"] == "dataset"
+    created = json.loads(next(r["body"] for r in fake_hub.requests if r["path"] == "/api/repos/create"))
+    assert created["visibility"] == "private" and created["type"] == "dataset"
