@@ -83,22 +83,29 @@ def test_an_expired_batch_is_an_error_and_the_rerun_submits_it_again(tmp_path):
     assert batches_in_store(tmp_path / "out") == [("batch_1", "expired"), ("batch_2", "completed")]
 
 
+def kill_after_polls(cfg, tmp_path, polls_of) -> int:
+    """Run `oig generate` in a child process and kill it once its batch was polled 3 times."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
+    proc = subprocess.Popen([sys.executable, "-m", "oig", "generate", "--config", str(cfg), "--out",
+                             str(tmp_path / "out"), "--allow-local-sources"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    polls = 0
+    while polls < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        polls = polls_of()
+    proc.kill()
+    proc.wait(10)
+    return polls
+
+
 @pytest.mark.timeout(120)
 def test_a_killed_run_polls_its_batch_again_instead_of_resubmitting(tmp_path):
     with FakeOpenAI(batch_states=("validating", *["in_progress"] * 100_000)) as srv:
         cfg = batch_config(tmp_path, srv.base_url, judges="", models=ONE_MODEL)
         write_rows(tmp_path / "rows.jsonl", [{"prompt": f"question {i}"} for i in range(20)])
-        env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
-        proc = subprocess.Popen([sys.executable, "-m", "oig", "generate", "--config", str(cfg), "--out",
-                                 str(tmp_path / "out"), "--allow-local-sources"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        polls = 0
-        while polls < 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-            polls = sum(r.method == "GET" and r.path == "/v1/batches/batch_1" for r in srv.requests)
-        proc.kill()
-        proc.wait(10)
+        polls = kill_after_polls(cfg, tmp_path, lambda: sum(
+            r.method == "GET" and r.path == "/v1/batches/batch_1" for r in srv.requests))
         assert polls >= 3 and batches_in_store(tmp_path / "out") == [("batch_1", "in_progress")]
         srv.batches["batch_1"]["states"] = ["completed"]
         summary = run(cfg, tmp_path / "out")
@@ -108,13 +115,31 @@ def test_a_killed_run_polls_its_batch_again_instead_of_resubmitting(tmp_path):
         f"[alpha] question {i}" for i in range(20)]
 
 
-def test_together_batches_go_through_the_sdk(tmp_path, monkeypatch):
+def together_config(tmp_path, url, monkeypatch):
     monkeypatch.setenv("OIG_TEST_TOGETHER_KEY", "tg_test_key")
+    cfg = write_config(tmp_path, url, judges="", models=ONE_MODEL)
+    cfg.write_text(cfg.read_text().replace("    kind: openai\n", "    kind: together\n    api_key_env: "
+                                           "OIG_TEST_TOGETHER_KEY\n").replace("    concurrency: 4\n",
+                                                                               "    concurrency: 4\n" + BATCH))
+    return cfg
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_run_polls_its_together_batch_again(tmp_path, monkeypatch):
+    with FakeTogether(answer="Paris", batch_states=("VALIDATING", *["IN_PROGRESS"] * 100_000)) as fake:
+        cfg = together_config(tmp_path, fake.url, monkeypatch)
+        polls = kill_after_polls(cfg, tmp_path, lambda: len(fake.find("GET", "/v1/batches/batch-1")))
+        assert polls >= 3 and batches_in_store(tmp_path / "out") == [("batch-1", "in_progress")]
+        fake.batches["batch-1"]["states"] = ["COMPLETED"]
+        summary = run(cfg, tmp_path / "out")
+        assert len(fake.find("POST", "/v1/batches")) == 1  # the first run's, never again
+    assert summary.stats["batches"] == {"local": {"submitted": 0, "resumed": 1}}
+    assert [r["responses"][0]["text"] for r in records(tmp_path / "out")] == ["Paris"] * 4
+
+
+def test_together_batches_go_through_the_sdk(tmp_path, monkeypatch):
     with FakeTogether(answer="Paris") as fake:
-        cfg = write_config(tmp_path, fake.url, judges="", models=ONE_MODEL)
-        cfg.write_text(cfg.read_text().replace("    kind: openai\n", "    kind: together\n    api_key_env: "
-                                               "OIG_TEST_TOGETHER_KEY\n").replace("    concurrency: 4\n",
-                                                                                   "    concurrency: 4\n" + BATCH))
+        cfg = together_config(tmp_path, fake.url, monkeypatch)
         summary = run(cfg, tmp_path / "out")
         assert fake.find("POST", "/v1/chat/completions") == []
         [create] = fake.find("POST", "/v1/batches")
