@@ -154,3 +154,18 @@ def test_private_creates_a_private_dataset_repo(tmp_path, fake_hub):
     assert fake_hub.private == {"org/secret"} and fake_hub.repo_types["org/secret"] == "dataset"
     created = json.loads(next(r["body"] for r in fake_hub.requests if r["path"] == "/api/repos/create"))
     assert created["visibility"] == "private" and created["type"] == "dataset"
+
+
+def test_large_exports_are_sharded_and_read_back_whole(tmp_path, fake_hub, monkeypatch):
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(hub, "ROWS_PER_SHARD", 3)
+    monkeypatch.setattr(hub, "BATCH_ROWS", 2)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, srv.base_url)
+        (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(7)))
+        run(cfg, tmp_path / "out", push_to_hub="org/sharded")
+    files = sorted(fake_hub.files("org/sharded"))
+    assert [f for f in files if f.startswith("sft/")] == [f"sft/train-0000{k}-of-00003.parquet" for k in range(3)]
+    rows = [r for f in files if f.startswith("sft/") for r in pq.read_table(tmp_path / "out" / "hub" / f).to_pylist()]
+    assert rows == lines(tmp_path / "out" / "sft.jsonl") and len(rows) == 7
