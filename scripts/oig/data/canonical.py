@@ -40,7 +40,11 @@ _STR = rb'[^"\\\x00-\x1f]*(?:' + _ESC + rb'[^"\\\x00-\x1f]*)*'
 # What str.strip() removes (every c with c.isspace(); tests/test_mix_canonical.py checks the list).
 SPACES = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200b))) + \
     "\u2028\u2029\u202f\u205f\u3000"
-_SPACE = b"(?:" + b"|".join(re.escape(json.dumps(c, ensure_ascii=False)[1:-1].encode()) for c in SPACES) + b")"
+# Where a last answer ends, for whole runs: on a character that surely survives str.strip(), a
+# printable ASCII one or a non-ASCII one that is not a space, and not the end of an escape (an answer
+# ending otherwise, or an empty one, is checked line by line instead, exactly).
+_VISIBLE_END = rb'(?<=[!#-\[\]-~\x80-\xff])(?<!\\.)(?<!\\u00..)' + b"".join(
+    rb"(?<!" + re.escape(c.encode()) + rb")" for c in SPACES if ord(c) > 127)
 
 
 def _message(role: bytes, body: bytes) -> bytes:
@@ -51,14 +55,19 @@ def _message(role: bytes, body: bytes) -> bytes:
 _SYSTEM, _USER, _ASSISTANT = (_message(r, _STR) for r in (b"system", b"user", b"assistant"))
 _HEAD, _TAIL = rb'\{"messages":\[', rb'\]\}'
 _TURN = rb'(?:' + _USER + b"|" + _ASSISTANT + rb'),'
-_ANY = (_HEAD + rb'(?:' + _SYSTEM + rb'(?:,' + _SYSTEM + rb')*,(?:' + _TURN + rb')*|' + _USER + rb',(?:' + _TURN
-        + rb')*)' + _message(b"assistant", rb'(?P<last>' + _STR + rb')') + _TAIL)
+
+
+def _conversation(last: bytes) -> bytes:
+    """Any conversation the rules above allow, with ``last`` as its last answer's text."""
+    return (_HEAD + rb'(?:' + _SYSTEM + rb'(?:,' + _SYSTEM + rb')*,(?:' + _TURN + rb')*|' + _USER + rb',(?:' + _TURN
+            + rb')*)' + _message(b"assistant", last) + _TAIL)
+
+
 # Runs of lines, each with its "\n": one question and its answer (most lines, and 4x faster to match),
-# or any conversation the rules above allow. A run says nothing of the last answer's text: _BLANK does.
-_PAIRS = re.compile(rb'(?:' + _HEAD + _USER + b"," + _ASSISTANT + _TAIL + rb'\n)*')
-_CONVERSATIONS = re.compile(rb'(?:' + _ANY.replace(b"?P<last>", b"") + rb'\n)*')
-_ONE = re.compile(_ANY)  # one line, without its "\n"
-_BLANK = re.compile(rb'"content":"' + _SPACE + rb'*"(?:,"weight":[01])?\}' + _TAIL + rb'\n')  # a blank last answer
+# or any conversation the rules allow.
+_PAIRS = re.compile(rb'(?:' + _HEAD + _USER + b"," + _message(b"assistant", _STR + _VISIBLE_END) + _TAIL + rb'\n)*')
+_CONVERSATIONS = re.compile(rb'(?:' + _conversation(_STR + _VISIBLE_END) + rb'\n)*')
+_ONE = re.compile(_conversation(rb'(?P<last>' + _STR + rb')'))  # one line, without its "\n"
 _REFUSED = re.compile(CONTROL_TOKEN.pattern.encode() + rb'|' + formats.MEDIA_PLACEHOLDER.pattern.encode())
 
 
@@ -152,12 +161,12 @@ def _split(buffer: bytes, size: int, number: int, max_line_bytes: int) -> Iterat
             end = _CONVERSATIONS.match(buffer, pos, size).end()
         if end > pos:
             run = buffer[pos:end]
-            if len(run) <= max_line_bytes and _clean(run) and _BLANK.search(run) is None:
+            if len(run) <= max_line_bytes and _clean(run):
                 count = run.count(b"\n")
                 yield f"line {number + 1}", Lines(run, count)
                 number, pos = number + count, end
                 continue
-            del run  # a line of it is not UTF-8, spells refused text, is too long or blank: line by line
+            del run  # a line of it is not UTF-8, spells refused text or is too long: line by line
         else:
             end = buffer.find(b"\n", pos, size) + 1 or size  # one line that is not canonical
         while pos < end:
