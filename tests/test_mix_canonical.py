@@ -15,17 +15,18 @@ from oig.data.sources import dumps, materialize
 from oig.errors import InvalidInput
 
 
-def _full(path, limit=None) -> list[tuple[str, str]]:
-    """What the full path makes of each row: ("line N", the line it writes, or its problem)."""
-    out = []
-    for at, row in formats.iter_jsonl(path):
-        try:
-            if isinstance(row, formats.BadRow):
-                raise row
-            out.append((at, dumps(formats.convert_openai_line(row)).decode()))
-        except ValueError as exc:
-            out.append((at, f"problem: {exc}"))
-    return out
+def _outcome(at: str, row: object) -> tuple[str, str]:
+    """What the full path makes of a row: ("line N", the line it writes, or its problem)."""
+    try:
+        if isinstance(row, formats.BadRow):
+            raise row
+        return at, dumps(formats.convert_openai_line(row)).decode()
+    except ValueError as exc:
+        return at, f"problem: {exc}"
+
+
+def _full(path) -> list[tuple[str, str]]:
+    return [_outcome(at, row) for at, row in formats.iter_jsonl(path)]
 
 
 def _fast(path) -> tuple[list[tuple[str, str]], int]:
@@ -40,12 +41,7 @@ def _fast(path) -> tuple[list[tuple[str, str]], int]:
             out += [(f"line {first + i}", line) for i, line in enumerate(lines)]
             copied += row.count
             continue
-        try:
-            if isinstance(row, formats.BadRow):
-                raise row
-            out.append((at, dumps(formats.convert_openai_line(row)).decode()))
-        except ValueError as exc:
-            out.append((at, f"problem: {exc}"))
+        out.append(_outcome(at, row))
     return out, copied
 
 

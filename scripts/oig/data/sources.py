@@ -334,21 +334,9 @@ class _JsonlStream:
     def rows(self) -> Iterator[tuple[str, object]]:
         for number, raw in enumerate(self._lines(), 1):
             self.rows_seen = number
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield f"line {number}", formats.BadRow(f"not UTF-8 (byte {exc.start + 1}); save the file as UTF-8")
-                continue
-            if not text.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(text)
-            except RecursionError:
-                yield f"line {number}", formats.BadRow("nested too deeply")
-            except json.JSONDecodeError as exc:
-                yield f"line {number}", formats.BadRow(f"not valid JSON: {exc.msg} at column {exc.colno}")
+            item = canonical.parse_line(number, raw)  # as formats.iter_jsonl reads a line
+            if item is not None:
+                yield item
 
 
 # --- helpers -------------------------------------------------------------------------------------
