@@ -1,0 +1,56 @@
+"""The held-out split that `oig mix` makes, against a plain reference: lines as dict keys, as it once was."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from fractions import Fraction
+
+import pytest
+
+from oig.data.mixwriter import SliceFile
+from oig.data.split import MIN_DISTINCT, _target, hold_out, slice_seed
+
+
+def _reference(slices, eval_size, seed, whole=()) -> dict:
+    """The split's rules written plainly (dicts and Counters of the lines themselves)."""
+    keys = {s.name: [line.rstrip(b"\n") for line in s.path.open("rb")] for s in slices}
+    found_in = Counter(k for ks in keys.values() for k in set(ks))
+    distinct = {n: len(set(ks)) for n, ks in keys.items()}
+    eligible = sorted(n for n in keys if n not in whole and distinct[n] >= MIN_DISTINCT)
+    spare = sum(distinct[n] for n in eligible)
+    total = min(_target(eval_size, spare, "training.yaml"), spare // 2)
+    quotas = {n: Fraction(total * distinct[n], spare) for n in eligible}
+    counts = {n: int(q) for n, q in quotas.items()}
+    for n in sorted(eligible, key=lambda n: (-(quotas[n] - counts[n]), n))[:total - sum(counts.values())]:
+        counts[n] += 1
+    out = {}
+    for n, ks in keys.items():
+        if n not in counts:
+            out[n] = (distinct[n], [], None)
+            continue
+        first: dict[bytes, int] = {}
+        for i, k in enumerate(ks):
+            first.setdefault(k, i)
+        candidates = [k for k in first if found_in[k] == 1]
+        held = set(random.Random(slice_seed(seed, f"eval\0{n}")).sample(candidates, min(counts[n], len(candidates))))
+        keep = [i for i, k in enumerate(ks) if k not in held] if held else None
+        out[n] = (distinct[n], sorted(first[k] for k in held), keep)
+    return out
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_the_split_holds_out_what_the_plain_rules_say(tmp_path, trial):
+    rng = random.Random(trial)
+    slices = []
+    for s in range(rng.randint(1, 4)):
+        n, pool = rng.choice([0, 5, 60, 400]), rng.randint(1, 300)  # repeats within and across slices
+        lines = [f'{{"messages":[{{"role":"user","content":"x{rng.randrange(pool)} ü"}}]}}' for _ in range(n)]
+        path = tmp_path / f"s{s}.jsonl"
+        path.write_text("\n".join(lines) + ("\n" if lines and rng.random() < 0.8 else ""), encoding="utf-8")
+        slices.append(SliceFile(f"s{s}", path, n))
+    eval_size = rng.choice([None, 0.1, 0.3, 5, 50])
+    whole = {"s1"} if rng.random() < 0.3 else set()
+    split = hold_out(slices, eval_size, trial, whole)
+    got = {n: (s.distinct, s.held_out, None if s.keep is None else list(s.keep)) for n, s in split.slices.items()}
+    assert got == _reference(slices, eval_size, trial, whole)
