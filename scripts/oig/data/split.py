@@ -128,7 +128,9 @@ def _first_lines(keys):
     order = pc.array_sort_indices(keys)  # stable: equal keys keep their lines ascending
     ordered = keys.take(order)
     starts = pa.concat_arrays([pa.array([True]), pc.not_equal(ordered[1:], ordered[:-1])])  # a new key
+    del ordered
     firsts = order.filter(starts)
+    del order, starts
     return firsts.take(pc.array_sort_indices(firsts))
 
 
@@ -183,9 +185,13 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
     distinct_keys = {n: keys[n].take(f) for n, f in firsts.items()}  # in order of first appearance
     distinct = {n: len(f) for n, f in firsts.items()}
     # The examples in more than one slice: equal neighbours once every slice's distinct keys are sorted.
-    every = pa.concat_arrays(list(distinct_keys.values())) if distinct_keys else pa.array([], pa.int64())
-    ordered = every.take(pc.array_sort_indices(every))
-    shared = pc.unique(ordered[1:].filter(pc.equal(ordered[1:], ordered[:-1])))
+    shared = pa.array([], pa.int64())
+    if sum(len(u) > 0 for u in distinct_keys.values()) > 1:  # one slice alone shares nothing
+        every = pa.concat_arrays(list(distinct_keys.values()))
+        ordered = every.take(pc.array_sort_indices(every))
+        del every
+        shared = pc.unique(ordered[1:].filter(pc.equal(ordered[1:], ordered[:-1])))
+        del ordered
     eligible = sorted(n for n in keys if n not in whole and distinct[n] >= MIN_DISTINCT)
     spare = sum(distinct[n] for n in eligible)
     total = _target(eval_size, spare, where)
@@ -225,6 +231,6 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
             keep.frombytes(pc.indices_nonzero(mask).cast(pa.uint32() if small else pa.int64()).buffers()[1])
         out[n] = SliceSplit(n, s.count, distinct[n], sorted(first.to_pylist()), keep if want else None,
                             "held out" if want else "its share of eval_size rounds to 0")
-    del keys, firsts, distinct_keys, every, ordered
+    del keys, firsts, distinct_keys
     pa.default_memory_pool().release_unused()  # the sorts' memory, back before the mixture is written
     return Split(eval_size, out, warnings)
