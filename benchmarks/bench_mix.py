@@ -5,6 +5,7 @@
     python benchmarks/bench_mix.py --stage writer        # the writer alone, on prebuilt JSONL
     python benchmarks/bench_mix.py --large               # 10M examples, against `datasets`, 2 runs each
     python benchmarks/bench_mix.py --sizes 1000000 --peer --inputs /tmp/oig-bench-inputs
+    python benchmarks/bench_mix.py --one-source 40000000 --total 1000000   # N of one 40M-row source
 
 Each size gets a temp repository: 10 slices as local OpenAI JSONL files (OpenAIJsonl links, so
 `--allow-local-sources`), a training.yaml whose Mixture repeats one slice about 3 times and samples
@@ -20,6 +21,9 @@ hold out 100 examples of each, repeat or sample each slice to oig's count for it
 concatenate, shuffle and write JSON lines. It prints both medians, the ratio oig / datasets and both
 peaks, against the targets of ``--large`` (10M examples): at most 0.5x the datasets time, under
 1 GB and under 3 minutes. ``--inputs DIR`` keeps the generated slices there for the next invocation.
+
+``--one-source ROWS --total N`` mixes N examples out of one slice of ROWS examples (LAION's OIG has
+about 40M): the whole command once, with its wall time and peak RSS, and the peak per source row.
 """
 
 from __future__ import annotations
@@ -76,6 +80,35 @@ def make_repo(root: Path, size: int) -> Path:
     (root / "training.yaml").write_text(f"Training:\n  seed: 1\nMixture:\n{lines}", encoding="utf-8")
     done.write_text(str(size))
     return root
+
+
+def make_one_source(root: Path, rows: int, total: int) -> Path:
+    """A repository whose one slice has `rows` examples and whose mixture takes `total` of them."""
+    done = root / "complete"
+    if done.is_file() and done.read_text() == f"one {rows} {total}":
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "data").mkdir(parents=True)
+    (root / "raw").mkdir()
+    path = root / "raw" / "big.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for start in range(0, rows, 100_000):
+            f.write("".join(f'{{"messages":[{{"role":"user","content":"Question {i}: what is {i} plus 7?"}},'
+                            f'{{"role":"assistant","content":"The answer to question {i} is {i + 7}."}}]}}\n'
+                            for i in range(start, min(start + 100_000, rows))))
+    (root / "data" / "big.yaml").write_text(f"OpenAIJsonl:\n  - link: {json.dumps(str(path))}\n", encoding="utf-8")
+    (root / "training.yaml").write_text(f"Training:\n  seed: 1\nMixtureTotal: {total}\n", encoding="utf-8")
+    done.write_text(f"one {rows} {total}")
+    return root
+
+
+def one_source(rows: int, total: int, inputs: Path | None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="oig-bench-mix-") as tmp:
+        repo = make_one_source((inputs or Path(tmp)) / f"one{rows}", rows, total)
+        result = run_once("cli", repo)
+        for folder in ("out", "cache"):
+            shutil.rmtree(repo / folder, ignore_errors=True)
+    return {"rows": rows, **result, "bytes_per_row": result["peak_rss_mb"] * 1024 * 1024 / rows}
 
 
 def peer_job(repo: Path, out: Path, cache: Path) -> dict:
@@ -243,8 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", action="store_true",
                         help=f"{LARGE:,} examples against `datasets`, 2 runs each (--sizes {LARGE} --peer --repeat 2)")
     parser.add_argument("--inputs", type=Path, help="keep the generated slices in this folder and reuse them")
+    parser.add_argument("--one-source", type=int, metavar="ROWS", help="one slice of ROWS examples; mix --total of it")
+    parser.add_argument("--total", type=int, default=1_000_000, help="with --one-source: the mixture's size")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
     args = parser.parse_args(argv)
+    if args.one_source:
+        row = one_source(args.one_source, args.total, args.inputs)
+        print(f"one source of {row['rows']:,} examples, {row['total']:,} mixed: {row['wall_s']:.1f} s, peak RSS "
+              f"{row['peak_rss_mb']:.0f} MB ({row['bytes_per_row']:.0f} bytes a source row)")
+        if args.json:
+            print(json.dumps(row))
+        return 0
     if args.large:
         args.sizes, args.peer = [LARGE], True
         args.repeat = 2 if "--repeat" not in argv else args.repeat

@@ -437,6 +437,12 @@ def test_benchmark_smoke_against_datasets(tmp_path):
     assert (tmp_path / "n2000" / "raw" / "s0.jsonl").stat().st_mtime_ns == made
 
 
+def test_benchmark_smoke_one_large_source(tmp_path):
+    row = load_bench().one_source(5_000, 1_200, tmp_path)
+    assert row["rows"] == 5_000 and row["total"] == 1_200 and 0 < row["wall_s"] < 60
+    assert 0 < row["peak_rss_mb"] < 1000 and row["bytes_per_row"] == row["peak_rss_mb"] * 1024 * 1024 / 5_000
+
+
 def test_the_total_is_bounded_by_the_data_available():
     assert allocate({"a": 10, "b": 20}, None, 300).counts == {"a": 100, "b": 200}  # 10x: still fine
     with pytest.raises(InvalidInput) as exc:
