@@ -131,24 +131,26 @@ def iter_jsonl(path: Path, max_line_bytes: int = formats.MAX_LINE_BYTES) -> Iter
     Every other line comes as iter_jsonl gives it (a row, or a BadRow), with the same line numbers
     and the same error for a line longer than ``max_line_bytes``."""
     number = 0  # lines before the buffer
-    rest = b""
+    parts: list[bytes] = []  # the start of a line not ended yet
+    pending = 0
     with open(path, "rb") as f:
         while True:
             chunk = f.read(READ_BYTES)
-            buffer = rest + chunk if rest else chunk
-            cut = len(buffer) if not chunk else buffer.rfind(b"\n") + 1
-            if not chunk and not buffer:
-                return
-            if cut == 0:  # no whole line yet
-                if len(buffer) > max_line_bytes:
+            if chunk and b"\n" not in chunk:  # a long line: gathered, then joined once
+                parts.append(chunk)
+                pending += len(chunk)
+                if pending > max_line_bytes:
                     raise ValueError(f"line {number + 1} is longer than {max_line_bytes:,} bytes")
-                rest = buffer
                 continue
+            buffer = b"".join([*parts, chunk]) if parts else chunk
+            if not buffer:
+                return
+            cut = buffer.rfind(b"\n") + 1 if chunk else len(buffer)
             yield from _split(buffer, cut, number, max_line_bytes)
-            number += buffer.count(b"\n", 0, cut) + (not chunk and not buffer.endswith(b"\n"))
-            rest = buffer[cut:]
             if not chunk:
                 return
+            number += buffer.count(b"\n", 0, cut)
+            parts, pending = ([buffer[cut:]], len(buffer) - cut) if cut < len(buffer) else ([], 0)
 
 
 def _split(buffer: bytes, size: int, number: int, max_line_bytes: int) -> Iterator[tuple[str, object]]:
