@@ -36,6 +36,7 @@ def accelerate_env(cmd: list[str]) -> tuple[object, dict[str, str]]:
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
     assert cmd[:2] == ["accelerate", "launch"] and cmd[-2:] == ["-m", "oig"]
+    cmd = [str(ROOT / c) if c.startswith("configs/") else c for c in cmd]  # shown relative to the repository
     args = launch_command_parser().parse_args([*cmd[2:], "train", "--publish", "none"])
     args, defaults, _ = _validate_launch_command(args)
     if args.use_deepspeed:  # as accelerate's launch_command does before its DeepSpeed launcher
