@@ -50,6 +50,7 @@ TARGET_RATIO = 0.5  # oig / datasets, at --large
 TARGET_PEAK_MB = 1024
 TARGET_WALL_S = 180.0
 LARGE = 10_000_000
+SHARD_ROWS = 10_000_000  # rows a file of --one-source (~1.6 GB)
 PEER_EVAL = 100  # examples the peer holds out of each slice (oig holds out 1,000 in all by default)
 
 
@@ -90,13 +91,16 @@ def make_one_source(root: Path, rows: int, total: int) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     (root / "data").mkdir(parents=True)
     (root / "raw").mkdir()
-    path = root / "raw" / "big.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for start in range(0, rows, 100_000):
-            f.write("".join(f'{{"messages":[{{"role":"user","content":"Question {i}: what is {i} plus 7?"}},'
-                            f'{{"role":"assistant","content":"The answer to question {i} is {i + 7}."}}]}}\n'
-                            for i in range(start, min(start + 100_000, rows))))
-    (root / "data" / "big.yaml").write_text(f"OpenAIJsonl:\n  - link: {json.dumps(str(path))}\n", encoding="utf-8")
+    links = []
+    for shard, first in enumerate(range(0, rows, SHARD_ROWS)):  # files under the 2 GiB download limit
+        path = root / "raw" / f"big-{shard:05d}.jsonl"
+        with path.open("w", encoding="utf-8") as f:
+            for start in range(first, min(first + SHARD_ROWS, rows), 100_000):
+                f.write("".join(f'{{"messages":[{{"role":"user","content":"Question {i}: what is {i} plus 7?"}},'
+                                f'{{"role":"assistant","content":"The answer to question {i} is {i + 7}."}}]}}\n'
+                                for i in range(start, min(start + 100_000, first + SHARD_ROWS, rows))))
+        links.append(f"  - link: {json.dumps(str(path))}\n")
+    (root / "data" / "big.yaml").write_text("OpenAIJsonl:\n" + "".join(links), encoding="utf-8")
     (root / "training.yaml").write_text(f"Training:\n  seed: 1\nMixtureTotal: {total}\n", encoding="utf-8")
     done.write_text(f"one {rows} {total}")
     return root
