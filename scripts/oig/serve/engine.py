@@ -164,7 +164,8 @@ class Engine:
         input_ids = torch.tensor([[pad] * p + j.prompt for p, j in zip(pads, jobs, strict=True)], device=device)
         attention = torch.tensor([[0] * p + [1] * len(j.prompt) for p, j in zip(pads, jobs, strict=True)],
                                  device=device)
-        sampler = RowSampler(jobs, pads, width, pad)
+        vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
+        sampler = RowSampler(jobs, pads, width, pad, max(vocab, len(tokenizer)))
 
         class Rows(StoppingCriteria):
             """A row ends when its request did: cancelled, out of time, at its length or its end token."""
@@ -213,17 +214,47 @@ class RowSampler:
     the chosen token open, so that ``generate`` (greedy) takes it. Rows that share a ``Sampling`` are
     processed together; logit_bias, constraints, repetition penalty and seeds are per row."""
 
-    def __init__(self, jobs: list[Job], pads: list[int], width: int, pad: int):
+    def __init__(self, jobs: list[Job], pads: list[int], width: int, pad: int, vocab: int):
+        import torch
+        from transformers import (
+            MinPLogitsWarper,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        from oig.serve.processors import OpenAIPenalties
+
         self.jobs, self.pads, self.width, self.pad = jobs, pads, width, pad
         groups: dict[Sampling, list[int]] = collections.defaultdict(list)
         for i, job in enumerate(jobs):
             groups[job.sampling].append(i)
         self.groups = dict(groups)
+        # Built once a batch, not once a token: each group's processors and warpers, in transformers'
+        # order, and each row's logit_bias as a vector to add (what SequenceBiasLogitsProcessor adds
+        # for one-token sequences, without rebuilding it every step).
+        self.penalties, self.warpers = {}, {}
+        for sampling in self.groups:
+            self.penalties[sampling] = (
+                [OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty, prompt_length=width)]
+                if sampling.presence_penalty or sampling.frequency_penalty else [])
+            self.warpers[sampling] = [] if sampling.greedy else [
+                TemperatureLogitsWarper(sampling.temperature),
+                *([TopKLogitsWarper(sampling.top_k)] if sampling.top_k > 0 else []),
+                *([TopPLogitsWarper(sampling.top_p)] if sampling.top_p < 1.0 else []),
+                *([MinPLogitsWarper(sampling.min_p)] if sampling.min_p > 0 else [])]
+        self.repetition = {s: RepetitionPenaltyLogitsProcessor(s.repetition_penalty) for s in self.groups
+                           if s.repetition_penalty != 1.0}
+        self.bias: dict[int, Any] = {}
         self.generators: dict[int, Any] = {}
         for i, job in enumerate(jobs):
+            if job.logit_bias:
+                vector = torch.zeros(vocab)
+                vector[torch.tensor(list(job.logit_bias), dtype=torch.long)] = torch.tensor(
+                    list(job.logit_bias.values()), dtype=torch.float)
+                self.bias[i] = vector
             if job.seed is not None and not job.sampling.greedy:
-                import torch
-
                 self.generators[i] = torch.Generator().manual_seed(job.seed % (2**64))
 
     def __call__(self, input_ids, scores):
@@ -243,28 +274,20 @@ class RowSampler:
 
     def _choose(self, sampling: Sampling, rows: list[int], ids, scores):
         import torch
-        from transformers import (
-            MinPLogitsWarper,
-            RepetitionPenaltyLogitsProcessor,
-            SequenceBiasLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
-
-        from oig.serve.processors import OpenAIPenalties
 
         scores = scores.float()
-        if sampling.presence_penalty or sampling.frequency_penalty:
-            scores = OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty,
-                                     prompt_length=self.width)(ids, scores)
+        for processor in self.penalties[sampling]:
+            scores = processor(ids, scores)
+        repetition = self.repetition.get(sampling)
         for k, r in enumerate(rows):
             job = self.jobs[r]
+            if repetition is None and r not in self.bias and job.constraint is None:
+                continue
             row = scores[k:k + 1]
-            if sampling.repetition_penalty != 1.0:  # the row's own tokens: not the padding before its prompt
-                row = RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)(ids[k:k + 1, self.pads[r]:], row)
-            if job.logit_bias:
-                row = SequenceBiasLogitsProcessor([[[t], b] for t, b in job.logit_bias.items()])(ids[k:k + 1], row)
+            if repetition is not None:  # the row's own tokens: not the padding before its prompt
+                row = repetition(ids[k:k + 1, self.pads[r]:], row)
+            if r in self.bias:
+                row = row + self.bias[r].to(row.device)
             if job.constraint is not None:
                 allowed = job.constraint.allowed(job.prompt, job.generated)
                 if allowed is not None:
@@ -277,13 +300,9 @@ class RowSampler:
         if sampling.greedy:
             picks = scores.argmax(dim=-1)
         else:
-            warped = TemperatureLogitsWarper(sampling.temperature)(ids, scores)
-            if sampling.top_k > 0:
-                warped = TopKLogitsWarper(sampling.top_k)(ids, warped)
-            if sampling.top_p < 1.0:
-                warped = TopPLogitsWarper(sampling.top_p)(ids, warped)
-            if sampling.min_p > 0:
-                warped = MinPLogitsWarper(sampling.min_p)(ids, warped)
+            warped = scores
+            for warper in self.warpers[sampling]:
+                warped = warper(ids, warped)
             probs = torch.softmax(warped, dim=-1)
             picks = torch.multinomial(probs, 1).squeeze(1)
             for k, r in enumerate(rows):  # a seeded row draws from its own generator: reproducible in any batch
