@@ -88,6 +88,18 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
     raise SystemExit("oig serve was not ready within 120 s")
 
 
+def engine_counters(url: str) -> dict[str, float]:
+    """The engine's batches, rows and busy seconds from /metrics."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        for name in ("oig_engine_batches_total", "oig_engine_rows_total", "oig_engine_busy_seconds_total"):
+            if line.startswith(name + " "):
+                out[name] = float(line.split()[1])
+    return out
+
+
 def load(url: str, clients: int, requests: int, tokens: int, eos: int) -> float:
     """Tokens/s that ``clients`` threads get, each sending ``requests`` requests one after another."""
     import httpx
@@ -140,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         ceilings, singles = [], []
         served: dict[int, list[float]] = {c: [] for c in args.concurrency}
         ratios: dict[int, list[float]] = {c: [] for c in args.concurrency}
+        shapes: dict[int, list[tuple[float, float]]] = {c: [] for c in args.concurrency}
         try:
             load(url, 1, 1, args.tokens, eos)  # warm-up
             # Each run measures the ceiling (the idle server takes no CPU meanwhile) and then every
@@ -149,9 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                 ceilings.append(best)
                 singles.append(ceiling(folder, args.tokens, 1, 1))
                 for clients in args.concurrency:
+                    before, started = engine_counters(url), time.perf_counter()
                     rate = load(url, clients, args.requests, args.tokens, eos)
+                    wall = time.perf_counter() - started
+                    after = engine_counters(url)
                     served[clients].append(rate)
                     ratios[clients].append(rate / best)
+                    delta = {k: after[k] - before[k] for k in after}
+                    shapes[clients].append((delta["oig_engine_rows_total"] / max(delta["oig_engine_batches_total"], 1),
+                                            delta["oig_engine_busy_seconds_total"] / wall))
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -161,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     for clients in args.concurrency:
         print(f"oig serve, {clients:>2} client(s): {median(served[clients]):,.0f} tokens/s = "
               f"{median(ratios[clients]):.2f} of the batch-16 ceiling (ratios per run: "
-              f"{', '.join(f'{r:.2f}' for r in ratios[clients])})")
+              f"{', '.join(f'{r:.2f}' for r in ratios[clients])}); mean batch "
+              f"{median(b for b, _ in shapes[clients]):.1f} rows, engine busy "
+              f"{median(u for _, u in shapes[clients]):.0%} of the time")
     return 0
 
 

@@ -143,7 +143,7 @@ class LocalModel:
                  stop: list[str] | None = None, seed: int | None = None, logprobs: int | None = None,
                  constraint=None, tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
                  cancel: threading.Event | None = None, deadline: float | None = None,
-                 result: Generation | None = None) -> Iterator[str]:
+                 result: Generation | None = None, prompt_ids: list[int] | None = None) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``result`` gets token counts and finish reason.
 
         temperature 0 is greedy decoding. A sampling setting left None (temperature, top_p, top_k,
@@ -165,7 +165,8 @@ class LocalModel:
                                  repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
                                  frequency_penalty=frequency_penalty)
         bias = self._bias(logit_bias)
-        prompt = self.encode(messages, chat_template_kwargs, tools=tools)
+        # prompt_ids: ``encode``'s result for these messages, tools and kwargs, when the caller has it.
+        prompt = prompt_ids if prompt_ids is not None else self.encode(messages, chat_template_kwargs, tools=tools)
         result.prompt_tokens = len(prompt)
         room = (self.context_length - len(prompt)) if self.context_length else None
         if room is not None and room < 1:

@@ -39,7 +39,7 @@ class Metrics:
             row[-2] += seconds
             row[-1] += 1
 
-    def render(self, model_loaded: bool) -> str:
+    def render(self, model_loaded: bool, engine=None) -> str:
         lines: list[str] = []
 
         def family(name: str, kind: str, about: str, samples: list[tuple[str, dict, float]]) -> None:
@@ -73,6 +73,13 @@ class Metrics:
                    "the answer was complete.", [("", {}, self.cancelled)])
         family("oig_model_loaded", "gauge", "1 once the model is loaded and requests are served.",
                [("", {}, 1 if model_loaded else 0)])
+        if engine is not None:
+            family("oig_engine_batches_total", "counter", "Batched generate calls the engine ran.",
+                   [("", {}, engine.batches)])
+            family("oig_engine_rows_total", "counter", "Requests those batches held (rows / batches: the mean "
+                   "batch).", [("", {}, engine.rows)])
+            family("oig_engine_busy_seconds_total", "counter", "Seconds the engine spent generating.",
+                   [("", {}, round(engine.busy_s, 6))])
         return "\n".join(lines) + "\n"
 
 

@@ -194,7 +194,8 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
 
     @app.get("/metrics")
     async def prometheus_metrics():
-        return PlainTextResponse(metrics.render(slot.model is not None), media_type="text/plain; version=0.0.4")
+        engine = slot.model.engine if slot.model is not None else None
+        return PlainTextResponse(metrics.render(slot.model is not None, engine), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models():
@@ -218,8 +219,8 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
                 "deadline": request.scope.get("oig.deadline"), **sampling_options(body)}
         try:  # refuse what the model cannot do with a 400 before anything is generated or streamed
             p = await run_in_threadpool(chat.plan, body, lm, base)
-            await run_in_threadpool(lm.encode, p.messages, p.options.get("chat_template_kwargs"),
-                                    p.options.get("tools"))
+            p.options["prompt_ids"] = await run_in_threadpool(lm.encode, p.messages, p.options.get("chat_template_kwargs"),
+                                                              p.options.get("tools"))
         except BadRequest as exc:
             return error(400, str(exc), param=exc.param, code=exc.code)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
