@@ -48,7 +48,8 @@ def register(sub) -> None:
     p.add_argument("--config", type=Path, default=Path("training.yaml"), metavar="PATH",
                    help="where --gate reads Gate: (default: training.yaml)")
     p.add_argument("--concurrency", type=_positive, default=8, metavar="N",
-                   help="questions in flight at once to a server (default 8); weights here answer one at a time")
+                   help="questions in flight at once, to a server or to weights loaded here (whose engine "
+                   "batches them) (default 8)")
     p.add_argument("--max-tokens", type=_positive, default=256, metavar="N", help="longest answer (default 256)")
     p.set_defaults(run=run)
 

@@ -9,8 +9,9 @@ settings: ``RowSampler``, the one logits processor given to ``generate`` (which 
 each request's penalties, bias and constraint, then chooses that row's token with transformers'
 warpers (temperature, top-k, top-p, min-p) and the row's own seeded generator, and leaves only that
 token possible. Rows that share settings are processed as one sub-batch. Tokens go to their
-request's queue as they are chosen, at most every ``STREAM_INTERVAL_S`` (the first at once); a request that is cancelled, runs past its deadline or reaches its
-length stops there (the other rows go on).
+request's queue as they are chosen, at most every ``STREAM_INTERVAL_S`` (the first at once); a
+request that is cancelled, runs past its deadline or reaches its length stops there (the other rows
+go on).
 
 torch and transformers are imported lazily, inside the engine's thread and the processors' calls.
 """

@@ -1,7 +1,7 @@
 """Generating answers with a local or Hub model (transformers): loaded once, greedy or sampled, with
-stop strings, a cancel event and a deadline checked after every token. ``oig serve``, ``oig query`` and
-the bug suite all answer through ``LocalModel``; it is the only code here that touches torch, and it
-imports it lazily.
+stop strings, a cancel event and a deadline checked after every token. ``oig serve``, ``oig query``,
+``oig eval`` and the bug suite all answer through ``LocalModel``, whose engine (oig.serve.engine, the
+only code here that runs the model) batches the requests that wait; torch is imported lazily.
 """
 
 from __future__ import annotations

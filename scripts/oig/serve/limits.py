@@ -178,8 +178,8 @@ class Gate:
 
 class Turns:
     """The model, taken by chat completions in the order they arrive, ``size`` at a time: the others
-    wait on a future each, in a FIFO, and a turn that ends hands itself to the first waiter. (The lock
-    inside LocalModel is polled and wakes waiters in no order: worst latency about 9x the median at 16
+    wait on a future each, in a FIFO, and a turn that ends hands itself to the first waiter. (A polled
+    lock, as before the engine, woke waiters in no order: worst latency about 9x the median at 16
     clients.)"""
 
     def __init__(self, size: int):
