@@ -183,8 +183,8 @@ class Engine:
         input_ids = torch.tensor([[pad] * p + j.prompt for p, j in zip(pads, jobs, strict=True)], device=device)
         attention = torch.tensor([[0] * p + [1] * len(j.prompt) for p, j in zip(pads, jobs, strict=True)],
                                  device=device)
-        vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
-        sampler = RowSampler(jobs, pads, width, pad, max(vocab, len(tokenizer)))
+        vocab = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))  # the logits' width
+        sampler = RowSampler(jobs, pads, width, pad, vocab)
 
         class Rows(StoppingCriteria):
             """A row ends when its request did: cancelled, out of time, at its length or its end token."""

@@ -204,7 +204,8 @@ class LocalModel:
         """logit_bias with every token id checked against the vocabulary (a BadRequest otherwise)."""
         if not logit_bias:
             return None
-        vocab = len(self.tokenizer)
+        # A token the tokenizer has and the model's logits cover (the two can differ in size).
+        vocab = min(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer)))
         unknown = [t for t in logit_bias if not 0 <= int(t) < vocab]
         if unknown:
             raise BadRequest(f"logit_bias: token id(s) {unknown} are not in the model's vocabulary of {vocab}",
