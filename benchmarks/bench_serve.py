@@ -1,7 +1,7 @@
 """Benchmark `oig serve`: aggregate generated tokens/s at concurrency 1, 4 and 16, against the same model
 calling ``generate`` on a batch of 16 in process (the ceiling a batching server can approach).
 
-    python benchmarks/bench_serve.py                       # 64-token answers, 3 runs each, median
+    python benchmarks/bench_serve.py                       # 64-token answers, 8 requests a client, 3 runs, median
     python benchmarks/bench_serve.py --tokens 32 --repeat 1 --concurrency 1 16
 
 The model is the embedded tiny one, untrained (a random Llama of about 150k parameters, so that it
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64, help="tokens per answer (default 64)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--requests", type=int, default=4, help="requests per client per run (default 4)")
+    parser.add_argument("--requests", type=int, default=8, help="requests per client per run (default 8)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
     args = parser.parse_args(argv)
 

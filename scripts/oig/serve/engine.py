@@ -2,9 +2,10 @@
 request together, in one ``model.generate`` call over a left-padded batch (a dynamic batcher over
 ``generate``).
 
-A batch is formed from the requests waiting when the model comes free, up to ``max_batch``; when the
-previous batch held several, it waits up to ``GATHER_S`` for as many to arrive again, so that clients
-that send their next request as soon as an answer ends are served together. Each row keeps its own
+A batch is formed from the requests waiting when the model comes free, up to ``max_batch``; it waits
+up to ``GATHER_S`` for as many as the load seen over the last ``PEAK_S`` (requests waiting plus rows
+generating), so that clients that send their next request as soon as an answer ends are served
+together rather than as a batch and its stragglers, each taking a whole batch's time. Each row keeps its own
 settings: ``RowSampler``, the one logits processor given to ``generate`` (which runs greedy), applies
 each request's penalties, bias and constraint, then chooses that row's token with transformers'
 warpers (temperature, top-k, top-p, min-p) and the row's own seeded generator, and leaves only that
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 GATHER_S = 0.03  # how long a batch waits for the requests the last batch's clients send again
+PEAK_S = 1.0  # how long a peak of load is remembered
 # Tokens go to their request at most this often (the first at once): waking every request's thread at
 # every token costs the engine's thread the GIL about a millisecond a step at 16 rows.
 STREAM_INTERVAL_S = 0.02
@@ -101,7 +103,11 @@ class Engine:
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._last_batch = 0
+        # The load seen lately: requests waiting plus rows generating, at its peak over PEAK_S. A batch
+        # waits (up to GATHER_S) for that many, so that clients that come back at slightly different
+        # times are not split into a batch and its stragglers, each taking a whole batch's time.
+        self._running_rows = 0
+        self._peak, self._peak_at = 0, 0.0
         # Held while a batch generates: ``lock.locked()`` says the model is busy, and holding it from
         # outside keeps every request waiting in the queue.
         self.lock = threading.Lock()
@@ -115,6 +121,7 @@ class Engine:
                 self._thread = threading.Thread(target=self._loop, name="oig-engine", daemon=True)
                 self._thread.start()
             self._pending.append(job)
+            self._note_load()
             self._cond.notify()
 
     def withdraw(self, job: Job) -> bool:
@@ -126,11 +133,18 @@ class Engine:
                 return False
             return True
 
+    def _note_load(self) -> None:
+        now = time.monotonic()
+        load = len(self._pending) + self._running_rows
+        if load >= self._peak or now - self._peak_at > PEAK_S:
+            self._peak, self._peak_at = load, now
+
     def _take(self) -> list[Job]:
         with self._cond:
             if not self._pending:  # withdrawn meanwhile
                 return []
-            want = min(self.max_batch, max(self._last_batch, 1))
+            self._note_load()
+            want = min(self.max_batch, max(self._peak, 1))
             until = time.monotonic() + GATHER_S
             while len(self._pending) < want:
                 left = until - time.monotonic()
@@ -145,7 +159,7 @@ class Engine:
                     continue
                 job.started.set()
                 batch.append(job)
-            self._last_batch = len(batch)
+            self._running_rows = len(batch)
             return batch
 
     def _loop(self) -> None:
@@ -165,6 +179,8 @@ class Engine:
                 finally:
                     for job in batch:
                         job.finish()
+                    with self._cond:
+                        self._running_rows = 0
                     self.busy_s += time.monotonic() - started
 
     def _generate(self, jobs: list[Job]) -> None:
