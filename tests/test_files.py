@@ -47,6 +47,8 @@ def test_write_all_atomic_writes_all_or_none(tmp_path):
 
 
 class Share(random.Random):
+    """A jitter that always draws the same share of its range, so the backoff's growth shows exactly."""
+
     def __init__(self, share: float):
         super().__init__(0)
         self.share = share

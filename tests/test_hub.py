@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import random
 import subprocess
 import types
 from pathlib import Path
 
 import pytest
 from fake_hub import Branch, FakeHub
+from test_files import Share
 
 from oig.errors import PublishError
 from oig.publish import hub
@@ -117,17 +117,6 @@ def test_transient_failures_are_retried_with_backoff(folder):
                                sleep=waits.append)
         assert sha == fake.commits("org/m")[-1]["oid"]
     assert len(waits) == 1 and 0.0 <= waits[0] <= 2.0  # full jitter: up to the first backoff, 2 s
-
-
-class Share(random.Random):
-    """A jitter that always draws the same share of its range, so the backoff's growth shows exactly."""
-
-    def __init__(self, share: float):
-        super().__init__(0)
-        self.share = share
-
-    def uniform(self, a: float, b: float) -> float:
-        return a + self.share * (b - a)
 
 
 def test_persistent_failure_gives_up_with_a_clear_error(folder):

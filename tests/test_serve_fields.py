@@ -389,7 +389,7 @@ def test_openai_penalties_follow_the_documented_formula():
 
     from oig.serve.processors import OpenAIPenalties
 
-    penalties = OpenAIPenalties(presence=0.5, frequency=2.0)
+    penalties = OpenAIPenalties(presence=0.5, frequency=2.0, prompt_length=3)
     prompt = torch.tensor([[3, 3, 3]])  # the prompt does not count
     assert torch.equal(penalties(prompt, torch.zeros(1, 5)), torch.zeros(1, 5))
     scores = penalties(torch.tensor([[3, 3, 3, 1, 4, 1]]), torch.zeros(1, 5))

@@ -131,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
                                           given=given, lora_modules=args.lora_modules,
                                           max_lora_rank=args.max_lora_rank)
         if uncarried:
-            print(f"oig serve: note: vLLM has no equivalent of {', '.join(uncarried)}; with --engine vllm "
-                  "they do not apply", file=sys.stderr)
+            flags = {**LIMIT_FLAGS, "public_metrics": "--public-metrics (vLLM serves /metrics without the key in any "
+                     "case)", "ui": "--no-ui (vLLM serves no chat page in any case)"}
+            print(f"oig serve: note: vLLM has no equivalent of {', '.join(flags[f] for f in uncarried)}; with "
+                  "--engine vllm they do not apply", file=sys.stderr)
         return serve_vllm(command, api_key)
     if args.lora_modules or args.max_lora_rank:
         raise UsageError("--lora-modules and --max-lora-rank need --engine vllm; the transformers engine serves "

@@ -25,23 +25,13 @@ import yaml
 
 from oig import yamlsafe
 from oig.errors import InvalidInput, OigError, Problem
-from oig.files import atomic_output, write_atomic
+from oig.files import write_atomic
 
 SCHEMA_LINE = "# yaml-language-server: $schema=../schemas/slice.schema.json"
 
 
 def dumps(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
-def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Write rows atomically (``files.atomic_output``). Returns the count."""
-    count = 0
-    with atomic_output(path) as f:
-        for row in rows:
-            f.write(dumps(row))
-            count += 1
-    return count
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:

@@ -191,8 +191,7 @@ class Engine:
         self.batches += 1
         self.rows += len(jobs)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = set(_as_list(getattr(model.generation_config, "eos_token_id", None))) | set(
-            _as_list(tokenizer.eos_token_id))
+        eos = end_tokens(model, tokenizer)
         width = max(len(j.prompt) for j in jobs)
         pads = [width - len(j.prompt) for j in jobs]
         device = next(model.parameters()).device
@@ -355,6 +354,12 @@ class RowSampler:
                 top = [(int(i), float(v)) for v, i in zip(best.values, best.indices, strict=True)]
             job.logprobs.append((token, float(logprobs[n, token]), top))
         return picks
+
+
+def end_tokens(model, tokenizer) -> set[int]:
+    """The tokens that end an answer: the model's generation_config.json's and the tokenizer's."""
+    return set(_as_list(getattr(model.generation_config, "eos_token_id", None))) | set(
+        _as_list(tokenizer.eos_token_id))
 
 
 def _as_list(value) -> list[int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from oig.errors import OigError
 from oig.records import special_token_texts
-from oig.serve.engine import Engine, Job, Sampling
+from oig.serve.engine import Engine, Job, Sampling, end_tokens
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -230,8 +230,7 @@ class LocalModel:
 
     def eos_ids(self) -> set[int]:
         """The tokens that end an answer: the model's generation_config.json's and the tokenizer's."""
-        return set(_as_list(getattr(self.model.generation_config, "eos_token_id", None))) | set(
-            _as_list(self.tokenizer.eos_token_id))
+        return end_tokens(self.model, self.tokenizer)
 
     def _stream(self, job: Job, stops: list[str], result: Generation) -> Iterator[str]:
         eos = self.eos_ids()
@@ -320,12 +319,6 @@ def _template_variables(template: str) -> frozenset[str]:
     # transformers' own environment: its {% generation %} tag and loop controls parse there.
     environment = _compile_jinja_template(template).environment
     return frozenset(meta.find_undeclared_variables(environment.parse(template)))
-
-
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _first_stop(text: str, stops: list[str], start: int) -> int | None:

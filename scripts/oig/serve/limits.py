@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from oig.serve.api import CHAT_ROUTE, ROUTES, error
 from oig.serve.inference import DEFAULT_MAX_TOKENS, GenerationCancelled, GenerationTimeout
 from oig.serve.metrics import Metrics
+from oig.serve.page import ROUTES as PAGE_ROUTES
 
 API_KEY_ENV = "OIG_SERVE_API_KEY"
 RETRY_BUSY_S = 1  # Retry-After of a 429: one short answer frees a place in the queue
-PAGE_ROUTES = ("/", "/chat.js", "/chat.css")
 RETRY_LOADING_S = 5  # Retry-After of a 503 while the model loads
 
 

@@ -10,15 +10,13 @@ class OpenAIPenalties:
     RepetitionPenaltyLogitsProcessor divides, and counts the prompt): from each token's logit subtract
     ``frequency * count + presence * (count > 0)``, counting the tokens generated so far only."""
 
-    def __init__(self, presence: float, frequency: float, prompt_length: int | None = None):
+    def __init__(self, presence: float, frequency: float, prompt_length: int):
         self.presence, self.frequency = presence, frequency
-        self.prompt_length = prompt_length  # None: taken from the first call, which sees the prompt alone
+        self.prompt_length = prompt_length  # the (padded) prompt's width: what comes after it was generated
 
     def __call__(self, input_ids, scores):
         import torch
 
-        if self.prompt_length is None:  # the first call sees the prompt alone
-            self.prompt_length = input_ids.shape[1]
         generated = input_ids[:, self.prompt_length:]
         counts = torch.zeros_like(scores)
         if generated.shape[1]:

@@ -30,21 +30,19 @@ import sys
 
 from oig.serve.inference import ServeError
 
-# ServeSettings fields vLLM cannot enforce, with the oig flag that sets each.
-NOT_CARRIED = {"max_tokens_cap": "--max-tokens-cap", "max_request_bytes": "--max-request-bytes",
-               "max_messages": "--max-messages", "max_input_chars": "--max-input-chars",
-               "max_queue": "--max-queue", "max_connections": "--max-connections",
-               "body_timeout": "--body-timeout", "request_timeout": "--request-timeout"}
+# ServeSettings fields vLLM cannot enforce (the command line names their flags).
+NOT_CARRIED = ("max_tokens_cap", "max_request_bytes", "max_messages", "max_input_chars", "max_queue",
+               "max_connections", "body_timeout", "request_timeout")
 
 
 def vllm_command(model: str, *, revision: str | None = None, host: str = "127.0.0.1", port: int = 8000,
                  name: str | None = None, given: dict | None = None, lora_modules: list[str] | None = None,
                  max_lora_rank: int | None = None) -> tuple[list[str], list[str]]:
-    """vLLM's command line for these settings, and the oig flags given that it cannot carry.
+    """vLLM's command line for these settings, and the settings given that it cannot carry.
 
-    ``given`` holds the ServeSettings fields the user set (flag name -> value): max_concurrency,
-    max_model_len, default_max_tokens carry; the NOT_CARRIED ones are returned by flag; ``ui`` False
-    and ``public_metrics`` are noted too."""
+    ``given`` holds the ServeSettings fields the user set (field -> value): max_concurrency,
+    max_model_len, default_max_tokens carry; the NOT_CARRIED ones given are returned by field name, as
+    are ``ui`` False and ``public_metrics``."""
     given = dict(given or {})
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                "--served-model-name", *dict.fromkeys([name or model, model]), "--host", host, "--port", str(port),
@@ -61,11 +59,9 @@ def vllm_command(model: str, *, revision: str | None = None, host: str = "127.0.
         command += ["--enable-lora", "--lora-modules", *lora_modules]
         if max_lora_rank is not None:
             command += ["--max-lora-rank", str(max_lora_rank)]
-    uncarried = [flag for field, flag in NOT_CARRIED.items() if given.get(field) is not None]
-    if given.get("public_metrics"):
-        uncarried.append("--public-metrics (vLLM serves /metrics without the key in any case)")
-    if given.get("ui") is False:
-        uncarried.append("--no-ui (vLLM serves no chat page in any case)")
+    uncarried = [field for field in NOT_CARRIED if given.get(field) is not None]
+    uncarried += ["public_metrics"] if given.get("public_metrics") else []
+    uncarried += ["ui"] if given.get("ui") is False else []
     return command, uncarried
 
 

@@ -78,11 +78,6 @@ class RunContext:
         return self.config.oig.get("distributed") in ("fsdp", "zero3")
 
     @property
-    def is_main(self) -> bool:
-        """Whether this process publishes and writes the logs (the first of all, on the main machine)."""
-        return self.state is None or self.state.is_main_process
-
-    @property
     def is_local_main(self) -> bool:
         """Whether this process locks the run folder and builds its shared files first: the first on each
         machine (on several machines each has its own run folder)."""
