@@ -83,3 +83,21 @@ def test_a_cancelled_row_ends_and_the_others_go_on(lm):
         thread.join(30)
         text, result = other.result(timeout=60)
     assert failures and result.completion_tokens == 60 and result.finish_reason == "length"
+
+
+def test_closing_the_engine_ends_its_requests_and_its_thread(lm):
+    # Run at exit: a process must not end while the engine's thread is still inside generate.
+    from oig.serve.engine import Engine, Job
+
+    engine = Engine(lm.model, lm.tokenizer)
+    prompt = lm.encode(ASK)
+    running = Job(prompt, 400, lm.sampling(temperature=0), logit_bias={lm.tokenizer.eos_token_id: -100.0})
+    engine.submit(running)
+    assert running.started.wait(10)
+    waiting = Job(prompt, 400, lm.sampling(temperature=0))
+    engine.submit(waiting)
+    started = time.monotonic()
+    engine.close()
+    assert not engine._thread.is_alive() and time.monotonic() - started < 5
+    assert running.ended and running.cancel.is_set() and len(running.generated) < 400
+    assert waiting.ended and not waiting.generated

@@ -19,6 +19,7 @@ torch and transformers are imported lazily, inside the engine's thread and the p
 
 from __future__ import annotations
 
+import atexit
 import collections
 import queue
 import threading
@@ -108,6 +109,8 @@ class Engine:
         # times are not split into a batch and its stragglers, each taking a whole batch's time.
         self._running_rows = 0
         self._peak, self._peak_at = 0, 0.0
+        self._batch: list[Job] = []  # the batch generating now
+        self._closing = False
         # Held while a batch generates: ``lock.locked()`` says the model is busy, and holding it from
         # outside keeps every request waiting in the queue.
         self.lock = threading.Lock()
@@ -120,9 +123,23 @@ class Engine:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="oig-engine", daemon=True)
                 self._thread.start()
+                atexit.register(self.close)
             self._pending.append(job)
             self._note_load()
             self._cond.notify()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the engine's thread: every request still generating or waiting ends (as if cancelled) and
+        the thread leaves, within ``timeout``. Run at exit: a process that ended while the thread was
+        still inside ``generate`` (the last step of an answer already returned) aborts in torch's C++."""
+        with self._cond:
+            self._closing = True
+            for job in [*self._pending, *self._batch]:
+                job.cancel.set()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def withdraw(self, job: Job) -> bool:
         """Take a job that has not started out of the queue; False when it has already started."""
@@ -160,13 +177,18 @@ class Engine:
                 job.started.set()
                 batch.append(job)
             self._running_rows = len(batch)
+            self._batch = batch
             return batch
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending:
+                while not self._pending and not self._closing:
                     self._cond.wait()
+                if self._closing:
+                    for job in self._pending:
+                        job.finish()
+                    return
             with self.lock:
                 batch = self._take()
                 started = time.monotonic()
@@ -180,7 +202,7 @@ class Engine:
                     for job in batch:
                         job.finish()
                     with self._cond:
-                        self._running_rows = 0
+                        self._running_rows, self._batch = 0, []
                     self.busy_s += time.monotonic() - started
 
     def _generate(self, jobs: list[Job]) -> None:
