@@ -54,3 +54,40 @@ def test_the_split_holds_out_what_the_plain_rules_say(tmp_path, trial):
     split = hold_out(slices, eval_size, trial, whole)
     got = {n: (s.distinct, s.held_out, None if s.keep is None else list(s.keep)) for n, s in split.slices.items()}
     assert got == _reference(slices, eval_size, trial, whole)
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_the_split_in_many_buckets_on_disk_holds_out_the_same(tmp_path, trial, monkeypatch):
+    """Slices larger than a bucket go through scratch files a bucket at a time: the same examples."""
+    from oig.data import distinct
+
+    rng = random.Random(100 + trial)
+    slices = []
+    for s in range(rng.randint(1, 4)):
+        n, pool = rng.choice([0, 60, 400, 900]), rng.randint(1, 500)
+        lines = [f'{{"messages":[{{"role":"user","content":"x{rng.randrange(pool)}"}}]}}' for _ in range(n)]
+        path = tmp_path / f"s{s}.jsonl"
+        path.write_text("\n".join(lines) + ("\n" if lines and rng.random() < 0.8 else ""), encoding="utf-8")
+        slices.append(SliceFile(f"s{s}", path, n))
+    eval_size = rng.choice([None, 0.1, 0.3, 5, 50])
+    monkeypatch.setattr(distinct, "BUCKET_LINES", rng.choice([7, 50, 200]))
+    monkeypatch.setattr(distinct, "_BLOCK_LINES", 33)
+    monkeypatch.setattr(distinct, "_BITS_CHUNK", 64)
+    split = hold_out(slices, eval_size, trial)
+    got = {n: (s.distinct, s.held_out, None if s.keep is None else list(s.keep)) for n, s in split.slices.items()}
+    assert got == _reference(slices, eval_size, trial)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".oig-split-")]  # the scratch files are gone
+
+
+def test_kept_lines_read_like_a_list():
+    import numpy as np
+
+    from oig.data.distinct import Kept
+
+    dropped = [0, 3, 4, 9]
+    kept = Kept(10, np.array(dropped))
+    plain = [i for i in range(10) if i not in dropped]
+    assert len(kept) == len(plain) and list(kept) == plain and kept[-1] == plain[-1] and kept[1:4] == plain[1:4]
+    assert kept.take(np.array([5, 0, 2])).tolist() == [plain[5], plain[0], plain[2]]
+    with pytest.raises(IndexError):
+        kept[len(plain)]

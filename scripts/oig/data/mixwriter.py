@@ -32,12 +32,15 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import accumulate, islice, repeat
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from oig.data.allocation import Allocation
 from oig.data.split import Split, sample_indices, slice_seed
 from oig.errors import InvalidInput, OigError, Problem
 from oig.files import WriteError, atomic_output, write_atomic
+
+if TYPE_CHECKING:
+    from oig.data.distinct import Kept
 
 MIXTURE_FILE = "mixture.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -155,7 +158,7 @@ class _Stream:
     fd: int
     k: int
     picks: Iterator[int]  # line indices, in output order (into ``keep`` when there is one)
-    keep: Sequence[int] | None
+    keep: Kept | None
     j: int = 0
 
     def key(self, j: int) -> float:
@@ -168,8 +171,10 @@ class _Stream:
         keys = map((2 * self.k).__rtruediv__, range(2 * self.j + 1, 2 * end + 1, 2))  # key(j), as floats
         self.j = end
         idx = array("q", islice(self.picks, count))
-        if self.keep is not None:
-            idx = array("q", map(self.keep.__getitem__, idx))
+        if self.keep is not None and count:  # indices into the lines kept for training: their lines
+            import numpy as np
+
+            idx = array("q", self.keep.take(np.frombuffer(idx, np.int64)).tobytes())
         offsets = self.index.offsets
         starts = array("q", map((1).__add__, map(offsets.__getitem__, idx)))  # past the line's "{"
         sizes = array("q", map(self.index.tails.__getitem__, idx))

@@ -29,13 +29,14 @@ from array import array
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import partial
 from math import ceil, log
-from operator import methodcaller
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from oig.errors import InvalidInput, Problem
+
+if TYPE_CHECKING:
+    from oig.data.distinct import Kept
 
 MIN_DISTINCT = 10  # distinct examples a slice needs before any of it is held out
 DEFAULT_FRACTION = Fraction(1, 10)
@@ -55,7 +56,7 @@ class SliceSplit:
     count: int  # lines of the slice
     distinct: int
     held_out: list[int] = field(default_factory=list)  # indices, one per distinct held-out example, ascending
-    keep: array | None = None  # indices trained on (repeats included); None: every line
+    keep: Kept | None = None  # indices trained on (repeats included), a sequence; None: every line
     why: str = "held out"  # or why nothing is: "holdout: false", "fewer than 10 distinct examples", ...
 
     @property
@@ -93,45 +94,6 @@ def slice_seed(seed: int, name: str) -> int:
 
 def no_split(slices: Sequence[SliceLines], eval_size: float | None = 0) -> Split:
     return Split(eval_size, {s.name: SliceSplit(s.name, s.count, s.count, why="eval_size 0") for s in slices})
-
-
-def _line_keys(data: SliceLines):
-    """An 8-byte digest of each line, as one Arrow int64 array: equal lines are the same example (the
-    files are compact JSON). Two different lines share a digest with a chance of about n^2 / 2^65 in
-    all (3e-6 for 10M lines); 8 bytes a line keeps a 40M-line slice to 320 MB."""
-    import pyarrow as pa
-
-    digest = partial(hashlib.blake2b, digest_size=8)
-    parts, rest = [], b""
-    try:
-        with open(data.path, "rb") as f:
-            while chunk := f.read(_READ_BYTES):
-                *lines, rest = (rest + chunk).split(b"\n")
-                parts.append(b"".join(map(methodcaller("digest"), map(digest, lines))))
-    except OSError as exc:
-        raise InvalidInput([Problem(str(data.path), 0, 0, "error",
-                                    f"cannot read slice '{data.name}': {exc.strerror}")]) from exc
-    if rest:
-        parts.append(digest(rest).digest())
-    blob = b"".join(parts)
-    return pa.Array.from_buffers(pa.int64(), len(blob) // 8, [None, pa.py_buffer(blob)])
-
-
-def _first_lines(keys):
-    """The first line of each distinct key, ascending (so in order of first appearance), by a stable
-    sort rather than a hash table: 8 bytes a line for the order and 8 for the sorted keys."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if len(keys) == 0:
-        return pa.array([], pa.uint64())
-    order = pc.array_sort_indices(keys)  # stable: equal keys keep their lines ascending
-    ordered = keys.take(order)
-    starts = pa.concat_arrays([pa.array([True]), pc.not_equal(ordered[1:], ordered[:-1])])  # a new key
-    del ordered
-    firsts = order.filter(starts)
-    del order, starts
-    return firsts.take(pc.array_sort_indices(firsts))
 
 
 def sample_indices(n: int, k: int, rng: random.Random) -> Iterator[int]:
@@ -174,25 +136,40 @@ def _target(eval_size: float | None, spare: int, where: str) -> int:
 def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, whole: Collection[str] = (),
              where: str = "training.yaml") -> Split:
     """Choose each slice's held-out examples (see the module docstring). ``whole``: slices with
-    ``holdout: false``. Raises InvalidInput for an eval_size that is neither a fraction nor a count."""
+    ``holdout: false``. Raises InvalidInput for an eval_size that is neither a fraction nor a count.
+    Memory stays bounded however large the slices (``oig.data.distinct``: scratch files beside them)."""
     if eval_size == 0:
         return no_split(slices)
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    import numpy as np
 
-    keys = {s.name: _line_keys(s) for s in slices}
-    firsts = {n: _first_lines(ks) for n, ks in keys.items()}  # each distinct example's first line
-    distinct_keys = {n: keys[n].take(f) for n, f in firsts.items()}  # in order of first appearance
-    distinct = {n: len(f) for n, f in firsts.items()}
-    # The examples in more than one slice: equal neighbours once every slice's distinct keys are sorted.
-    shared = pa.array([], pa.int64())
-    if sum(len(u) > 0 for u in distinct_keys.values()) > 1:  # one slice alone shares nothing
-        every = pa.concat_arrays(list(distinct_keys.values()))
-        ordered = every.take(pc.array_sort_indices(every))
-        del every
-        shared = pc.unique(ordered[1:].filter(pc.equal(ordered[1:], ordered[:-1])))
-        del ordered
-    eligible = sorted(n for n in keys if n not in whole and distinct[n] >= MIN_DISTINCT)
+    from oig.data.distinct import Bits, Buckets, firsts
+
+    with Buckets(sum(s.count for s in slices), Path(slices[0].path).parent if slices else None) as buckets:
+        for s in slices:
+            buckets.add(s.name, s.path)
+        # One bucket at a time: each slice's distinct examples there (first lines), and which of
+        # them are in no other slice (equal neighbours once every slice's distinct keys are sorted).
+        distinct = dict.fromkeys(buckets.lines, 0)
+        alone = {n: Bits(lines) for n, lines in buckets.lines.items()}  # first lines of examples in no other slice
+        for b in range(buckets.count):
+            found = {n: firsts(buckets.load(n, b)) for n in buckets.lines}
+            every = np.sort(np.concatenate([keys for keys, _ in found.values()] or [np.empty(0, np.uint64)]))
+            shared = every[1:][every[1:] == every[:-1]]
+            for n, (keys, lines) in found.items():
+                distinct[n] += len(keys)
+                alone[n].set(lines[~np.isin(keys, shared)] if len(shared) else lines)
+            del found, every, shared
+        return _choose(slices, eval_size, seed, whole, where, buckets, distinct, alone)
+
+
+def _choose(slices: Sequence[SliceLines], eval_size: float | None, seed: int, whole: Collection[str], where: str,
+            buckets, distinct: dict[str, int], alone: dict) -> Split:
+    """Each slice's share of the held-out total, and which examples (see the module docstring)."""
+    import numpy as np
+
+    from oig.data.distinct import Kept
+
+    eligible = sorted(n for n in buckets.lines if n not in whole and distinct[n] >= MIN_DISTINCT)
     spare = sum(distinct[n] for n in eligible)
     total = _target(eval_size, spare, where)
     warnings: list[str] = []
@@ -214,23 +191,23 @@ def hold_out(slices: Sequence[SliceLines], eval_size: float | None, seed: int, w
             why = "holdout: false" if n in whole else f"fewer than {MIN_DISTINCT} distinct examples"
             out[n] = SliceSplit(n, s.count, distinct[n], why=why)
             continue
-        alone = pc.invert(pc.is_in(distinct_keys[n], value_set=shared))  # in no other slice
-        candidates, candidate_lines = distinct_keys[n].filter(alone), firsts[n].filter(alone)
         want = counts[n]
-        if len(candidates) < want:
-            warnings.append(f"slice '{n}' holds out {len(candidates)} examples, not {want}: the others also "
+        if alone[n].count < want:
+            warnings.append(f"slice '{n}' holds out {alone[n].count} examples, not {want}: the others also "
                             "appear in another slice")
-            want = len(candidates)
+            want = alone[n].count
         rng = random.Random(slice_seed(seed, f"eval\0{n}"))
-        picked = pa.array(list(sample_indices(len(candidates), want, rng)), pa.int64())
-        held, first = candidates.take(picked), candidate_lines.take(picked)
-        small = s.count < 2**32
-        keep = array("I" if small else "q")  # 4 bytes a line below 4G lines
-        if want:
-            mask = pc.invert(pc.is_in(keys[n], value_set=held))
-            keep.frombytes(pc.indices_nonzero(mask).cast(pa.uint32() if small else pa.int64()).buffers()[1])
-        out[n] = SliceSplit(n, s.count, distinct[n], sorted(first.to_pylist()), keep if want else None,
+        picked = np.fromiter(sample_indices(alone[n].count, want, rng), np.int64, want)
+        first = alone[n].nth(np.sort(picked))  # each held-out example's first line, ascending
+        keep = None
+        if want:  # every line of a held-out example is kept out of training: found in its bucket
+            dropped = []
+            for b in range(buckets.count):
+                records = buckets.load(n, b)
+                held = records["key"][np.isin(records["line"], first)]
+                if len(held):
+                    dropped.append(records["line"][np.isin(records["key"], held)])
+            keep = Kept(buckets.lines[n], np.sort(np.concatenate(dropped)))
+        out[n] = SliceSplit(n, s.count, distinct[n], first.tolist(), keep,
                             "held out" if want else "its share of eval_size rounds to 0")
-    del keys, firsts, distinct_keys
-    pa.default_memory_pool().release_unused()  # the sorts' memory, back before the mixture is written
     return Split(eval_size, out, warnings)
