@@ -91,3 +91,58 @@ def test_kept_lines_read_like_a_list():
     assert kept.take(np.array([5, 0, 2])).tolist() == [plain[5], plain[0], plain[2]]
     with pytest.raises(IndexError):
         kept[len(plain)]
+
+
+class _Subclassed(random.Random):
+    """A Random whose draws the fast paths must not assume (they fall back to its own methods)."""
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (10, 10), (1, 1), (5, 0), (1024, 1000), (1025, 513), (3000, 2000),
+                                 (100_000, 40), (1_000_000, 5000), (2**31 + 5, 50), (2**32 - 1, 9), (2**33 + 1, 7)])
+@pytest.mark.parametrize("kind", [random.Random, _Subclassed])
+def test_sample_indices_draws_what_sample_draws(n, k, kind):
+    from oig.data.split import sample_indices
+
+    assert list(sample_indices(n, k, kind(n + k))) == kind(n + k).sample(range(n), k)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 64, 65, 1000, 4097])
+@pytest.mark.parametrize("kind", [random.Random, _Subclassed])
+def test_shuffled_swaps_what_shuffle_swaps(n, kind):
+    from oig.data.split import shuffled
+
+    rng, expected = kind(n), list(range(n))
+    kind(n).shuffle(expected)
+    got = shuffled(n, rng)
+    assert list(got) == expected
+    if kind is random.Random:  # the same draws made: the stream goes on as it would after shuffle
+        after = kind(n)
+        after.shuffle(list(range(n)))
+        assert rng.random() == after.random()
+
+
+@pytest.mark.parametrize("trial", range(8))
+def test_indexing_only_the_drawn_lines_writes_the_same_files(tmp_path, trial, monkeypatch):
+    """A slice drawn from sparsely has only its drawn and held-out lines indexed: the same bytes out."""
+    from oig.data import mixwriter
+    from oig.data.allocation import allocate
+
+    rng = random.Random(200 + trial)
+    slices = []
+    for s in range(rng.randint(1, 3)):
+        n = rng.choice([1, 40, 300])
+        lines = [f'{{"messages":[{{"role":"user","content":"q{rng.randrange(n * 2)}"}},'
+                 f'{{"role":"assistant","content":"a{s}"}}]}}' for _ in range(n)]
+        path = tmp_path / f"s{s}.jsonl"
+        path.write_text("\n".join(lines) + ("\n" if rng.random() < 0.5 else ""), encoding="utf-8")
+        slices.append(SliceFile(f"s{s}", path, n))
+    split = hold_out(slices, rng.choice([0, None, 0.2]), trial)
+    allocation = allocate(split.train_counts(), None, rng.choice([5, 30, 700]), held_out=split.held_out)
+    written = []
+    for sparse in (10**9, 0):  # every slice indexed whole, then every one by its drawn lines
+        monkeypatch.setattr(mixwriter, "_SPARSE", sparse)
+        out = tmp_path / f"out{sparse}"
+        manifest = mixwriter.write_mixture(out, slices, allocation, trial, split=split)
+        written.append((manifest, (out / "mixture.jsonl").read_bytes(), (out / "eval.jsonl").read_bytes()))
+    assert written[0] == written[1]
+    assert written[0][1].count(b"\n") == allocation.total

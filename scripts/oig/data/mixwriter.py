@@ -35,11 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from oig.data.allocation import Allocation
-from oig.data.split import Split, sample_indices, slice_seed
+from oig.data.split import Split, sample_indices, shuffled, slice_seed
 from oig.errors import InvalidInput, OigError, Problem
 from oig.files import WriteError, atomic_output, write_atomic
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from oig.data.distinct import Kept
 
 MIXTURE_FILE = "mixture.jsonl"
@@ -49,6 +51,7 @@ PREFERENCES_FILE = "preferences.jsonl"
 _LINE = rb'\{"messages":\[[^\n]*\]\}'  # one line, without its newline
 _SHAPES = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)  # lines joined by newlines
 _WRITE_CHUNK = 1 << 20  # bytes buffered before each write and hash update
+_SPARSE = 3  # a slice's draws are made up front and only their lines indexed when under 1 / _SPARSE of its lines
 
 
 class SliceData(Protocol):
@@ -74,35 +77,58 @@ class SliceFile:
 
 @dataclass
 class _Index:
-    offsets: array  # line i is bytes offsets[i]:offsets[i+1] of the file
+    offsets: array  # where line lines[p] (line p when lines is None) starts in the file
     sha256: str
     missing_newline: bool  # the last line has no "\n"; one is added when it is copied
-    tails: array  # bytes of line i after its "{", its "\n" included (4 bytes a line: read with one lookup)
+    tails: array  # bytes of the line after its "{", its "\n" included (4 bytes a line: read with one lookup)
+    count: int  # lines in the file
+    size: int  # bytes in the file
+    lines: np.ndarray | None = None  # the lines indexed, ascending: None for every line
+
+    def spans(self, idx: np.ndarray) -> tuple[list[int], list[int]]:
+        """Where lines idx start past their "{", and how many bytes follow (their tails)."""
+        import numpy as np
+
+        at = idx if self.lines is None else np.searchsorted(self.lines, idx)
+        return ((np.frombuffer(self.offsets, np.uint64)[at] + 1).tolist(),
+                np.frombuffer(self.tails, np.uint32)[at].tolist())
 
 
-def _index(data: SliceData) -> _Index:
-    """One sequential pass: line offsets, the checksum, and a check of every line's shape."""
+def _index(data: SliceData, needed: np.ndarray | None = None) -> _Index:
+    """One sequential pass: line offsets, the checksum, and a check of every line's shape. ``needed``
+    (ascending): index only these lines, 12 bytes each, and not 12 bytes every line of the file."""
     display = str(data.path)
-    offsets = array("Q", [0])
+    offsets = array("Q", [0] if needed is None else [])
     tails = array("I")
     digest = hashlib.sha256()
-    rest = b""
+    rest, found, size = b"", 0, 0
     try:
         with open(data.path, "rb") as f:
             while chunk := f.read(_WRITE_CHUNK):
                 digest.update(chunk)
                 *lines, rest = (rest + chunk).split(b"\n")
-                _check_shapes(data, lines, len(offsets) - 1)
-                tails.extend(map(len, lines))  # len(line) - 1 for the "{" + 1 for the "\n"
-                offsets.extend(islice(accumulate(map((1).__add__, tails[-len(lines):] if lines else ()),
-                                                 initial=offsets[-1]), 1, None))
+                _check_shapes(data, lines, found)
+                if needed is None:
+                    tails.extend(map(len, lines))  # len(line) - 1 for the "{" + 1 for the "\n"
+                    offsets.extend(islice(accumulate(map((1).__add__, tails[-len(lines):] if lines else ()),
+                                                     initial=offsets[-1]), 1, None))
+                    size = offsets[-1]
+                else:
+                    size = _index_some(lines, found, size, needed, offsets, tails)
+                found += len(lines)
     except OSError as exc:
         raise InvalidInput([Problem(display, 0, 0, "error", f"cannot read slice '{data.name}': {exc.strerror}")]) from exc
     if rest:
-        _check_shapes(data, [rest], len(offsets) - 1)
-        offsets.append(offsets[-1] + len(rest))
-        tails.append(len(rest) - 1)  # no "\n" to read
-    found = len(offsets) - 1
+        _check_shapes(data, [rest], found)
+        if needed is None:
+            offsets.append(size + len(rest))
+            tails.append(len(rest) - 1)  # no "\n" to read
+        elif len(needed) and needed[-1] == found:
+            offsets.append(size)
+            tails.append(len(rest) - 1)
+        found, size = found + 1, size + len(rest)
+    if needed is None:
+        offsets.pop()  # the end of the last line: what is left is where each line starts
     if found != data.count:
         raise InvalidInput([Problem(display, 0, 0, "error", f"slice '{data.name}' should have {data.count} "
                                     f"examples but its file has {found} lines; materialize it again")])
@@ -110,7 +136,21 @@ def _index(data: SliceData) -> _Index:
     if data.sha256 and data.sha256 != sha:
         raise InvalidInput([Problem(display, 0, 0, "error", f"slice '{data.name}' changed after it was "
                                     "materialized (sha256 differs); materialize it again")])
-    return _Index(offsets, sha, bool(rest), tails)
+    return _Index(offsets, sha, bool(rest), tails, found, size, needed)
+
+
+def _index_some(lines: list[bytes], first: int, start: int, needed: np.ndarray, offsets: array, tails: array) -> int:
+    """Index the needed ones of these lines (line ``first`` starts at byte ``start``); where they end."""
+    import numpy as np
+
+    sizes = np.fromiter(map(len, lines), np.int64, len(lines)) + 1
+    lo, hi = np.searchsorted(needed, [first, first + len(lines)])
+    if hi > lo:
+        ends = np.cumsum(sizes) + start
+        at = needed[lo:hi] - first
+        offsets.frombytes((ends[at] - sizes[at]).astype(np.uint64).tobytes())
+        tails.frombytes((sizes[at] - 1).astype(np.uint32).tobytes())
+    return start + int(sizes.sum())
 
 
 def _check_shapes(data: SliceData, lines: list[bytes], before: int) -> None:
@@ -126,9 +166,7 @@ def selection(n: int, k: int, rng: random.Random) -> Iterator[int]:
     (the draws of ``rng.shuffle`` and ``rng.sample``, made in arrays of 4 or 8 bytes an index)."""
     passes, rest = divmod(k, n) if n else (0, 0)
     for _ in range(passes):
-        order = array("I" if n < 2**32 else "q", range(n))  # a list of ints would take about 40 bytes each
-        rng.shuffle(order)
-        yield from order
+        yield from shuffled(n, rng)
     if rest:
         yield from sample_indices(n, rest, rng)
 
@@ -139,12 +177,14 @@ def _head(name: str) -> bytes:
 
 def _read_line(data: SliceData, index: _Index, i: int, fd: int) -> bytes:
     """Line i of the slice file, newline-terminated, by its offsets."""
-    start, size = index.offsets[i], index.offsets[i + 1] - index.offsets[i]
-    line = os.pread(fd, size, start)
-    if len(line) != size:
+    import numpy as np
+
+    (start,), (tail,) = index.spans(np.array([i]))
+    line = os.pread(fd, tail + 1, start - 1)
+    if len(line) != tail + 1:
         raise InvalidInput([Problem(str(data.path), i + 1, 1, "error",
                                     f"slice '{data.name}' changed while it was being mixed; run again")])
-    if index.missing_newline and i == len(index.offsets) - 2:
+    if index.missing_newline and i == index.count - 1:
         line += b"\n"
     return line
 
@@ -159,6 +199,7 @@ class _Stream:
     k: int
     picks: Iterator[int]  # line indices, in output order (into ``keep`` when there is one)
     keep: Kept | None
+    drawn: np.ndarray | None = None  # or the lines themselves, drawn up front, in output order
     j: int = 0
 
     def key(self, j: int) -> float:
@@ -167,25 +208,26 @@ class _Stream:
 
     def block(self, end: int) -> tuple[Iterator[float], list[bytes]]:
         """The keys and output lines of this slice's lines j to end (not included)."""
+        import numpy as np
+
         count = end - self.j
         keys = map((2 * self.k).__rtruediv__, range(2 * self.j + 1, 2 * end + 1, 2))  # key(j), as floats
+        if self.drawn is not None:
+            idx = self.drawn[self.j:end]
+        else:
+            idx = np.fromiter(islice(self.picks, count), np.int64, count)
+            if self.keep is not None:  # indices into the lines kept for training: their lines
+                idx = self.keep.take(idx)
         self.j = end
-        idx = array("q", islice(self.picks, count))
-        if self.keep is not None and count:  # indices into the lines kept for training: their lines
-            import numpy as np
-
-            idx = array("q", self.keep.take(np.frombuffer(idx, np.int64)).tobytes())
-        offsets = self.index.offsets
-        starts = array("q", map((1).__add__, map(offsets.__getitem__, idx)))  # past the line's "{"
-        sizes = array("q", map(self.index.tails.__getitem__, idx))
+        starts, sizes = self.index.spans(idx)  # past each line's "{"
         bodies = list(map(os.pread, repeat(self.fd, count), sizes, starts))
         if sum(map(len, bodies)) != sum(sizes):
-            short = next(i for i, body, size in zip(idx, bodies, sizes, strict=True) if len(body) != size)
+            short = next(i for i, body, size in zip(idx.tolist(), bodies, sizes, strict=True) if len(body) != size)
             raise InvalidInput([Problem(str(self.data.path), short + 1, 1, "error",
                                         f"slice '{self.data.name}' changed while it was being mixed; run again")])
         if self.index.missing_newline:
-            last = len(offsets) - 2
-            bodies = [body + b"\n" if i == last else body for i, body in zip(idx, bodies, strict=True)]
+            last = self.index.count - 1
+            bodies = [body + b"\n" if i == last else body for i, body in zip(idx.tolist(), bodies, strict=True)]
         return keys, list(map(_head(self.data.name).__add__, bodies))
 
 
@@ -206,11 +248,18 @@ def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Alloca
     missing = [s.name for s in allocation.slices if s.name not in by_name]
     if missing:
         raise ValueError(f"no slice file for {', '.join(missing)}")
-    # --- index every slice that contributes -------------------------------------------------------
-    indexes = {s.name: _index(by_name[s.name]) for s in allocation.slices}
+    # --- draw a few of many lines now, and index those; every line of the others ------------------
+    drawn = {s.name: _draw(by_name[s.name], s.count, seed, split) for s in allocation.slices}
+    indexes = {}
+    for s in allocation.slices:
+        if drawn[s.name] is None:
+            indexes[s.name] = _index(by_name[s.name])
+        else:
+            held = split.slices[s.name].held_out if split is not None else []
+            indexes[s.name] = _index(by_name[s.name], _needed(drawn[s.name], held))
     manifest = plan(allocation, seed, slices, config, {n: i.sha256 for n, i in indexes.items()}, split)
     try:
-        manifest |= _write(out_dir, by_name, indexes, allocation, seed, split)
+        manifest |= _write(out_dir, by_name, indexes, allocation, seed, split, drawn)
         if split is not None:
             manifest["eval"]["sha256"] = _write_eval(out_dir, by_name, indexes, split)
         if preferences:
@@ -222,8 +271,31 @@ def write_mixture(out_dir: Path, slices: Sequence[SliceData], allocation: Alloca
     return manifest
 
 
+def _keep(data: SliceData, split: Split | None) -> Kept | None:
+    return split.slices[data.name].keep if split is not None else None
+
+
+def _draw(data: SliceData, k: int, seed: int, split: Split | None) -> np.ndarray | None:
+    """The lines of a slice's k draws, in output order, when they are few of its lines (under a
+    third): then only theirs are indexed, and memory follows the mixture, not the slice. None: more."""
+    keep = _keep(data, split)
+    n = data.count if keep is None else len(keep)  # _index checks the count
+    if not k or k * _SPARSE >= n:
+        return None
+    import numpy as np
+
+    drawn = np.fromiter(selection(n, k, random.Random(slice_seed(seed, data.name))), np.int64, k)
+    return drawn if keep is None else keep.take(drawn)
+
+
+def _needed(drawn: np.ndarray, held_out: Sequence[int]) -> np.ndarray:
+    import numpy as np
+
+    return np.union1d(drawn, np.array(held_out, np.int64))
+
+
 def _write(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Index], allocation: Allocation,
-           seed: int, split: Split | None) -> dict:
+           seed: int, split: Split | None, drawn: dict[str, np.ndarray | None]) -> dict:
     """Stream the interleaved lines into mixture.jsonl, hashing as it goes."""
     digest = hashlib.sha256()
     with atomic_output(out_dir / MIXTURE_FILE, "wb") as f, ExitStack() as stack:
@@ -233,14 +305,15 @@ def _write(out_dir: Path, by_name: dict[str, SliceData], indexes: dict[str, _Ind
                 data = by_name[share.name]
                 fd = os.open(data.path, os.O_RDONLY)
                 stack.callback(os.close, fd)
-                keep = split.slices[share.name].keep if split is not None else None
-                n = len(indexes[share.name].offsets) - 1 if keep is None else len(keep)
-                picks = selection(n, share.count, random.Random(slice_seed(seed, data.name)))
-                streams.append(_Stream(data, indexes[share.name], fd, share.count, picks, keep))
+                keep = _keep(data, split)
+                n = indexes[share.name].count if keep is None else len(keep)
+                picks = iter(()) if drawn[share.name] is not None else \
+                    selection(n, share.count, random.Random(slice_seed(seed, data.name)))
+                streams.append(_Stream(data, indexes[share.name], fd, share.count, picks, keep, drawn[share.name]))
         # Blocks of about _WRITE_CHUNK bytes: block b holds every line whose key is below b / blocks.
         total = sum(st.k for st in streams)
-        size = sum(st.index.offsets[-1] for st in streams)
-        lines = sum(len(st.index.offsets) - 1 for st in streams)
+        size = sum(st.index.size for st in streams)
+        lines = sum(st.index.count for st in streams)
         per_block = min(max(_WRITE_CHUNK * lines // max(size, 1), 256), 1 << 16)
         blocks = max(1, -(-total // per_block))
         for b in range(1, blocks + 1):

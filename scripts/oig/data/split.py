@@ -96,19 +96,43 @@ def no_split(slices: Sequence[SliceLines], eval_size: float | None = 0) -> Split
     return Split(eval_size, {s.name: SliceSplit(s.name, s.count, s.count, why="eval_size 0") for s in slices})
 
 
+def _bit_lengths(top: int, bottom: int) -> Iterator[tuple[int, int, int]]:
+    """(b, hi, lo): the bounds m from top down to bottom (both included) that have bit length b, as
+    range(hi, lo, -1) runs them."""
+    while top >= bottom:
+        b = top.bit_length()
+        lo = max(bottom, 1 << (b - 1)) - 1
+        yield b, top, lo
+        top = lo
+
+
 def sample_indices(n: int, k: int, rng: random.Random) -> Iterator[int]:
     """``rng.sample(range(n), k)``, the same draws in the same order, with an 8-byte-a-slot pool
-    instead of a list of n ints (CPython 3.11's algorithm; tests/test_split.py checks they agree)."""
+    instead of a list of n ints (CPython 3.11's algorithm; tests/test_mix_split.py checks they agree).
+    Draws of ``rng._randbelow`` are made inline with getrandbits, as ``random.Random`` makes them,
+    and a large sparse sample in bulk: rng is spent afterwards (its state is not what sample leaves)."""
     if not 0 <= k <= n:
         raise ValueError("sample larger than population or is negative")
-    randbelow = rng._randbelow  # what Random.sample draws with
+    inline = type(rng) is random.Random  # its _randbelow: getrandbits(m.bit_length()) until below m
+    randbelow, getrandbits = rng._randbelow, rng.getrandbits  # what Random.sample draws with
     setsize = 21 + (4 ** ceil(log(k * 3, 4)) if k > 5 else 0)
     if n <= setsize:
         pool = array("q", range(n))
-        for i in range(k):
-            j = randbelow(n - i)
-            yield pool[j]
-            pool[j] = pool[n - i - 1]
+        if not inline:
+            for i in range(k):
+                j = randbelow(n - i)
+                yield pool[j]
+                pool[j] = pool[n - i - 1]
+            return
+        for b, hi, lo in _bit_lengths(n, n - k + 1):  # the i-th draw is below m = n - i
+            for m in range(hi, lo, -1):
+                j = getrandbits(b)
+                while j >= m:
+                    j = getrandbits(b)
+                yield pool[j]
+                pool[j] = pool[m - 1]
+    elif inline and n.bit_length() <= 32:
+        yield from _sparse_sample(n, k, rng)
     else:
         selected: set[int] = set()
         for _ in range(k):
@@ -117,6 +141,40 @@ def sample_indices(n: int, k: int, rng: random.Random) -> Iterator[int]:
                 j = randbelow(n)
             selected.add(j)
             yield j
+
+
+def _sparse_sample(n: int, k: int, rng: random.Random) -> list[int]:
+    """Sample's set branch (n > 3k) in bulk: its draws are the first k distinct values below n of
+    getrandbits(b) = the next 32-bit word >> (32 - b), and getrandbits(32 * m) is the next m words,
+    the first in the lowest bits."""
+    import numpy as np
+
+    b = n.bit_length()
+    accepted, first = np.empty(0, np.uint32), np.empty(0, np.intp)
+    while len(first) < k:
+        m = 64 + int((k - len(first)) * 1.25 * (1 << b) / n)
+        words = np.frombuffer(rng.getrandbits(32 * m).to_bytes(4 * m, "little"), "<u4") >> np.uint32(32 - b)
+        accepted = np.concatenate([accepted, words[words < n]])
+        first = np.unique(accepted, return_index=True)[1]
+    first.sort()
+    return accepted[first[:k]].tolist()
+
+
+def shuffled(n: int, rng: random.Random) -> array:
+    """``rng.shuffle`` of 0..n-1, the same swaps, in an array of 4 or 8 bytes an index (a list of ints
+    would take about 40 bytes each), with random.Random's draws made inline."""
+    order = array("I" if n < 2**32 else "q", range(n))
+    if type(rng) is not random.Random:
+        rng.shuffle(order)
+        return order
+    getrandbits = rng.getrandbits
+    for b, hi, lo in _bit_lengths(n, 2):  # i = m - 1 swaps with j below m, for i from n - 1 down to 1
+        for m in range(hi, lo, -1):
+            j = getrandbits(b)
+            while j >= m:
+                j = getrandbits(b)
+            order[m - 1], order[j] = order[j], order[m - 1]
+    return order
 
 
 def _target(eval_size: float | None, spare: int, where: str) -> int:
