@@ -89,12 +89,12 @@ def start_server(folder: Path, port: int) -> subprocess.Popen:
 
 
 def engine_counters(url: str) -> dict[str, float]:
-    """The engine's batches, rows and busy seconds from /metrics."""
+    """The engine's decode steps, the rows they held and its busy seconds, from /metrics."""
     import httpx
 
     out = {}
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        for name in ("oig_engine_batches_total", "oig_engine_rows_total", "oig_engine_busy_seconds_total"):
+        for name in ("oig_engine_steps_total", "oig_engine_step_rows_total", "oig_engine_busy_seconds_total"):
             if line.startswith(name + " "):
                 out[name] = float(line.split()[1])
     return out
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     served[clients].append(rate)
                     ratios[clients].append(rate / best)
                     delta = {k: after[k] - before[k] for k in after}
-                    shapes[clients].append((delta["oig_engine_rows_total"] / max(delta["oig_engine_batches_total"], 1),
+                    shapes[clients].append((delta["oig_engine_step_rows_total"] / max(delta["oig_engine_steps_total"], 1),
                                             delta["oig_engine_busy_seconds_total"] / wall))
         finally:
             server.terminate()

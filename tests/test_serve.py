@@ -597,7 +597,8 @@ def test_metrics_are_prometheus_text(server, client):
                         "oig_generated_tokens_total": "counter", "oig_rejected_requests_total": "counter",
                         "oig_request_timeouts_total": "counter", "oig_cancelled_requests_total": "counter",
                         "oig_model_loaded": "gauge", "oig_engine_batches_total": "counter",
-                        "oig_engine_rows_total": "counter", "oig_engine_busy_seconds_total": "counter"}
+                        "oig_engine_rows_total": "counter", "oig_engine_steps_total": "counter",
+                        "oig_engine_step_rows_total": "counter", "oig_engine_busy_seconds_total": "counter"}
     values = {line.rpartition(" ")[0]: float(line.rpartition(" ")[2]) for line in lines if not line.startswith("#")}
     chat = '{route="/v1/chat/completions"'
     assert values['oig_requests_total{route="/v1/chat/completions",status="200"}'] >= 1

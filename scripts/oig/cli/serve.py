@@ -92,8 +92,8 @@ def register(sub) -> None:
     prod.add_argument("--max-input-chars", type=positive_int, metavar="N",
                       help="a request whose messages hold more characters in all gets 400 (default 400000)")
     prod.add_argument("--max-concurrency", type=positive_int, metavar="N",
-                      help="chat completions generating at once: the engine answers up to N in one "
-                      "batch (default 16)")
+                      help="chat completions generating at once: the engine's batch holds up to N, new "
+                      "ones joining as others end (default 16)")
     prod.add_argument("--max-queue", type=nonnegative_int, metavar="N",
                       help="chat completions waiting for the model beyond those generating, served in "
                       "arrival order, each within --request-timeout; one more gets 429 with Retry-After "

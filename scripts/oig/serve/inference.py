@@ -17,7 +17,7 @@ from pathlib import Path
 
 from oig.errors import OigError
 from oig.records import special_token_texts
-from oig.serve.engine import Engine, Job, Sampling, end_tokens
+from oig.serve.engine import STREAM_INTERVAL_S, Engine, Job, Sampling, end_tokens
 
 DEFAULT_MAX_TOKENS = 512
 
@@ -65,6 +65,7 @@ class LocalModel:
         self.tokenizer = tokenizer
         self.name = name
         self.engine = Engine(model, tokenizer, max_batch=max_batch)
+        self._shipped_for: tuple | None = None  # (generation_config, its to_diff_dict())
         self.created = int(time.time())
         config = getattr(model, "config", None)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or 0) or None
@@ -143,7 +144,8 @@ class LocalModel:
                  stop: list[str] | None = None, seed: int | None = None, logprobs: int | None = None,
                  constraint=None, tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
                  cancel: threading.Event | None = None, deadline: float | None = None,
-                 result: Generation | None = None, prompt_ids: list[int] | None = None) -> Iterator[str]:
+                 result: Generation | None = None, prompt_ids: list[int] | None = None,
+                 whole: bool = False) -> Iterator[str]:
         """Yield the answer's text as it is generated; ``result`` gets token counts and finish reason.
 
         temperature 0 is greedy decoding. A sampling setting left None (temperature, top_p, top_k,
@@ -175,16 +177,20 @@ class LocalModel:
         max_new = max_tokens or DEFAULT_MAX_TOKENS
         if room is not None:
             max_new = min(max_new, room)
+        stops = [s for s in stop or [] if s]
+        # ``whole``: the caller joins the pieces anyway, so the engine hands the tokens over once, at the
+        # end, unless stop strings must be watched as the text grows.
         job = Job(prompt, max_new, sampling, logit_bias=bias, seed=seed, top_logprobs=logprobs,
-                  constraint=constraint, cancel=cancel, deadline=deadline)
-        yield from self._stream(job, [s for s in stop or [] if s], result)
+                  constraint=constraint, cancel=cancel, deadline=deadline,
+                  stream_interval_s=None if whole and not stops else STREAM_INTERVAL_S)
+        yield from self._stream(job, stops, result)
 
     def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  min_p: float | None = None, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
                  frequency_penalty: float = 0.0) -> Sampling:
         """The settings a request samples with: its own, else the ones the model's generation_config.json
         sets (only those it sets: ``to_diff_dict``, as vLLM reads it), else temperature 1 and nothing else."""
-        shipped = self.model.generation_config.to_diff_dict() if getattr(self.model, "generation_config", None) else {}
+        shipped = self._shipped()
         if temperature is None:
             # do_sample: false in the model's file is greedy decoding, as generate() would do by default.
             temperature = 0.0 if shipped.get("do_sample") is False else float(shipped.get("temperature", 1.0) or 0.0)
@@ -199,6 +205,16 @@ class LocalModel:
                         repetition_penalty=float(pick(repetition_penalty, "repetition_penalty", 1.0)),
                         presence_penalty=float(presence_penalty or 0.0),
                         frequency_penalty=float(frequency_penalty or 0.0))
+
+    def _shipped(self) -> dict:
+        """What the model's generation config sets, read once per config object (``to_diff_dict``
+        deep-copies the whole config: about 2 ms, on every request's thread)."""
+        config = getattr(self.model, "generation_config", None)
+        if config is None:
+            return {}
+        if self._shipped_for is None or self._shipped_for[0] is not config:
+            self._shipped_for = (config, config.to_diff_dict())
+        return self._shipped_for[1]
 
     def _bias(self, logit_bias: dict[int, float] | None) -> dict[int, float] | None:
         """logit_bias with every token id checked against the vocabulary (a BadRequest otherwise)."""
@@ -217,7 +233,9 @@ class LocalModel:
         it out of the queue (GenerationCancelled / GenerationTimeout)."""
         while True:
             try:
-                return job.tokens.get(timeout=0.05)  # 50 ms: how late a cancel or a deadline is noticed
+                # 50 ms: how late a cancel or a deadline is noticed while waiting; once started, the engine
+                # watches both, and this thread need not wake.
+                return job.tokens.get(timeout=1.0 if job.started.is_set() else 0.05)
             except queue.Empty:
                 if job.started.is_set():
                     continue
@@ -301,7 +319,7 @@ class LocalModel:
     def complete(self, messages: list[dict], *, result: Generation | None = None, **options) -> tuple[str, Generation]:
         """The whole answer at once (``result``, if given, has the counts even when generation fails)."""
         result = result if result is not None else Generation()
-        text = "".join(self.generate(messages, result=result, **options))
+        text = "".join(self.generate(messages, result=result, whole=True, **options))
         return text, result
 
 

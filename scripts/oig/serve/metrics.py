@@ -74,10 +74,13 @@ class Metrics:
         family("oig_model_loaded", "gauge", "1 once the model is loaded and requests are served.",
                [("", {}, 1 if model_loaded else 0)])
         if engine is not None:
-            family("oig_engine_batches_total", "counter", "Batched generate calls the engine ran.",
-                   [("", {}, engine.batches)])
-            family("oig_engine_rows_total", "counter", "Requests those batches held (rows / batches: the mean "
-                   "batch).", [("", {}, engine.rows)])
+            family("oig_engine_batches_total", "counter", "Prefills the engine ran: groups of requests that "
+                   "joined the generating batch together.", [("", {}, engine.batches)])
+            family("oig_engine_rows_total", "counter", "Requests those prefills admitted.", [("", {}, engine.rows)])
+            family("oig_engine_steps_total", "counter", "Decode steps: one forward pass, a token for every "
+                   "generating request.", [("", {}, engine.steps)])
+            family("oig_engine_step_rows_total", "counter", "Requests those steps generated for (step rows / "
+                   "steps: the mean batch).", [("", {}, engine.step_rows)])
             family("oig_engine_busy_seconds_total", "counter", "Seconds the engine spent generating.",
                    [("", {}, round(engine.busy_s, 6))])
         return "\n".join(lines) + "\n"
