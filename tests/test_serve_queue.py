@@ -127,7 +127,8 @@ def test_waiting_requests_are_served_in_arrival_order(random_model, slowed):
     done: list = []
     with ServerThread(app) as s:
         url = f"{s.url}/v1/chat/completions"
-        threads = [_post_in_thread(url, {**HELLO, "max_tokens": 15}, done, "first")]
+        # Long enough (100 slowed steps, 2 s) that the first is still generating when the eighth has queued.
+        threads = [_post_in_thread(url, {**HELLO, "max_tokens": 100}, done, "first")]
         assert wait_for(lambda: app.state.turns.busy == 1)
         for i in range(8):
             threads.append(_post_in_thread(url, {**HELLO, "max_tokens": 2}, done, i))
