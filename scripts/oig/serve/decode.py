@@ -159,23 +159,33 @@ class Sampler:
 
     def __init__(self, vocab: int):
         self.vocab = vocab
-        self._warpers: dict[Any, list] = {}
+        self._built: dict[Any, tuple] = {}
 
-    def warpers(self, sampling) -> list:
-        if sampling not in self._warpers:
+    def processors(self, sampling) -> tuple:
+        """(penalties, repetition, warpers) for these settings, built once: OpenAI's penalties and
+        transformers' repetition penalty (None when off), then its warpers in its order."""
+        if sampling not in self._built:
             from transformers import (
                 MinPLogitsWarper,
+                RepetitionPenaltyLogitsProcessor,
                 TemperatureLogitsWarper,
                 TopKLogitsWarper,
                 TopPLogitsWarper,
             )
 
-            self._warpers[sampling] = [] if sampling.greedy else [
+            from oig.serve.processors import OpenAIPenalties
+
+            penalties = (OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty)
+                         if sampling.presence_penalty or sampling.frequency_penalty else None)
+            repetition = (RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)
+                          if sampling.repetition_penalty != 1.0 else None)
+            warpers = [] if sampling.greedy else [
                 TemperatureLogitsWarper(sampling.temperature),
                 *([TopKLogitsWarper(sampling.top_k)] if sampling.top_k > 0 else []),
                 *([TopPLogitsWarper(sampling.top_p)] if sampling.top_p < 1.0 else []),
                 *([MinPLogitsWarper(sampling.min_p)] if sampling.min_p > 0 else [])]
-        return self._warpers[sampling]
+            self._built[sampling] = (penalties, repetition, warpers)
+        return self._built[sampling]
 
     def choose(self, jobs: list, scores) -> list[int]:
         """The next token of each row of ``scores`` ([rows, vocab] logits), as a list of ids."""
@@ -196,15 +206,9 @@ class Sampler:
 
     def _choose(self, sampling, jobs: list, scores) -> list[int]:
         import torch
-        from transformers import RepetitionPenaltyLogitsProcessor
-
-        from oig.serve.processors import OpenAIPenalties
 
         scores = scores.float()
-        penalties = (OpenAIPenalties(sampling.presence_penalty, sampling.frequency_penalty, prompt_length=0)
-                     if sampling.presence_penalty or sampling.frequency_penalty else None)
-        repetition = (RepetitionPenaltyLogitsProcessor(sampling.repetition_penalty)
-                      if sampling.repetition_penalty != 1.0 else None)
+        penalties, repetition, warpers = self.processors(sampling)
         for k, job in enumerate(jobs):
             if penalties is None and repetition is None and job.constraint is None:
                 continue
@@ -231,7 +235,7 @@ class Sampler:
             picks = scores.argmax(dim=-1)
         else:
             warped = scores
-            for warper in self.warpers(sampling):
+            for warper in warpers:
                 warped = warper(None, warped)
             probs = torch.softmax(warped, dim=-1)
             picks = torch.multinomial(probs, 1).squeeze(1)

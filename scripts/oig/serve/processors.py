@@ -10,9 +10,9 @@ class OpenAIPenalties:
     RepetitionPenaltyLogitsProcessor divides, and counts the prompt): from each token's logit subtract
     ``frequency * count + presence * (count > 0)``, counting the tokens generated so far only."""
 
-    def __init__(self, presence: float, frequency: float, prompt_length: int):
+    def __init__(self, presence: float, frequency: float, prompt_length: int = 0):
         self.presence, self.frequency = presence, frequency
-        self.prompt_length = prompt_length  # the (padded) prompt's width: what comes after it was generated
+        self.prompt_length = prompt_length  # ids before this column are the prompt's; the engine passes only generated ones
 
     def __call__(self, input_ids, scores):
         import torch
