@@ -72,6 +72,13 @@ def plan(body: ChatCompletionRequest, lm: LocalModel, base: dict) -> Plan:
                 parallel=parallel, tool_names=[t.function.name for t in body.tools or []])
 
 
+def prepare(body: ChatCompletionRequest, lm: LocalModel, base: dict) -> Plan:
+    """``plan``, with the prompt's token ids in its options (one trip to a worker thread for both)."""
+    p = plan(body, lm, base)
+    p.options["prompt_ids"] = lm.encode(p.messages, p.options.get("chat_template_kwargs"), p.options.get("tools"))
+    return p
+
+
 def answer(p: Plan, text: str, finish_reason: str | None) -> tuple[dict, str | None]:
     """The assistant message for the model's ``text`` and its finish reason ("tool_calls" when it calls)."""
     if p.tool_mode is None:

@@ -111,6 +111,7 @@ class Engine:
         self.steps = 0
         self.step_rows = 0
         self.busy_s = 0.0
+        self.on_idle = None  # called on the engine's thread each time the last row has ended (oig.serve.worker)
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -173,6 +174,8 @@ class Engine:
                     self._run()
                 finally:
                     self.busy_s += time.monotonic() - started
+            if self.on_idle is not None:
+                self.on_idle()
 
     def _run(self) -> None:
         """Generate until no row is left: new jobs join between steps, ended ones leave."""

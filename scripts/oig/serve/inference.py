@@ -60,11 +60,13 @@ class LocalModel:
     """A causal LM and its tokenizer with a chat template, loaded once; requests are answered by its
     engine, ``max_batch`` at a time."""
 
-    def __init__(self, model, tokenizer, name: str, *, max_batch: int = 16):
+    def __init__(self, model, tokenizer, name: str, *, max_batch: int = 16, engine=None):
+        # model: the model, or (with the engine in its own process) what the server reads of it, its
+        # config and generation_config.
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.engine = Engine(model, tokenizer, max_batch=max_batch)
+        self.engine = engine if engine is not None else Engine(model, tokenizer, max_batch=max_batch)
         self._shipped_for: tuple | None = None  # (generation_config, its to_diff_dict())
         self.created = int(time.time())
         config = getattr(model, "config", None)
@@ -76,27 +78,23 @@ class LocalModel:
 
     @classmethod
     def load(cls, ref: str | Path, *, revision: str | None = None, name: str | None = None) -> LocalModel:
-        """Load a local folder or a Hub repo (at ``revision``); bf16 on a GPU, fp32 on a CPU."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+        """Load a local folder or a Hub repo (at ``revision``); bf16 on a GPU, fp32 on a CPU. (For the
+        model in a child process of its own, as ``oig serve`` runs it: ``oig.serve.worker.load``.)"""
         ref = str(ref)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = load_tokenizer(ref, revision)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
             cuda = torch.cuda.is_available()
             dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
             model = AutoModelForCausalLM.from_pretrained(ref, revision=revision, dtype=dtype,
                                                          trust_remote_code=False)
         except (OSError, ValueError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ServeError(f"cannot load model {ref}" + (f"@{revision}" if revision else "") + f": {first}") from None
-        if not getattr(tokenizer, "chat_template", None):
-            raise ServeError(f"model {ref} has no chat template; oig serves chat models only")
+            raise _load_error(ref, revision, exc) from None
         if cuda:
             model = model.to("cuda")
         model.eval()
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
         return cls(model, tokenizer, name or ref)
 
     def special_token_in(self, text: str) -> str | None:
@@ -321,6 +319,27 @@ class LocalModel:
         result = result if result is not None else Generation()
         text = "".join(self.generate(messages, result=result, whole=True, **options))
         return text, result
+
+
+def load_tokenizer(ref: str, revision: str | None = None):
+    """The model's tokenizer, with a chat template (a ServeError otherwise) and a pad token (its end
+    token when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(ref, revision, exc) from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ServeError(f"model {ref} has no chat template; oig serves chat models only")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_error(ref: str, revision: str | None, exc: Exception) -> ServeError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ServeError(f"cannot load model {ref}" + (f"@{revision}" if revision else "") + f": {first}")
 
 
 # Variables apply_chat_template sets itself: not a client's to pass through chat_template_kwargs.

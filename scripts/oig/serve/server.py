@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from oig.serve import chat, page
+from oig.serve import chat, page, worker
 from oig.serve.api import CHAT_ROUTE, ChatCompletionRequest, error, over_limits, sampling_options, usage
 from oig.serve.chat import forged_turn
 from oig.serve.inference import (
@@ -105,14 +105,15 @@ class _ModelSlot:
 
 async def _watch_disconnect(request, cancel: threading.Event, gone: asyncio.Event | None = None) -> None:
     """Set ``cancel`` (and ``gone``) once the client has gone, so that its generation stops at the next
-    token, or its wait for the model ends."""
+    token, or its wait for the model ends. The first look comes after one interval: starlette's check
+    costs a cancel scope (and the repr of the task it cancels), and short answers are out by then."""
     while not cancel.is_set():
-        if await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+        if not cancel.is_set() and await request.is_disconnected():
             cancel.set()
             if gone is not None:
                 gone.set()
             return
-        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, revision: str | None = None,
@@ -141,7 +142,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         slot = _ModelSlot(name or ref, settings)
 
         def load() -> LocalModel:
-            return LocalModel.load(ref, revision=revision, name=name)
+            return worker.load(ref, revision=revision, name=name)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -184,6 +185,10 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
 
     @app.get("/health")
     async def health():
+        stopped = getattr(slot.model.engine, "failure", None) if slot.model is not None else None
+        if stopped:  # the engine's process died (oig.serve.worker): requests fail, so say so
+            return JSONResponse(status_code=503, content={"status": "failed", "model": slot.name, "ready": False,
+                                                          "error": stopped})
         if slot.model is not None:
             return {"status": "ok", "model": slot.name, "ready": True}
         body = {"status": slot.status, "model": slot.name, "ready": False}
@@ -218,9 +223,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         base = {"max_tokens": max_tokens, "stop": body.stop, "seed": body.seed,
                 "deadline": request.scope.get("oig.deadline"), **sampling_options(body)}
         try:  # refuse what the model cannot do with a 400 before anything is generated or streamed
-            p = await run_in_threadpool(chat.plan, body, lm, base)
-            p.options["prompt_ids"] = await run_in_threadpool(lm.encode, p.messages, p.options.get("chat_template_kwargs"),
-                                                              p.options.get("tools"))
+            p = await run_in_threadpool(chat.prepare, body, lm, base)
         except BadRequest as exc:
             return error(400, str(exc), param=exc.param, code=exc.code)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -255,12 +258,13 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
             watcher.cancel()
             metrics.add(prompt_tokens=result.prompt_tokens, generated_tokens=result.completion_tokens)
         message, finish_reason = chat.answer(p, text, result.finish_reason)
-        return {
+        # A JSONResponse as it is: FastAPI would walk a returned dict through jsonable_encoder first.
+        return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": lm.name,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason,
                          "logprobs": {"content": result.logprobs} if body.logprobs else None}],
             "usage": usage(result),
-        }
+        })
 
     return app
 

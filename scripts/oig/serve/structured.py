@@ -25,6 +25,7 @@ class JsonConstraint:
     def __init__(self, lm, schema: dict, param: str):
         from lmformatenforcer import JsonSchemaParser, TokenEnforcer
 
+        self.schema, self.param = schema, param  # what oig.serve.worker sends to the engine's process
         try:
             parser = JsonSchemaParser(schema)
             self.enforcer = TokenEnforcer(_table(lm), parser)
