@@ -8,7 +8,8 @@ Layout, one obvious place each:
 
 - ``inference.LocalModel``: the model and tokenizer, loaded once; ``generate`` yields text pieces.
   ``oig query`` and the bug suite use it too. ``engine``: the one thread that owns the model and
-  generates for every request at once (continuous batching, oig.serve.decode), each row with its own settings.
+  generates for every request at once (continuous batching, oig.serve.decode), each row with its own settings;
+  ``worker``: that engine in a child process of its own, as ``oig serve`` runs it.
 - ``api``: the wire format (request models, the error shape, this server's limits); ``chat``: from a
   request to what the model is asked (tools, constraints) and from its text back to a message;
   ``structured``: response_format and forced tool calls as grammars (lm-format-enforcer).
