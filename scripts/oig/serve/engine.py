@@ -112,6 +112,7 @@ class Engine:
         self.step_rows = 0
         self.busy_s = 0.0
         self.on_idle = None  # called on the engine's thread each time the last row has ended (oig.serve.worker)
+        self.failure: str | None = None  # a thread of this process cannot die apart from it (worker.EngineProcess can)
 
     def submit(self, job: Job) -> None:
         with self._cond:

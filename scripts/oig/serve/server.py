@@ -186,7 +186,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
 
     @app.get("/health")
     async def health():
-        stopped = getattr(slot.model.engine, "failure", None) if slot.model is not None else None
+        stopped = slot.model.engine.failure if slot.model is not None else None
         if stopped:  # the engine's process died (oig.serve.worker): requests fail, so say so
             return JSONResponse(status_code=503, content={"status": "failed", "model": slot.name, "ready": False,
                                                           "error": stopped})

@@ -21,6 +21,7 @@ every request waiting on it fails with a ServeError, and so does every later one
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import itertools
 import os
 import socket
@@ -31,13 +32,15 @@ from multiprocessing.connection import Connection
 from types import SimpleNamespace
 
 from oig.errors import OigError
+from oig.machine import usable_cores
+from oig.serve.engine import Job
 from oig.serve.inference import LocalModel, ServeError, load_tokenizer
 
 CANCEL_POLL_S = 0.02  # how late a cancel set on this side reaches the child, at most
 _COUNTERS = ("batches", "rows", "steps", "step_rows", "busy_s")
 
 
-class EngineError(OigError):
+class EngineError(ServeError):
     """The engine's process could not start or has stopped."""
 
 
@@ -47,11 +50,7 @@ def load(ref, *, revision: str | None = None, name: str | None = None) -> LocalM
     ref = str(ref)
     tokenizer = load_tokenizer(ref, revision)
     engine = EngineProcess(ref, revision=revision)
-    try:
-        facts = engine.start()
-    except EngineError as exc:
-        raise ServeError(str(exc)) from None
-    return LocalModel(facts, tokenizer, name or ref, engine=engine)
+    return LocalModel(engine.start(), tokenizer, name or ref, engine=engine)
 
 
 class EngineProcess:
@@ -60,13 +59,12 @@ class EngineProcess:
     def __init__(self, ref: str, *, revision: str | None = None, max_batch: int = 16):
         self.ref, self.revision = str(ref), revision
         self._max_batch = max(1, int(max_batch))
-        self._jobs: dict[int, object] = {}  # id -> Job, from submit until its end arrives
-        self._ids: dict[int, int] = {}  # id(job) -> id
+        self._jobs: dict[int, Job] = {}  # number -> job, from submit until its end arrives (the number in job.state)
         self._cancels_sent: set[int] = set()
-        self._withdrawn: dict[int, tuple[threading.Event, list]] = {}
+        self._withdrawn: dict[int, concurrent.futures.Future] = {}  # number -> the child's answer, True if taken
         self._next_id = itertools.count(1)
         self._send_lock = threading.Lock()
-        self._dead: str | None = None
+        self.failure: str | None = None  # why the engine's process is gone (None while it runs): /health says it
         self._conn: Connection | None = None
         self._process: subprocess.Popen | None = None
         self.counters = dict.fromkeys(_COUNTERS, 0)
@@ -77,11 +75,6 @@ class EngineProcess:
     steps = property(lambda self: self.counters["steps"])
     step_rows = property(lambda self: self.counters["step_rows"])
     busy_s = property(lambda self: self.counters["busy_s"])
-
-    @property
-    def failure(self) -> str | None:
-        """Why the engine's process is gone (None while it runs): /health reports it."""
-        return self._dead
 
     @property
     def max_batch(self) -> int:
@@ -131,9 +124,9 @@ class EngineProcess:
             raise EngineError(f"the engine's process exited (code {code}) while loading {self.ref}") from None
 
     # --- the Engine interface --------------------------------------------------------------------
-    def submit(self, job) -> None:
-        if self._dead:
-            job.finish(EngineError(self._dead))
+    def submit(self, job: Job) -> None:
+        if self.failure:
+            job.finish(EngineError(self.failure))
             return
         number = next(self._next_id)
         constraint = job.constraint
@@ -143,26 +136,25 @@ class EngineProcess:
                 "seed": job.seed, "top_logprobs": job.top_logprobs, "deadline": job.deadline,
                 "stream_interval_s": job.stream_interval_s,
                 "constraint": None if constraint is None else (constraint.schema, constraint.param)}
+        job.state["number"] = number
         self._jobs[number] = job
-        self._ids[id(job)] = number
         if not self._send(("submit", number, spec)):
-            self._end(number, False, self._dead)
+            self._end(number, False, self.failure)
 
-    def withdraw(self, job) -> bool:
+    def withdraw(self, job: Job) -> bool:
         """Take a job that has not started out of the child's queue; False once it has started or ended."""
-        number = self._ids.get(id(job))
-        if number is None or job.started.is_set() or job.ended:
+        number = job.state.get("number")
+        if number not in self._jobs or job.started.is_set():
             return False
-        answer: list = []
-        done = threading.Event()
-        self._withdrawn[number] = (done, answer)
-        if not self._send(("withdraw", number)) or not done.wait(5.0):
-            self._withdrawn.pop(number, None)
-            return False
-        if answer and answer[0]:
+        answer = self._withdrawn[number] = concurrent.futures.Future()
+        try:
+            taken = self._send(("withdraw", number)) and answer.result(timeout=5.0)
+        except concurrent.futures.TimeoutError:
+            taken = False
+        self._withdrawn.pop(number, None)
+        if taken:
             self._forget(number)
-            return True
-        return False
+        return taken
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the child: what still generates or waits there ends as cancelled; killed after ``timeout``."""
@@ -177,7 +169,7 @@ class EngineProcess:
             process.wait(5)
         if self._conn is not None:
             self._conn.close()
-        self._dead = self._dead or "the engine's process was stopped"
+        self.failure = self.failure or "the engine's process was stopped"
 
     # --- the two directions ----------------------------------------------------------------------
     def _send(self, message: tuple) -> bool:
@@ -204,7 +196,7 @@ class EngineProcess:
                     if job is not None:
                         job.logprobs.extend(message[3])
                         job.generated.extend(message[2])
-                        job.tokens.put(message[2])
+                        job.flush()
                 elif kind == "started":
                     job = self._jobs.get(message[1])
                     if job is not None:
@@ -216,20 +208,20 @@ class EngineProcess:
                 elif kind == "stats":
                     self.counters = message[1]
                 elif kind == "withdrawn":
-                    waiter = self._withdrawn.pop(message[1], None)
-                    if waiter is not None:
-                        waiter[1].append(message[2])
-                        waiter[0].set()
+                    answer = self._withdrawn.get(message[1])
+                    if answer is not None:
+                        answer.set_result(message[2])
         except (EOFError, OSError, ValueError):
             pass
         process = self._process
         code = process.poll() if process is not None else None
-        self._dead = self._dead or (f"the engine's process stopped (exit code {code})" if code is not None
-                                    else "the engine's process stopped")
+        self.failure = self.failure or (f"the engine's process stopped (exit code {code})" if code is not None
+                                        else "the engine's process stopped")
         for number in list(self._jobs):
-            self._end(number, False, self._dead)
-        for done, _ in list(self._withdrawn.values()):
-            done.set()
+            self._end(number, False, self.failure)
+        for answer in list(self._withdrawn.values()):
+            if not answer.done():
+                answer.set_result(False)
 
     def _send_cancels(self) -> None:
         for number, job in list(self._jobs.items()):
@@ -239,18 +231,16 @@ class EngineProcess:
 
     def _end(self, number: int, expired: bool, failure: str | None) -> None:
         job = self._forget(number)
-        if job is None:
-            return
-        job.expired = bool(expired)
-        job.ended = True
-        job.tokens.put(EngineError(failure) if failure else None)
-
-    def _forget(self, number: int):
-        job = self._jobs.pop(number, None)
         if job is not None:
-            self._ids.pop(id(job), None)
+            job.expired = bool(expired)
+            if failure:
+                job.finish(EngineError(failure))
+            else:
+                job.finish()
+
+    def _forget(self, number: int) -> Job | None:
         self._cancels_sent.discard(number)
-        return job
+        return self._jobs.pop(number, None)
 
 
 def _package_root() -> str:
@@ -302,15 +292,13 @@ def _torch_threads() -> None:
 
     if torch.cuda.is_available() or os.environ.get("OMP_NUM_THREADS"):
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores - 1))
+    torch.set_num_threads(max(1, usable_cores() - 1))
 
 
 def child(fd: int, ref: str, revision: str | None, max_batch: int) -> int:
     """The child's main: load the model, say so, then take the parent's messages until the pipe closes."""
     import signal
 
-    from oig.serve.engine import Job
     from oig.serve.structured import JsonConstraint
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it drains, then closes the pipe

@@ -19,10 +19,10 @@ import contextlib
 import gc
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from oig import files
+from oig.machine import usable_cores
 from oig.train.masking import MaskingError, check_renders_tools, encode, encode_many, has_markers
 
 FORMAT = 1  # raise when encode's output changes: old caches then miss
@@ -50,8 +50,7 @@ def worker_count(requested: int | None, records: int) -> int:
         return int(requested)
     if records < AUTO_MIN_RECORDS:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, MAX_AUTO_PROC))
+    return max(1, min(usable_cores(), MAX_AUTO_PROC))
 
 
 def tokenise(records: list[dict], tokenizer, template: str, assistant_only: bool = True, *,
