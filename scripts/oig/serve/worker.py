@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import itertools
 import os
 import socket
@@ -214,7 +215,10 @@ class EngineProcess:
         except (EOFError, OSError, ValueError):
             pass
         process = self._process
-        code = process.poll() if process is not None else None
+        code = None
+        if process is not None:  # the pipe closes as the child dies, a moment before its exit status is there
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = process.wait(timeout=5)
         self.failure = self.failure or (f"the engine's process stopped (exit code {code})" if code is not None
                                         else "the engine's process stopped")
         for number in list(self._jobs):
