@@ -75,6 +75,7 @@ def test_rows_that_end_leave_and_the_columns_nobody_needs_are_cut(lm):
 
     rows = Rows(lm.model, Sampler(lm.model.config.vocab_size), end_tokens(lm.model, lm.tokenizer),
                 lm.tokenizer.pad_token_id)
+    assert rows.sdpa  # decode steps hand SDPA their mask ready (the answers above are checked with it)
     long, short = job(lm, LONG, 3), job(lm, SHORT, 12)
     with torch.inference_mode():
         rows.admit([long])
