@@ -101,3 +101,34 @@ def test_closing_the_engine_ends_its_requests_and_its_thread(lm):
     assert not engine._thread.is_alive() and time.monotonic() - started < 5
     assert running.ended and running.cancel.is_set() and len(running.generated) < 400
     assert waiting.ended and not waiting.generated
+
+
+def test_on_an_event_loop_the_answer_is_the_same_and_a_waiting_request_leaves_the_queue(lm):
+    # LocalModel.acomplete / agenerate (oig serve's way): no thread waits for the engine's tokens.
+    import asyncio
+
+    from oig.serve.inference import GenerationCancelled, GenerationTimeout
+
+    eos = lm.tokenizer.eos_token_id
+
+    async def main():
+        text, result = await lm.acomplete(ASK, temperature=0)
+        assert text == ANSWER and result.finish_reason == "stop"
+        pieces = [p async for p in lm.agenerate(ASK, temperature=0, logit_bias={eos: -100}, max_tokens=30)]
+        assert len(pieces) > 1 and "".join(pieces) == lm.complete(ASK, temperature=0, logit_bias={eos: -100},
+                                                                   max_tokens=30)[0]
+        cancel = threading.Event()
+        with lm.engine.lock:  # the engine busy: both requests wait in its queue
+            late = asyncio.ensure_future(lm.acomplete(ASK, temperature=0, deadline=time.monotonic() + 0.2))
+            gone = asyncio.ensure_future(lm.acomplete(ASK, temperature=0, cancel=cancel))
+            await asyncio.sleep(0.05)
+            assert len(lm.engine._pending) == 2
+            cancel.set()
+            with pytest.raises(GenerationCancelled, match="waiting"):
+                await gone
+            with pytest.raises(GenerationTimeout, match="waiting"):
+                await late
+            assert not lm.engine._pending  # both withdrawn, while the engine was still held
+        assert (await lm.acomplete(ASK, temperature=0))[0] == ANSWER
+
+    asyncio.run(main())

@@ -143,21 +143,22 @@ def _messages(http):
 
 
 def _reaches(field, value, **expected):
-    """The field's value reaches LocalModel.generate (whose effect the tests below check) and the answer is a 200."""
+    """The field's value reaches LocalModel.job, which both ways of generating go through (its effect the
+    tests below check), and the answer is a 200."""
     def check(http):
         lm = http.app.state.slot.model
         seen: dict = {}
-        generate = lm.generate
+        generate = lm.job
 
         def spy(*args, **kwargs):
             seen.update(kwargs)
             return generate(*args, **kwargs)
 
-        lm.generate = spy
+        lm.job = spy
         try:
             answer(chat(http, **{field: value}))
         finally:
-            del lm.generate
+            del lm.job
         assert {k: seen.get(k) for k in expected} == expected
     return check
 

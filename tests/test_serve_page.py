@@ -4,8 +4,8 @@ leaving the server, model output shown as text, the API key applied, --no-ui tur
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-import time
 
 import httpx
 import pytest
@@ -84,14 +84,14 @@ def test_model_output_is_shown_as_text_and_arrives_piece_by_piece(browser, model
     hostile = ["<img src=x onerror=\"document.title='owned'\">", " <script>document.title='owned'</script>",
                " done"]
 
-    def generate(messages, *, result=None, **options):
+    async def agenerate(messages, *, result=None, **options):
         for piece in hostile:
-            time.sleep(0.4)
+            await asyncio.sleep(0.4)
             result.completion_tokens += 1
             yield piece
         result.finish_reason = "stop"
 
-    monkeypatch.setattr(lm, "generate", generate)
+    monkeypatch.setattr(lm, "agenerate", agenerate)
     with ServerThread(create_app(lm)) as s:
         page = open_page(browser, s.url)
         expect(page.locator("#model")).to_have_text("tiny-test")

@@ -6,20 +6,23 @@ only code here that runs the model) batches the requests that wait; torch is imp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from oig.errors import OigError
 from oig.records import special_token_texts
 from oig.serve.engine import STREAM_INTERVAL_S, Engine, Job, Sampling, end_tokens
+from oig.serve.text import AnswerText
 
 DEFAULT_MAX_TOKENS = 512
+WAIT_POLL_S = 0.05  # how late a cancel or a deadline is noticed while a request waits for the engine
 
 
 class ServeError(OigError):
@@ -135,7 +138,18 @@ class LocalModel:
         ids = enc["input_ids"]
         return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
-    def generate(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
+    def generate(self, messages: list[dict], **options) -> Iterator[str]:
+        """Yield the answer's text as it is generated, on this thread (``job`` tells the options)."""
+        job, stops, result = self.job(messages, **options)
+        yield from self._stream(job, stops, result)
+
+    async def agenerate(self, messages: list[dict], **options) -> AsyncIterator[str]:
+        """The same on an event loop: the engine's hand-overs wake the loop (no thread waits for them)."""
+        job, stops, result = self.job(messages, **options)
+        async for piece in self._astream(job, stops, result):
+            yield piece
+
+    def job(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
                  top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
                  repetition_penalty: float | None = None, presence_penalty: float = 0.0,
                  frequency_penalty: float = 0.0, logit_bias: dict[int, float] | None = None,
@@ -143,8 +157,9 @@ class LocalModel:
                  constraint=None, tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
                  cancel: threading.Event | None = None, deadline: float | None = None,
                  result: Generation | None = None, prompt_ids: list[int] | None = None,
-                 whole: bool = False) -> Iterator[str]:
-        """Yield the answer's text as it is generated; ``result`` gets token counts and finish reason.
+                 whole: bool = False) -> tuple[Job, list[str], Generation]:
+        """One request's Job for the engine, its stop strings, and the ``result`` that its token counts
+        and finish reason go to.
 
         temperature 0 is greedy decoding. A sampling setting left None (temperature, top_p, top_k,
         min_p, repetition_penalty) comes from the model's generation_config.json where that file sets
@@ -157,7 +172,8 @@ class LocalModel:
         its turn in the engine (oig.serve.engine), which generates for several requests at once.
         Setting ``cancel`` stops generation at the next token and raises GenerationCancelled; passing
         ``deadline`` (a ``time.monotonic()`` value, counting the wait for the model too) does the same
-        and raises GenerationTimeout. Closing the iterator stops generation quietly.
+        and raises GenerationTimeout. Closing the iterator stops generation quietly. A BadRequest says
+        what the model cannot do (a prompt longer than its context, an unknown token in logit_bias).
         """
         result = result if result is not None else Generation()
         cancel = cancel or threading.Event()
@@ -181,7 +197,7 @@ class LocalModel:
         job = Job(prompt, max_new, sampling, logit_bias=bias, seed=seed, top_logprobs=logprobs,
                   constraint=constraint, cancel=cancel, deadline=deadline,
                   stream_interval_s=None if whole and not stops else STREAM_INTERVAL_S)
-        yield from self._stream(job, stops, result)
+        return job, stops, result
 
     def sampling(self, *, temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
                  min_p: float | None = None, repetition_penalty: float | None = None, presence_penalty: float = 0.0,
@@ -233,77 +249,97 @@ class LocalModel:
             try:
                 # 50 ms: how late a cancel or a deadline is noticed while waiting; once started, the engine
                 # watches both, and this thread need not wake.
-                return job.tokens.get(timeout=1.0 if job.started.is_set() else 0.05)
+                return job.tokens.get(timeout=1.0 if job.started.is_set() else WAIT_POLL_S)
             except queue.Empty:
-                if job.started.is_set():
-                    continue
-                late = job.deadline is not None and time.monotonic() >= job.deadline
-                if (late or job.cancel.is_set()) and self.engine.withdraw(job):
-                    if late:
-                        raise GenerationTimeout("the request ran out of time waiting for the model, which was "
-                                                "busy with other requests") from None
-                    raise GenerationCancelled("cancelled while waiting for the model") from None
+                if self._leaving(job) and self.engine.withdraw(job):
+                    raise self._unserved(job) from None
+
+    async def _anext(self, job: Job, inbox: _LoopInbox):
+        """``_next`` on an event loop (the engine's process answers a withdrawal over its pipe: that wait
+        is on a thread)."""
+        import asyncio
+
+        while True:
+            try:
+                async with asyncio.timeout(None if job.started.is_set() else WAIT_POLL_S):
+                    return await inbox.queue.get()
+            except TimeoutError:
+                if self._leaving(job) and await asyncio.to_thread(self.engine.withdraw, job):
+                    raise self._unserved(job) from None
+
+    @staticmethod
+    def _leaving(job: Job) -> bool:
+        """A job still waiting for the engine that was cancelled or ran out of time."""
+        late = job.deadline is not None and time.monotonic() >= job.deadline
+        return not job.started.is_set() and (late or job.cancel.is_set())
+
+    @staticmethod
+    def _unserved(job: Job) -> ServeError:
+        if job.deadline is not None and time.monotonic() >= job.deadline:
+            return GenerationTimeout("the request ran out of time waiting for the model, which was busy with "
+                                     "other requests")
+        return GenerationCancelled("cancelled while waiting for the model")
 
     def eos_ids(self) -> set[int]:
         """The tokens that end an answer: the model's generation_config.json's and the tokenizer's."""
         return end_tokens(self.model, self.tokenizer)
 
+    def _add(self, text: AnswerText, job: Job, chunk, result: Generation) -> str:
+        """One hand-over from the engine: its logprob entries kept, the text it lets out returned."""
+        if isinstance(chunk, BaseException):
+            raise ServeError(f"generation failed: {chunk}")
+        if job.top_logprobs is not None:
+            done = len(text.ids)
+            result.logprobs.extend(self._logprob_entries(job.logprobs[done:done + len(chunk)]))
+        return text.add(chunk)
+
+    @staticmethod
+    def _end(text: AnswerText, job: Job) -> str:
+        """The rest of the text once the tokens have ended; a deadline or a cancel that ended them raises."""
+        if job.expired:
+            raise GenerationTimeout(f"the request ran out of time after {len(text.ids)} generated token(s)")
+        if job.cancel.is_set():  # only the caller sets it before this point
+            raise GenerationCancelled(f"cancelled after {len(text.ids)} generated token(s)")
+        return text.end(job.max_new)
+
     def _stream(self, job: Job, stops: list[str], result: Generation) -> Iterator[str]:
-        eos = self.eos_ids()
-        ids: list[int] = []
-        # Decoding all ids after every token costs O(n^2); text up to a finished line is kept as it
-        # was decoded and only the tokens after it are decoded again (as TextStreamer does).
-        committed, anchor = "", 0
-
-        def decoded() -> str:
-            return committed + self.tokenizer.decode(ids[anchor:], skip_special_tokens=True)
-
-        sent = 0  # characters of the decoded text already yielded
-        hold = max((len(s) for s in stops), default=1) - 1  # a stop string may be forming at the end
-        ended_on_eos = False
+        text = AnswerText(self.tokenizer, stops, self.eos_ids(), result)
         self.engine.submit(job)
         try:
-            while True:
-                chunk = self._next(job)
-                if chunk is None:
-                    break
-                if isinstance(chunk, BaseException):
-                    raise ServeError(f"generation failed: {chunk}")
-                if job.top_logprobs is not None:
-                    result.logprobs.extend(self._logprob_entries(job.logprobs[len(ids):len(ids) + len(chunk)]))
-                ids.extend(chunk)
-                result.completion_tokens = len(ids)
-                ended_on_eos = bool(chunk) and chunk[-1] in eos
-                text = decoded()
-                if text.endswith("\ufffd"):
-                    continue  # half of a multi-byte character: wait for the rest
-                if text.endswith("\n"):
-                    committed, anchor = text, len(ids)
-                cut = _first_stop(text, stops, sent)
-                if cut is not None:
-                    if cut > sent:
-                        yield text[sent:cut]
-                    result.text.append(text[:cut])
-                    result.finish_reason = "stop"
+            while (chunk := self._next(job)) is not None:
+                piece = self._add(text, job, chunk, result)
+                if piece:
+                    yield piece
+                if text.stopped:
                     return
-                safe = len(text) - hold
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
-            if job.expired:
-                raise GenerationTimeout(f"the request ran out of time after {len(ids)} generated token(s)")
-            if job.cancel.is_set():  # only the caller sets it before this point
-                raise GenerationCancelled(f"cancelled after {len(ids)} generated token(s)")
-            text = decoded()
-            cut = _first_stop(text, stops, 0)
-            final = text if cut is None else text[:cut]
-            if len(final) > sent:
-                yield final[sent:]
-            result.text.append(final)
-            result.finish_reason = "stop" if (ended_on_eos or cut is not None or len(ids) < job.max_new) else "length"
+            piece = self._end(text, job)
+            if piece:
+                yield piece
         finally:
             job.cancel.set()  # the engine ends this row at its next step
             self.engine.withdraw(job)
+
+    async def _astream(self, job: Job, stops: list[str], result: Generation) -> AsyncIterator[str]:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        inbox = job.tokens = _LoopInbox(loop)
+        text = AnswerText(self.tokenizer, stops, self.eos_ids(), result)
+        self.engine.submit(job)
+        try:
+            while (chunk := await self._anext(job, inbox)) is not None:
+                piece = self._add(text, job, chunk, result)
+                if piece:
+                    yield piece
+                if text.stopped:
+                    return
+            piece = self._end(text, job)
+            if piece:
+                yield piece
+        finally:
+            job.cancel.set()  # the engine ends this row at its next step, or drops it from its queue
+            if not job.started.is_set():  # still waiting: out of the queue now, on a thread (no await here)
+                loop.run_in_executor(None, self.engine.withdraw, job)
 
     def _logprob_entries(self, captured: list[tuple]) -> list[dict]:
         """OpenAI's ``logprobs.content`` entries for the engine's (token, logprob, top) tuples."""
@@ -319,6 +355,32 @@ class LocalModel:
         result = result if result is not None else Generation()
         text = "".join(self.generate(messages, result=result, whole=True, **options))
         return text, result
+
+    async def acomplete(self, messages: list[dict], *, result: Generation | None = None,
+                        **options) -> tuple[str, Generation]:
+        """``complete`` on an event loop."""
+        result = result if result is not None else Generation()
+        pieces = self.agenerate(messages, result=result, whole=True, **options)
+        try:
+            text = "".join([piece async for piece in pieces])
+        finally:
+            await pieces.aclose()
+        return text, result
+
+
+class _LoopInbox:
+    """A job's token queue for a caller on an event loop: the engine's thread (or the engine process's
+    reader thread) puts, and the loop wakes to get."""
+
+    def __init__(self, loop):
+        import asyncio
+
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, item) -> None:
+        # RuntimeError: the loop has closed (the server stopped), and nobody waits for these tokens.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 def load_tokenizer(ref: str, revision: str | None = None):
@@ -356,13 +418,3 @@ def _template_variables(template: str) -> frozenset[str]:
     # transformers' own environment: its {% generation %} tag and loop controls parse there.
     environment = _compile_jinja_template(template).environment
     return frozenset(meta.find_undeclared_variables(environment.parse(template)))
-
-
-def _first_stop(text: str, stops: list[str], start: int) -> int | None:
-    """Where the earliest stop string begins, searching from just before ``start``."""
-    best = None
-    for s in stops:
-        i = text.find(s, max(0, start - len(s) + 1))
-        if i >= 0 and (best is None or i < best):
-            best = i
-    return best
