@@ -73,7 +73,7 @@ def plan(body: ChatCompletionRequest, lm: LocalModel, base: dict) -> Plan:
 
 
 def prepare(body: ChatCompletionRequest, lm: LocalModel, base: dict) -> Plan:
-    """``plan``, with the prompt's token ids in its options (one trip to a worker thread for both)."""
+    """``plan``, with the prompt's token ids in its options (for a large request, one trip to a worker thread)."""
     p = plan(body, lm, base)
     p.options["prompt_ids"] = lm.encode(p.messages, p.options.get("chat_template_kwargs"), p.options.get("tools"))
     return p

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-# Tokens go to their request at most this often (the first at once): waking every request's thread at
+# Tokens go to their request at most this often (the first at once): waking every request's waiter at
 # every token costs the engine's thread the GIL about a millisecond a step at 16 rows.
 STREAM_INTERVAL_S = 0.02
 _END = None  # on a job's queue: no more tokens

@@ -6,8 +6,9 @@ ending with ``data: [DONE]``), ``GET /v1/models``, ``GET /health`` (readiness), 
 
 Layout, one obvious place each:
 
-- ``inference.LocalModel``: the model and tokenizer, loaded once; ``generate`` yields text pieces.
-  ``oig query`` and the bug suite use it too. ``engine``: the one thread that owns the model and
+- ``inference.LocalModel``: the model and tokenizer, loaded once; ``generate`` yields text pieces on a
+  thread (``oig query`` and the bug suite), ``agenerate`` on the event loop (here); ``text``: one
+  answer's text as its tokens arrive. ``engine``: the one thread that owns the model and
   generates for every request at once (continuous batching, oig.serve.decode), each row with its own settings;
   ``worker``: that engine in a child process of its own, as ``oig serve`` runs it.
 - ``api``: the wire format (request models, the error shape, this server's limits); ``chat``: from a
