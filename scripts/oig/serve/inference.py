@@ -306,14 +306,10 @@ class LocalModel:
         text = AnswerText(self.tokenizer, stops, self.eos_ids(), result)
         self.engine.submit(job)
         try:
-            while (chunk := self._next(job)) is not None:
-                piece = self._add(text, job, chunk, result)
-                if piece:
+            while not text.stopped and (chunk := self._next(job)) is not None:
+                if piece := self._add(text, job, chunk, result):
                     yield piece
-                if text.stopped:
-                    return
-            piece = self._end(text, job)
-            if piece:
+            if not text.stopped and (piece := self._end(text, job)):
                 yield piece
         finally:
             job.cancel.set()  # the engine ends this row at its next step
@@ -327,14 +323,10 @@ class LocalModel:
         text = AnswerText(self.tokenizer, stops, self.eos_ids(), result)
         self.engine.submit(job)
         try:
-            while (chunk := await self._anext(job, inbox)) is not None:
-                piece = self._add(text, job, chunk, result)
-                if piece:
+            while not text.stopped and (chunk := await self._anext(job, inbox)) is not None:
+                if piece := self._add(text, job, chunk, result):
                     yield piece
-                if text.stopped:
-                    return
-            piece = self._end(text, job)
-            if piece:
+            if not text.stopped and (piece := self._end(text, job)):
                 yield piece
         finally:
             job.cancel.set()  # the engine ends this row at its next step, or drops it from its queue
