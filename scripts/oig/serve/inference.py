@@ -330,8 +330,11 @@ class LocalModel:
                 yield piece
         finally:
             job.cancel.set()  # the engine ends this row at its next step, or drops it from its queue
-            if not job.started.is_set():  # still waiting: out of the queue now, on a thread (no await here)
-                loop.run_in_executor(None, self.engine.withdraw, job)
+            # Still waiting: out of the queue now, on a thread (no await here). RuntimeError: the loop is
+            # shutting down, and the engine drops a cancelled job when it comes to it.
+            if not job.started.is_set():
+                with contextlib.suppress(RuntimeError):
+                    loop.run_in_executor(None, self.engine.withdraw, job)
 
     def _logprob_entries(self, captured: list[tuple]) -> list[dict]:
         """OpenAI's ``logprobs.content`` entries for the engine's (token, logprob, top) tuples."""
