@@ -4,6 +4,7 @@ calling ``generate`` on a batch of 16 in process (the ceiling a batching server 
     python benchmarks/bench_serve.py                       # 64-token answers, 8 requests a client, 3 runs, median
     python benchmarks/bench_serve.py --tokens 32 --repeat 1 --concurrency 1 16
     python benchmarks/bench_serve.py --client httpx            # the clients on the openai SDK's transport
+    python benchmarks/bench_serve.py --stream                  # streamed answers (server-sent events)
 
 The model is the embedded tiny one, untrained (a random Llama of about 150k parameters, so that it
 talks until max_tokens). The server is the real command, ``oig serve MODEL --port P``, in a child
@@ -11,7 +12,8 @@ process; each client is a thread that sends its requests one after another over 
 connection (as every SDK does), for --requests requests each. The clients share the machine's cores
 with the server, so their own cost is measured as the server's: by default they use the standard
 library's http.client (about 0.5 ms of CPU a request here), ``--client httpx`` the openai SDK's
-transport (6-9 ms a request at 16 clients). An answer is kept from ending early
+transport (6-9 ms a request at 16 clients). ``--stream`` asks for streamed answers and reads each to
+its end (the usage chunk gives its tokens). An answer is kept from ending early
 with ``logit_bias`` on the end token, so every answer is --tokens tokens; the ceiling uses
 ``min_new_tokens`` for the same reason. Tokens/s is generated tokens over wall time, the median of
 --repeat runs; each ratio is against the in-process batch-16 figure measured just before and just after
@@ -154,10 +156,24 @@ class HttpxConnection(Connection):
 CLIENTS = {"http.client": Connection, "httpx": HttpxConnection}
 
 
-def load(url: str, clients: int, requests: int, tokens: int, eos: int, client: str = "http.client") -> float:
+def completion_tokens(answer: bytes, stream: bool) -> int:
+    """The answer's usage.completion_tokens: from its body, or from a stream's usage chunk."""
+    if not stream:
+        return json.loads(answer)["usage"]["completion_tokens"]
+    events = [line[6:] for line in answer.decode().splitlines() if line.startswith("data: ")]
+    if events[-1] != "[DONE]":
+        raise SystemExit(f"a stream did not end with [DONE]: {events[-1][:200]}")
+    return json.loads(events[-2])["usage"]["completion_tokens"]
+
+
+def load(url: str, clients: int, requests: int, tokens: int, eos: int, client: str = "http.client",
+         stream: bool = False) -> float:
     """Tokens/s that ``clients`` threads get, each sending ``requests`` requests one after another."""
-    body = json.dumps({"model": "bench", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0,
-                       "max_tokens": tokens, "logit_bias": {str(eos): -100}}).encode()
+    request = {"model": "bench", "messages": [{"role": "user", "content": PROMPT}], "temperature": 0,
+               "max_tokens": tokens, "logit_bias": {str(eos): -100}}
+    if stream:
+        request |= {"stream": True, "stream_options": {"include_usage": True}}
+    body = json.dumps(request).encode()
     counts: list[int] = []
     failures: list[str] = []
     barrier = threading.Barrier(clients + 1)
@@ -170,7 +186,7 @@ def load(url: str, clients: int, requests: int, tokens: int, eos: int, client: s
                 if status != 200:
                     failures.append(f"{status} {answer[:200]!r}")
                     return
-                counts.append(json.loads(answer)["usage"]["completion_tokens"])
+                counts.append(completion_tokens(answer, stream))
 
     threads = [threading.Thread(target=run) for _ in range(clients)]
     for t in threads:
@@ -191,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, default=8, help="requests per client per run (default 8)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
+    parser.add_argument("--stream", action="store_true", help="streamed answers (server-sent events, usage in "
+                        "the last chunk), read to their end")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="http.client",
                         help="the clients' HTTP library (default http.client, the lightest; httpx is the "
                              "openai SDK's, about 6-9 ms of CPU a request here)")
@@ -221,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 ceilings.append(last)
                 for clients in args.concurrency:
                     before, started = engine_counters(url), time.perf_counter()
-                    rate = load(url, clients, args.requests, args.tokens, eos, args.client)
+                    rate = load(url, clients, args.requests, args.tokens, eos, args.client, args.stream)
                     wall = time.perf_counter() - started
                     after = engine_counters(url)
                     now = measure.rate(16, CEILING_BATCHES)
@@ -239,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in process, generate on a batch of 16: {median(ceilings):,.0f} tokens/s "
           f"(batch of 1: {median(singles):,.0f} tokens/s); medians of {len(ceilings)} figures over "
           f"{args.repeat} run(s), each the median of {CEILING_BATCHES} batches")
-    print(f"clients: {args.client}, {args.requests} requests each per run, {args.tokens} tokens an answer")
+    print(f"clients: {args.client}, {args.requests} requests each per run, {args.tokens} tokens an answer"
+          + (", streamed" if args.stream else ""))
     for clients in args.concurrency:
         print(f"oig serve, {clients:>2} client(s): {median(served[clients]):,.0f} tokens/s = "
               f"{median(ratios[clients]):.2f} of the batch-16 ceiling (ratios per run: "

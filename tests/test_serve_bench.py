@@ -14,12 +14,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_serve  # noqa: E402
 
 
-@pytest.mark.parametrize("client", ["http.client", "httpx"])
-def test_benchmark_smoke(capsys, client):
+@pytest.mark.parametrize("client, stream", [("http.client", False), ("httpx", True)])
+def test_benchmark_smoke(capsys, client, stream):
     assert bench_serve.main(["--tokens", "8", "--concurrency", "1", "4", "--requests", "2", "--repeat", "1",
-                             "--client", client]) == 0
+                             "--client", client, *(["--stream"] if stream else [])]) == 0
     out = capsys.readouterr().out
-    assert f"clients: {client}, 2 requests each per run, 8 tokens an answer" in out
+    assert f"clients: {client}, 2 requests each per run, 8 tokens an answer" + (", streamed" if stream else "") in out
     assert re.search(r"generate on a batch of 16: [\d,]+ tokens/s", out)
     for clients in (1, 4):
         found = re.search(rf"oig serve, +{clients} client\(s\): ([\d,]+) tokens/s .* mean batch ([\d.]+) rows", out)
