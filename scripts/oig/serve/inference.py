@@ -150,14 +150,14 @@ class LocalModel:
             yield piece
 
     def job(self, messages: list[dict], *, max_tokens: int | None = None, temperature: float | None = None,
-                 top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
-                 repetition_penalty: float | None = None, presence_penalty: float = 0.0,
-                 frequency_penalty: float = 0.0, logit_bias: dict[int, float] | None = None,
-                 stop: list[str] | None = None, seed: int | None = None, logprobs: int | None = None,
-                 constraint=None, tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
-                 cancel: threading.Event | None = None, deadline: float | None = None,
-                 result: Generation | None = None, prompt_ids: list[int] | None = None,
-                 whole: bool = False) -> tuple[Job, list[str], Generation]:
+            top_p: float | None = None, top_k: int | None = None, min_p: float | None = None,
+            repetition_penalty: float | None = None, presence_penalty: float = 0.0,
+            frequency_penalty: float = 0.0, logit_bias: dict[int, float] | None = None,
+            stop: list[str] | None = None, seed: int | None = None, logprobs: int | None = None,
+            constraint=None, tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
+            cancel: threading.Event | None = None, deadline: float | None = None,
+            result: Generation | None = None, prompt_ids: list[int] | None = None,
+            whole: bool = False) -> tuple[Job, list[str], Generation]:
         """One request's Job for the engine, its stop strings, and the ``result`` that its token counts
         and finish reason go to.
 
