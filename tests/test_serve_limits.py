@@ -230,3 +230,33 @@ def test_an_unknown_model_name_that_json_cannot_encode_is_a_404_not_a_500(server
     r = httpx.post(f"{server.url}/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 404 and _error_of(r)["code"] == "model_not_found"
     assert "tiny\\ud800" in _error_of(r)["message"]
+
+
+def test_a_small_request_is_prepared_on_the_loop_and_a_large_one_on_a_thread(server, monkeypatch):
+    # Templating and tokenizing a large prompt would hold the event loop; the size is the body's as it
+    # arrived, Content-Length or chunked.
+    import asyncio
+
+    from oig.serve import chat
+    from oig.serve.server import INLINE_PREPARE_BYTES
+
+    prepare, on_loop = chat.prepare, []
+
+    def spy(*args):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return prepare(*args)
+
+    monkeypatch.setattr(chat, "prepare", spy)
+    # Large in bytes (a caller label the server ignores), short in tokens: the model's context is 2,048.
+    large = {**CHAT, "max_tokens": 3, "user": "x" * INLINE_PREPARE_BYTES}
+    url = f"{server.url}/v1/chat/completions"
+    assert httpx.post(url, json={**CHAT, "max_tokens": 3}, timeout=30).status_code == 200
+    assert httpx.post(url, json=large, timeout=30).status_code == 200
+    chunked = (part for part in (json.dumps(large).encode(),))  # an iterator: httpx sends it chunked
+    r = httpx.post(url, content=chunked, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 200 and "content-length" not in r.request.headers
+    assert on_loop == [True, False, False]

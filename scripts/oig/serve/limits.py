@@ -150,6 +150,7 @@ class Gate:
             return
         if chat:
             self.metrics.add(in_flight=1)
+        scope["oig.body_bytes"] = len(body)  # however it came (Content-Length or chunked)
         try:
             await self.app(scope, _replay(body, receive), send)
         finally:
