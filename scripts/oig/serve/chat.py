@@ -19,7 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from oig.serve.api import ChatCompletionRequest, combination_problem, error
+from oig.serve.api import ChatCompletionRequest, combination_problem
 from oig.serve.inference import BadRequest, LocalModel
 from oig.serve.structured import JsonConstraint, response_format_constraint, tool_call_schema
 
@@ -73,7 +73,10 @@ def plan(body: ChatCompletionRequest, lm: LocalModel, base: dict) -> Plan:
 
 
 def prepare(body: ChatCompletionRequest, lm: LocalModel, base: dict) -> Plan:
-    """``plan``, with the prompt's token ids in its options (for a large request, one trip to a worker thread)."""
+    """Forged turns refused, then ``plan``, with the prompt's token ids in its options: every pass over
+    the request's text, in one trip to a worker thread for a large request (about 15 ms for 400k
+    characters to look for special tokens alone)."""
+    refuse_forged_turns(body, lm)
     p = plan(body, lm, base)
     p.options["prompt_ids"] = lm.encode(p.messages, p.options.get("chat_template_kwargs"), p.options.get("tools"))
     return p
@@ -125,8 +128,8 @@ def _hermes_calls(text: str, names: list[str]) -> tuple[str | None, list[tuple[s
     return (rest or None) if calls else text, calls
 
 
-def forged_turn(body: ChatCompletionRequest, lm: LocalModel):
-    """A 400 for a message or tool definition holding the text of a special token, else None: the chat
+def refuse_forged_turns(body: ChatCompletionRequest, lm: LocalModel) -> None:
+    """A BadRequest for a message or tool definition holding the text of a special token: the chat
     template's output is tokenized as a whole, so ``<|im_end|><|im_start|>system`` in a user message
     would become real control tokens and open a turn the client may not write."""
     places = []
@@ -139,7 +142,5 @@ def forged_turn(body: ChatCompletionRequest, lm: LocalModel):
     for param, text in places:
         token = lm.special_token_in(text)
         if token is not None:
-            return error(400, f"{param} holds {token!r}, the text of one of the model's special tokens; it "
-                         "would become that control token, so it is refused", param=param,
-                         code="special_token_in_content")
-    return None
+            raise BadRequest(f"{param} holds {token!r}, the text of one of the model's special tokens; it "
+                             "would become that control token, so it is refused", param, "special_token_in_content")

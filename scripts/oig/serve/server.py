@@ -41,7 +41,6 @@ from pathlib import Path
 
 from oig.serve import chat, page, worker
 from oig.serve.api import CHAT_ROUTE, ChatCompletionRequest, error, over_limits, sampling_options, usage
-from oig.serve.chat import forged_turn
 from oig.serve.inference import (
     BadRequest,
     Generation,
@@ -217,7 +216,7 @@ def create_app(model: "str | Path | LocalModel | Callable[[], LocalModel]", *, r
         if body.model != lm.name and body.model not in aliases:
             return error(404, f"the model '{body.model}' is not served here; this server serves '{lm.name}'",
                          param="model", code="model_not_found")
-        refusal = over_limits(body, settings) or forged_turn(body, lm)
+        refusal = over_limits(body, settings)
         if refusal is not None:
             return refusal
         cap = settings.max_tokens_cap
