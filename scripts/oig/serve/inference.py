@@ -247,8 +247,7 @@ class LocalModel:
         it out of the queue (GenerationCancelled / GenerationTimeout)."""
         while True:
             try:
-                # 50 ms: how late a cancel or a deadline is noticed while waiting; once started, the engine
-                # watches both, and this thread need not wake.
+                # Once started, the engine watches cancel and deadline, and this thread need not wake.
                 return job.tokens.get(timeout=1.0 if job.started.is_set() else WAIT_POLL_S)
             except queue.Empty:
                 if self._leaving(job) and self.engine.withdraw(job):
@@ -270,12 +269,12 @@ class LocalModel:
     @staticmethod
     def _leaving(job: Job) -> bool:
         """A job still waiting for the engine that was cancelled or ran out of time."""
-        late = job.deadline is not None and time.monotonic() >= job.deadline
-        return not job.started.is_set() and (late or job.cancel.is_set())
+        return not job.started.is_set() and (_late(job) or job.cancel.is_set())
 
     @staticmethod
     def _unserved(job: Job) -> ServeError:
-        if job.deadline is not None and time.monotonic() >= job.deadline:
+        """Why a job that left the engine's queue was not answered."""
+        if _late(job):
             return GenerationTimeout("the request ran out of time waiting for the model, which was busy with "
                                      "other requests")
         return GenerationCancelled("cancelled while waiting for the model")
@@ -361,6 +360,10 @@ class LocalModel:
         finally:
             await pieces.aclose()
         return text, result
+
+
+def _late(job: Job) -> bool:
+    return job.deadline is not None and time.monotonic() >= job.deadline
 
 
 class _LoopInbox:
